@@ -1,0 +1,184 @@
+"""One typed configuration object for every command.
+
+``Config`` is frozen and plain so it can be hashed into a run manifest: the
+fields that change prompts or requests form ``prompt_fingerprint()``, which
+decides whether a run directory may be resumed. The API key is held in a
+``Secret`` that never prints, never serialises, and never enters a hash.
+
+Precedence (lowest first): defaults, a TOML config file, environment
+(``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import xxhash
+
+from dynogen.errors import ConfigError
+
+__all__ = ["Config", "Secret", "VARIANTS", "DEFAULT_BASE_URL", "load_config"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+VARIANTS = ("description", "no_description")
+
+
+class Secret:
+    """A string that refuses to be shown: repr, str and format all mask it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value or None
+
+    def get(self) -> str | None:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return self._value is not None
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret(None)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return 0
+
+
+# Fields whose change alters what is sent to the LLM: resuming across a change
+# of any of these would mix two different runs in one directory.
+PROMPT_FIELDS = (
+    "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
+    "metadata_token_budget", "response_format", "encoding",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a run needs. Build with ``Config(...)`` or ``load_config(...)``.
+
+    >>> cfg = Config(model="gpt-4o-mini", rpm=500, budget_usd=2.0)
+    >>> cfg.with_(rpm=1000).rpm
+    1000
+    """
+
+    # what to read
+    source: str = "samples"
+    limit: int | None = None
+    # the LLM
+    model: str = "gpt-4o-mini"
+    base_url: str = DEFAULT_BASE_URL
+    api_key: Secret = field(default_factory=lambda: Secret(None), compare=False)
+    local: bool = False
+    # generation
+    variants: tuple[str, ...] = VARIANTS
+    max_tasks_per_unit: int = 3
+    temperature: float = 0.0
+    seed: int | None = 0
+    max_tokens: int = 640
+    max_tokens_retry: int = 1536
+    metadata_token_budget: int = 900
+    response_format: str = "json_schema"  # json_schema | json_object | none
+    encoding: str = "o200k_base"
+    # instances
+    rows_per_split: int = 200
+    heldout_fraction: float = 0.0
+    # limits and cost
+    rpm: float | None = None
+    tpm: float | None = None
+    max_in_flight: int = 64
+    max_retries: int = 6
+    request_timeout: float = 120.0
+    budget_usd: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    free: bool = False
+    prices_file: str | None = None
+    # output
+    out: str = "runs/latest"
+    cache_path: str | None = None
+    force_new: bool = False
+    quiet: bool = False
+
+    def with_(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def prompt_fingerprint(self) -> str:
+        return xxhash.xxh3_64_hexdigest(orjson.dumps(self.prompt_settings()))
+
+    def prompt_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in PROMPT_FIELDS}
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as JSON-safe data, without the secret (for manifests and reports)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "api_key":
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def validate(self) -> Config:
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise ConfigError(
+                f"unknown prompt variant(s) {bad or '(none)'}: use one or both of {', '.join(VARIANTS)}"
+            )
+        if self.response_format not in ("json_schema", "json_object", "none"):
+            raise ConfigError("--response-format must be json_schema, json_object or none")
+        if self.max_tasks_per_unit < 1:
+            raise ConfigError("--max-tasks-per-unit must be at least 1")
+        if self.max_in_flight < 1:
+            raise ConfigError("--max-in-flight must be at least 1")
+        for name in ("rpm", "tpm", "budget_usd"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {v})")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ConfigError("--heldout-fraction must be in [0, 1)")
+        return self
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Defaults < TOML file < environment < explicit overrides (``None`` means unset)."""
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        data = data.get("dynogen", data)
+        values.update(data)
+    if env.get("OPENAI_BASE_URL"):
+        values.setdefault("base_url", env["OPENAI_BASE_URL"])
+    key = values.pop("api_key", None) or env.get("OPENAI_API_KEY")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    if "variants" in values and isinstance(values["variants"], (list, str)):
+        v = values["variants"]
+        values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)
+    if isinstance(values.get("api_key"), str):
+        key = values.pop("api_key")
+    return Config(api_key=Secret(key), **values).validate()

@@ -1,0 +1,166 @@
+"""Every error dynogen raises, rooted in one class.
+
+The tree is split by what the caller should do about it::
+
+    DynogenError                      root; ``str(err)`` is one actionable line
+    ├── UserError                     the user can fix it; fail fast, before money is spent
+    │   ├── ConfigError               bad flag, config file, or missing API key
+    │   ├── UnknownPriceError         a model with no price and no --price-in/--price-out
+    │   ├── SourceError               a metadata source that cannot be read at all
+    │   ├── RunDirError               an output directory we cannot use or must not resume
+    │   └── LocalServerError          the bundled llama.cpp server would not start
+    ├── APIError                      the LLM server answered, or failed to answer
+    │   ├── RetryableError            retrying (after a pause) can help
+    │   │   ├── RateLimitError        429 (kind: "requests" | "tokens" | "unknown")
+    │   │   ├── ServerError           5xx
+    │   │   ├── APITimeoutError       no answer in time
+    │   │   └── APIConnectionError    refused, reset, DNS
+    │   └── FatalAPIError             retrying cannot help; stop the run
+    │       ├── AuthenticationError   401/403
+    │       ├── InsufficientQuotaError 429 insufficient_quota: the account is out of money
+    │       └── BadRequestError       400/404/422 on a request we built (a bug or a server mismatch)
+    └── BudgetExceeded                the next request would cross --budget-usd
+
+Only ``RetryableError`` is ever retried; programming errors are never caught
+and retried as if they were network faults.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceeded",
+    "ConfigError",
+    "DynogenError",
+    "FatalAPIError",
+    "InsufficientQuotaError",
+    "LocalServerError",
+    "RateLimitError",
+    "RetryableError",
+    "RunDirError",
+    "ServerError",
+    "SourceError",
+    "UnknownPriceError",
+    "UserError",
+]
+
+
+class DynogenError(Exception):
+    """Root of every error dynogen raises on purpose."""
+
+
+class UserError(DynogenError):
+    """Something the user can fix; reported as one line, never a traceback."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class UnknownPriceError(UserError):
+    pass
+
+
+class SourceError(UserError):
+    pass
+
+
+class RunDirError(UserError):
+    pass
+
+
+class LocalServerError(UserError):
+    pass
+
+
+class APIError(DynogenError):
+    """An answer (or its absence) from the LLM server.
+
+    ``body`` is a short excerpt of the answer, never the request: requests may
+    carry credentials in headers, and answers never do.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+        self.body = body
+
+    @property
+    def reason(self) -> str:
+        """A short, stable label used to count failures in the report."""
+        return type(self).__name__
+
+
+class RetryableError(APIError):
+    """Retrying after a pause can help."""
+
+    retry_after: float | None = None
+
+
+class RateLimitError(RetryableError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "unknown",
+        retry_after: float | None = None,
+        status: int | None = 429,
+        request_id: str | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, request_id=request_id, body=body)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class ServerError(RetryableError):
+    pass
+
+
+class APITimeoutError(RetryableError):
+    pass
+
+
+class APIConnectionError(RetryableError):
+    pass
+
+
+class FatalAPIError(APIError):
+    """Retrying cannot help: the run stops and says why."""
+
+
+class AuthenticationError(FatalAPIError):
+    pass
+
+
+class InsufficientQuotaError(FatalAPIError):
+    pass
+
+
+class BadRequestError(FatalAPIError):
+    pass
+
+
+class BudgetExceeded(DynogenError):
+    """The next request cannot fit in what is left of --budget-usd."""
+
+    def __init__(self, spent: float, budget: float, needed: float) -> None:
+        super().__init__(
+            f"budget reached: spent ${spent:.4f} of ${budget:.4f}; the next request "
+            f"could cost up to ${needed:.4f}. Resume with a larger --budget-usd to continue."
+        )
+        self.spent = spent
+        self.budget = budget
+        self.needed = needed
