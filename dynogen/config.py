@@ -98,6 +98,8 @@ class Config:
     tpm: float | None = None
     max_in_flight: int = 64
     max_retries: int = 6
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
     request_timeout: float = 120.0
     budget_usd: float | None = None
     price_in: float | None = None

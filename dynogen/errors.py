@@ -14,7 +14,8 @@ The tree is split by what the caller should do about it::
     │   │   ├── RateLimitError        429 (kind: "requests" | "tokens" | "unknown")
     │   │   ├── ServerError           5xx
     │   │   ├── APITimeoutError       no answer in time
-    │   │   └── APIConnectionError    refused, reset, DNS
+    │   │   ├── APIConnectionError    refused, reset, DNS
+    │   │   └── InvalidResponseError  a 200 whose body is not JSON or not a completion
     │   └── FatalAPIError             retrying cannot help; stop the run
     │       ├── AuthenticationError   401/403
     │       ├── InsufficientQuotaError 429 insufficient_quota: the account is out of money
@@ -38,6 +39,7 @@ __all__ = [
     "DynogenError",
     "FatalAPIError",
     "InsufficientQuotaError",
+    "InvalidResponseError",
     "LocalServerError",
     "RateLimitError",
     "RetryableError",
@@ -135,6 +137,20 @@ class APITimeoutError(RetryableError):
 
 class APIConnectionError(RetryableError):
     pass
+
+
+class InvalidResponseError(RetryableError):
+    """A 2xx answer that is not a usable completion (proxies and overloaded servers do this)."""
+
+    def __init__(self, message: str, *, kind: str, usage: dict[str, object] | None = None,
+                 status: int | None = None, request_id: str | None = None) -> None:
+        super().__init__(message, status=status, request_id=request_id)
+        self.kind = kind
+        self.usage = usage
+
+    @property
+    def reason(self) -> str:
+        return self.kind
 
 
 class FatalAPIError(APIError):

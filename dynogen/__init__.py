@@ -1,0 +1,3 @@
+"""dynogen: grow instruction-tuning data from dataset metadata."""
+
+__version__ = "0.1.0"

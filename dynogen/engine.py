@@ -1,0 +1,490 @@
+"""The task-generation engine: metadata units in, kept tasks out, in bounded memory.
+
+Shape::
+
+    source ──(thread, chunks)──► feeder ──► queue[(unit, variant)] ──► N workers
+                                   ▲                                      │ limiter → ledger
+                                   │ window                               │ → cache/HTTP → parse
+                                   └────────── ordered committer ◄────────┘
+
+- The feeder admits a unit only while fewer than ``window`` units are
+  uncommitted, so memory is bounded whatever the source's size.
+- Workers build the prompt, reserve rate-limit capacity and budget, consult
+  the request cache, send, and parse. Retries happen here, paced by the same
+  limiter and charged to the same ledger as first tries.
+- Units are committed strictly in source order: filtering and run-wide dedup
+  run at commit, so which duplicate wins never depends on network timing, and
+  two runs with the same inputs write the same ``tasks.jsonl``. Each commit
+  appends the unit's tasks, then its journal line; a kill between the two is
+  repaired on restart (see ``journal``).
+
+Stopping (budget, signal, fatal API error) stops dispatch; in-flight requests
+finish; uncommitted units stay undone for the next resume, and the cache
+makes their finished requests free then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from xxhash import xxh3_64_intdigest
+
+from dynogen.cache import RequestCache, request_key
+from dynogen.client import ChatClient, Completion, classify, parse_completion
+from dynogen.config import Config
+from dynogen.dedup import HashSet, text_hash
+from dynogen.errors import (
+    APIConnectionError,
+    BadRequestError,
+    BudgetExceeded,
+    FatalAPIError,
+    InvalidResponseError,
+    RateLimitError,
+    RetryableError,
+)
+from dynogen.journal import JsonlWriter, iter_jsonl
+from dynogen.ledger import Ledger
+from dynogen.parsing import parse_tasks
+from dynogen.prompts import PromptBuilder, Request
+from dynogen.ratelimit import Limiter
+from dynogen.ratelimit.backoff import RetryPolicy
+from dynogen.report import Stats
+from dynogen.rundir import RunDir
+from dynogen.schema import next_format
+from dynogen.tokens import TokenCounter
+from dynogen.transport import RawResponse
+from dynogen.units import Skipped, SkipReason, Unit, skip_reason
+from dynogen.validate import TaskFilter
+
+__all__ = ["EngineResult", "Progress", "TaskEngine"]
+
+MAX_RATE_LIMIT_RETRIES = 30
+
+
+class Progress(Protocol):
+    """What the engine tells a progress display; the display owns formatting."""
+
+    def unit_done(self, n: int = 1) -> None: ...
+    def request_done(self, tokens: int, cost_usd: float) -> None: ...
+
+
+class _NoProgress:
+    def unit_done(self, n: int = 1) -> None:
+        pass
+
+    def request_done(self, tokens: int, cost_usd: float) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class VariantResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    malformed: int = 0
+    invalid: str | None = None
+    failed: str | None = None
+    requests: int = 0
+    responses: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost: float = 0.0
+
+
+@dataclass(slots=True)
+class _Job:
+    seq: int
+    unit: Unit | None
+    skip: tuple[str, str, str] | None  # (reason, dataset, config)
+    key: str
+    remaining: int
+    results: dict[str, VariantResult] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EngineResult:
+    stop_reason: str | None  # None: finished; "budget" | "interrupted" | "fatal"
+    error: BaseException | None
+    committed: int
+    resumed: int
+    wall_seconds: float
+    session: dict[str, Any]
+
+
+def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
+    return list(itertools.islice(it, n))
+
+
+class TaskEngine:
+    """Runs task generation for one run directory.
+
+    >>> engine = TaskEngine(cfg, client=client, limiter=Limiter(rpm=500), ledger=ledger,
+    ...                     cache=cache, counter=TokenCounter(), rundir=RunDir(out).open(cfg))
+    >>> result = await engine.run(FolderSource("metadata/"))
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: ChatClient,
+        limiter: Limiter,
+        ledger: Ledger,
+        cache: RequestCache | None,
+        counter: TokenCounter,
+        rundir: RunDir,
+        progress: Progress | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.cfg = config
+        self.client = client
+        self.limiter = limiter
+        self.ledger = ledger
+        self.cache = cache
+        self.prompts = PromptBuilder(config, counter)
+        self.rundir = rundir
+        self.progress: Progress = progress or _NoProgress()
+        self.stats = stats or Stats()
+        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
+        self.policy = RetryPolicy(max_retries=config.max_retries, base=config.retry_base_delay,
+                                  cap=config.retry_max_delay)
+        self.format = config.response_format
+        self.window = max(256, 4 * config.max_in_flight)
+        self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
+            maxsize=2 * config.max_in_flight)
+        self._jobs: dict[int, _Job] = {}
+        self._next_commit = 0
+        self._committed = 0
+        self._resumed = 0
+        self._advance = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._error: BaseException | None = None
+        self._done_keys: set[str] = set()
+        self._fed_keys = HashSet()
+        self.session: Counter[str] = Counter()
+        self._load_journal()
+        self._units = JsonlWriter(rundir.units)
+        self._tasks = JsonlWriter(rundir.tasks)
+        self._spend = JsonlWriter(rundir.path / "spend.jsonl")
+
+    # ----------------------------------------------------------------- resume
+    def _load_journal(self) -> None:
+        for rec in iter_jsonl(self.rundir.units):
+            self.stats.add_unit(rec)
+            if rec.get("status") in ("done", "skipped"):
+                self._done_keys.add(str(rec.get("key")))
+        for rec in iter_jsonl(self.rundir.tasks):
+            text = rec.get("instruction")
+            if isinstance(text, str):
+                self.filter.seen.add(text_hash(text))
+
+    # ------------------------------------------------------------------ control
+    def stop(self, reason: str, error: BaseException | None = None) -> None:
+        """Stop dispatch; in-flight requests finish. Safe to call repeatedly."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._error = error
+        self._advance.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    # ---------------------------------------------------------------------- run
+    async def run(self, source: Iterable[Unit | Skipped]) -> EngineResult:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.cfg.max_in_flight):
+                    tg.create_task(self._worker())
+                tg.create_task(self._feed(source))
+        finally:
+            self._flush()
+        return EngineResult(self._stop_reason, self._error, self._committed, self._resumed,
+                            time.perf_counter() - t0, dict(self.session))
+
+    async def _feed(self, source: Iterable[Unit | Skipped]) -> None:
+        it = iter(source)
+        seq = 0
+        try:
+            while not self.stopping:
+                chunk = await asyncio.to_thread(_take, it, 64)
+                if not chunk:
+                    break
+                for item in chunk:
+                    if self.stopping:
+                        break
+                    if item.key in self._done_keys:
+                        self._resumed += 1
+                        continue
+                    while seq - self._next_commit >= self.window and not self.stopping:
+                        self._advance.clear()
+                        await self._advance.wait()
+                    if self.stopping:
+                        break
+                    job = self._admit(seq, item)
+                    seq += 1
+                    if job.remaining == 0:
+                        self._try_commit()
+                    else:
+                        for v in self.cfg.variants:
+                            await self._queue.put((job, v))
+        finally:
+            for _ in range(self.cfg.max_in_flight):
+                await self._queue.put(None)
+
+    def _admit(self, seq: int, item: Unit | Skipped) -> _Job:
+        if not self._fed_keys.add(xxh3_64_intdigest(item.key.encode("utf-8", "surrogatepass"))):
+            skip = (SkipReason.DUPLICATE, item.dataset, item.config)
+        elif isinstance(item, Skipped):
+            skip = (item.reason, item.dataset, item.config)
+        else:
+            reason = skip_reason(item)
+            skip = (reason, item.dataset, item.config) if reason else None
+        unit = item if isinstance(item, Unit) and skip is None else None
+        job = _Job(seq, unit, skip, item.key, 0 if skip else len(self.cfg.variants))
+        self._jobs[seq] = job
+        return job
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            job, variant = item
+            if self.stopping:
+                continue  # abandoned: the unit stays uncommitted and is redone on resume
+            assert job.unit is not None
+            res = await self._execute(job.unit, variant)
+            if res is None:
+                continue
+            job.results[variant] = res
+            job.remaining -= 1
+            if job.remaining == 0:
+                self._try_commit()
+
+    # ------------------------------------------------------------- one request
+    async def _execute(self, unit: Unit, variant: str) -> VariantResult | None:
+        """Send one variant's request until it is answered, fails for good, or the run stops.
+
+        Returns ``None`` only when the run stopped before an answer was had.
+        """
+        res = VariantResult()
+        max_tokens = self.cfg.max_tokens
+        tries = 0
+        limited = 0
+        while True:
+            fmt = self.format
+            req = self.prompts.request(unit, variant, max_tokens=max_tokens, fmt=fmt)
+            body = orjson.dumps(req.body)
+            key = request_key(body)
+            cached = self.cache.get(key) if self.cache is not None else None
+            if cached is not None:
+                self.session["cache_hits"] += 1
+                comp = parse_completion(RawResponse(200, {}, cached))
+            else:
+                if self.stopping:
+                    return None
+                try:
+                    comp = await self._send(req, body, res, variant)
+                except RateLimitError as e:
+                    limited += 1
+                    self.limiter.pause(e.retry_after if e.retry_after is not None else 1.0,
+                                       e.kind)
+                    if limited > MAX_RATE_LIMIT_RETRIES:
+                        res.failed = "rate_limited"
+                        return res
+                    continue
+                except BadRequestError as e:
+                    text = str(e).lower()
+                    if ("response_format" in text or "schema" in text) and fmt != "none":
+                        nxt = next_format(fmt)
+                        if self.format == fmt and nxt is not None:
+                            self.format = nxt
+                            self.session[f"format_downgraded_to_{nxt}"] += 1
+                        continue
+                    self.stop("fatal", e)
+                    return None
+                except FatalAPIError as e:
+                    self.stop("fatal", e)
+                    return None
+                except BudgetExceeded as e:
+                    self.stop("budget", e)
+                    return None
+                except RetryableError as e:
+                    tries += 1
+                    if tries > self.cfg.max_retries:
+                        res.failed = e.reason
+                        return res
+                    await asyncio.sleep(self.policy.delay(tries, e.retry_after))
+                    continue
+                if self.cache is not None and comp.finish_reason in ("stop", None):
+                    self.cache.put(key, comp.raw)
+            if comp.finish_reason == "length":
+                if max_tokens < self.cfg.max_tokens_retry:
+                    max_tokens = self.cfg.max_tokens_retry
+                    self.session["length_retries"] += 1
+                    continue
+                res.invalid = "truncated_at_max_tokens"
+                return res
+            if comp.finish_reason == "content_filter":
+                res.invalid = "content_filter"
+                return res
+            parsed = parse_tasks(comp.content)
+            if parsed.error:
+                res.invalid = parsed.error
+            res.records = parsed.tasks
+            res.malformed = parsed.malformed
+            return res
+
+    async def _send(self, req: Request, body: bytes, res: VariantResult,
+                    variant: str) -> Completion:
+        """One paced, budgeted round trip. Raises typed errors; settles every answer."""
+        worst = req.prompt_tokens + req.max_tokens
+        permit = await self.limiter.acquire(worst)
+        try:
+            reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
+        except BudgetExceeded:
+            self.limiter.release(permit, 0)
+            raise
+        res.requests += 1
+        self.session["requests"] += 1
+        try:
+            raw = await self.client.send(body)
+        except APIConnectionError:
+            # Never reached the server: nothing was billed or counted against limits.
+            self.ledger.release(reservation)
+            self.limiter.release(permit, 0)
+            raise
+        except RetryableError:
+            # A timeout may still have been processed and billed: keep the worst case.
+            self._charge(reservation, None, variant, res)
+            self.limiter.release(permit, worst)
+            raise
+        self.limiter.observe_headers(raw.headers)
+        if raw.status >= 300:
+            err = classify(raw)
+            self.ledger.release(reservation)
+            self.limiter.release(permit, 0 if raw.status == 429 else None)
+            self.session[f"http_{raw.status}"] += 1
+            raise err
+        try:
+            comp = parse_completion(raw)
+        except InvalidResponseError as e:
+            self._charge(reservation, e.usage, variant, res)
+            self.limiter.release(permit, None)
+            raise
+        used = self._charge(reservation, comp.usage, variant, res)
+        res.responses += 1
+        self.limiter.release(permit, used)
+        return comp
+
+    def _charge(self, reservation: Any, usage: dict[str, Any] | None, variant: str,
+                res: VariantResult) -> int | None:
+        cost = self.ledger.settle(reservation, usage, stage="tasks", variant=variant)
+        used = None
+        if usage:
+            pin = int(usage.get("prompt_tokens") or 0)
+            pout = int(usage.get("completion_tokens") or 0)
+            details = usage.get("prompt_tokens_details")
+            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+            res.tokens_in += pin
+            res.tokens_out += pout
+            res.tokens_cached += cached
+            used = pin + pout
+            self._spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached})
+        else:
+            self._spend.write({"usd": cost, "unconfirmed": True})
+        res.cost += cost
+        self.progress.request_done(used or 0, cost)
+        return used
+
+    # ------------------------------------------------------------------ commit
+    def _try_commit(self) -> None:
+        advanced = False
+        while True:
+            job = self._jobs.get(self._next_commit)
+            if job is None or job.remaining:
+                break
+            del self._jobs[self._next_commit]
+            self._commit(job)
+            self._next_commit += 1
+            advanced = True
+        if advanced:
+            self._advance.set()
+
+    def _commit(self, job: _Job) -> None:
+        rec: dict[str, Any] = {"key": job.key}
+        if job.skip is not None:
+            reason, dataset, config = job.skip
+            rec.update(dataset=dataset, config=config, status="skipped", reason=reason)
+        else:
+            unit = job.unit
+            assert unit is not None
+            rec.update(self._filter(unit, job.results))
+            rec["tasks_end"] = self._tasks.tell()
+        self._units.write(rec)
+        self._tasks.flush()
+        self._units.flush()
+        self._spend.flush()
+        self.stats.add_unit(rec)
+        self._committed += 1
+        self.progress.unit_done()
+
+    def _filter(self, unit: Unit, results: dict[str, VariantResult]) -> dict[str, Any]:
+        unit_seen: set[int] = set()
+        dropped: Counter[str] = Counter()
+        invalid: Counter[str] = Counter()
+        failed: Counter[str] = Counter()
+        totals: Counter[str] = Counter()
+        for v in self.cfg.variants:
+            r = results[v]
+            totals.update(requests=r.requests, responses=r.responses, tokens_in=r.tokens_in,
+                          tokens_out=r.tokens_out, tokens_cached=r.tokens_cached)
+            totals["cost_micro_usd"] += round(r.cost * 1e6)
+            if r.failed:
+                failed[r.failed] += 1
+                continue
+            if r.invalid:
+                invalid[r.invalid] += 1
+            if r.malformed:
+                dropped["malformed_task"] += r.malformed
+            totals["tasks_generated"] += len(r.records) + r.malformed
+            kept, drops = self.filter.filter(unit, v, r.records, unit_seen)
+            dropped.update(drops)
+            totals["tasks_kept"] += len(kept)
+            for t in kept:
+                self._tasks.write(t.to_dict())
+        all_failed = len(failed) > 0 and sum(failed.values()) == len(self.cfg.variants)
+        rec: dict[str, Any] = {
+            "dataset": unit.dataset,
+            "config": unit.config,
+            "status": "failed" if all_failed else "done",
+            "data_ref": unit.data_ref,
+            "splits": list(unit.splits),
+            "license": unit.license,
+            **totals,
+        }
+        if all_failed:
+            rec["reason"] = failed.most_common(1)[0][0]
+        if dropped:
+            rec["dropped"] = dict(dropped)
+        if invalid:
+            rec["invalid"] = dict(invalid)
+        if failed:
+            rec["failed"] = dict(failed)
+        return rec
+
+    def _flush(self) -> None:
+        for w in (self._tasks, self._units, self._spend):
+            w.flush(fsync=True)
+
+    def close(self) -> None:
+        for w in (self._tasks, self._units, self._spend):
+            w.close()

@@ -1,0 +1,214 @@
+"""Prompts that ask an LLM to design tasks from one unit's metadata.
+
+Two variants, as in the Dynosaur paper: ``description`` shows the dataset's
+description, ``no_description`` shows only its name, fields and samples (the
+paper found the two complementary). Both run by default.
+
+Layout matters for cost: everything every request shares — the system prompt
+and the few-shot turns — comes first and is byte-identical across requests of
+a variant, so providers' prompt caching (OpenAI caches identical prefixes of
+1,024+ tokens) bills it at the cached price. Only the last user message is
+about the unit. Metadata is cut to a *token* budget, never by characters, and
+field names are shown exactly as the dataset spells them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from dynogen.config import Config
+from dynogen.schema import response_format
+from dynogen.tokens import TokenCounter
+from dynogen.units import Field, Unit
+
+__all__ = ["PromptBuilder", "Request", "render_metadata", "SYSTEM_PROMPT"]
+
+SYSTEM_PROMPT = (
+    "You design instruction-tuning tasks from the metadata of a dataset. "
+    "Given a dataset's name, its data fields{desc}, propose up to {n} different tasks that "
+    "a model could be trained on using that dataset's rows. For each task give:\n"
+    "- instruction: one clear, self-contained command telling a model what to do with the "
+    "input; do not name the dataset;\n"
+    "- input_fields: the field names the model is given (one or more);\n"
+    "- output_field: the one field name the model must produce; it must not be an input.\n"
+    "Use only field names listed under Fields, written exactly as shown. Prefer tasks "
+    "whose output can be judged from the input. Answer with JSON only, in the form "
+    '{{"tasks": [{{"instruction": "...", "input_fields": ["..."], "output_field": "..."}}]}}.'
+)
+
+MAX_LABELS_SHOWN = 20
+MAX_FIELDS_SHOWN = 60
+SAMPLE_VALUE_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One chat-completion request for one unit and variant, ready to send."""
+
+    unit_key: str
+    variant: str
+    body: dict[str, Any]
+    prompt_tokens: int
+    max_tokens: int
+
+
+def _field_line(f: Field) -> str:
+    if f.labels:
+        shown = ", ".join(f.labels[:MAX_LABELS_SHOWN])
+        more = len(f.labels) - MAX_LABELS_SHOWN
+        extra = f", … +{more} more" if more > 0 else ""
+        return f"- {f.name}: {f.type} ({shown}{extra})"
+    return f"- {f.name}: {f.type}"
+
+
+def _sample_text(sample: dict[str, Any]) -> str:
+    short: dict[str, Any] = {}
+    for k, v in sample.items():
+        if isinstance(v, str) and len(v) > SAMPLE_VALUE_CHARS:
+            v = v[:SAMPLE_VALUE_CHARS] + "…"
+        elif not isinstance(v, (str, int, float, bool, type(None))):
+            s = json.dumps(v, ensure_ascii=False, default=str)
+            v = s if len(s) <= SAMPLE_VALUE_CHARS else s[:SAMPLE_VALUE_CHARS] + "…"
+        short[k] = v
+    return json.dumps(short, ensure_ascii=False, default=str)
+
+
+def render_metadata(
+    *,
+    dataset: str,
+    config: str,
+    description: str | None,
+    fields: tuple[Field, ...] | list[Field],
+    samples: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
+    counter: TokenCounter | None = None,
+    budget: int | None = None,
+) -> str:
+    """The user message describing one dataset, cut to ``budget`` tokens.
+
+    What is cut, in order: sample rows, then the description; the name and the
+    fields are kept whole (a task can only name fields it is shown), except that
+    a very wide dataset shows its first ``MAX_FIELDS_SHOWN`` fields.
+    """
+    head = f"Dataset: {dataset}\nConfig: {config}\n"
+    shown = list(fields[:MAX_FIELDS_SHOWN])
+    field_lines = "\n".join(_field_line(f) for f in shown)
+    if len(fields) > len(shown):
+        field_lines += f"\n(+{len(fields) - len(shown)} more fields not shown)"
+    tail = f"Fields:\n{field_lines}\n"
+    if counter is None or budget is None:
+        desc = f"Description: {description.strip()}\n" if description is not None else ""
+        samples_txt = "".join(f"Example row: {_sample_text(s)}\n" for s in samples)
+        return head + desc + tail + samples_txt
+
+    left = budget - counter.count(head + tail)
+    desc_txt = ""
+    if description is not None:
+        d = description.strip()
+        # Cheap pre-cut so a 100 kB card is not tokenised whole; tokens decide the rest.
+        d = d[: max(0, left) * 8]
+        want = max(0, left - (60 if samples else 0))
+        d = counter.truncate(d, want - 3) if want > 3 else ""
+        if d:
+            desc_txt = f"Description: {d}\n"
+            left -= counter.count(desc_txt)
+    samples_txt = ""
+    for s in samples:
+        line = f"Example row: {_sample_text(s)}\n"
+        n = counter.count(line)
+        if n > left:
+            break
+        samples_txt += line
+        left -= n
+    return head + desc_txt + tail + samples_txt
+
+
+def _fewshot() -> list[dict[str, Any]]:
+    raw = resources.files("dynogen").joinpath("data/fewshot.json").read_text("utf-8")
+    examples: list[dict[str, Any]] = json.loads(raw)["examples"]
+    return examples
+
+
+class PromptBuilder:
+    """Builds every request for a run; the shared prefix is rendered and counted once.
+
+    >>> pb = PromptBuilder(Config(), TokenCounter("o200k_base"))
+    >>> reqs = pb.requests(unit)          # one Request per configured variant
+    """
+
+    def __init__(self, config: Config, counter: TokenCounter) -> None:
+        self.config = config
+        self.counter = counter
+
+    @cached_property
+    def _prefixes(self) -> dict[str, tuple[list[dict[str, str]], int]]:
+        out = {}
+        n = self.config.max_tasks_per_unit
+        for variant in self.config.variants:
+            with_desc = variant == "description"
+            system = SYSTEM_PROMPT.format(
+                desc=" and its description" if with_desc else "", n=n
+            )
+            msgs = [{"role": "system", "content": system}]
+            for ex in _fewshot():
+                md = ex["metadata"]
+                user = render_metadata(
+                    dataset=md["dataset"],
+                    config=md["config"],
+                    description=md["description"] if with_desc else None,
+                    fields=[Field.from_dict(f) for f in md["fields"]],
+                )
+                msgs.append({"role": "user", "content": user})
+                answer = {"tasks": ex["tasks"][:n]}
+                msgs.append({"role": "assistant", "content": orjson.dumps(answer).decode()})
+            out[variant] = (msgs, self.counter.count_messages(msgs) - 3)
+        return out
+
+    def prefix_messages(self, variant: str) -> list[dict[str, str]]:
+        return self._prefixes[variant][0]
+
+    def user_message(self, unit: Unit, variant: str) -> str:
+        return render_metadata(
+            dataset=unit.dataset,
+            config=unit.config,
+            description=unit.description if variant == "description" else None,
+            fields=unit.fields,
+            samples=unit.samples,
+            counter=self.counter,
+            budget=self.config.metadata_token_budget,
+        )
+
+    def request(self, unit: Unit, variant: str, *, max_tokens: int | None = None,
+                fmt: str | None = None) -> Request:
+        cfg = self.config
+        prefix, prefix_tokens = self._prefixes[variant]
+        user = self.user_message(unit, variant)
+        mt = max_tokens or cfg.max_tokens
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": [*prefix, {"role": "user", "content": user}],
+            "temperature": cfg.temperature,
+            "max_tokens": mt,
+        }
+        if cfg.seed is not None:
+            body["seed"] = cfg.seed
+        rf = response_format(fmt or cfg.response_format, [f.name for f in unit.fields],
+                             cfg.max_tasks_per_unit)
+        schema_tokens = 0
+        if rf is not None:
+            body["response_format"] = rf
+            if rf["type"] == "json_schema":
+                # OpenAI does not document how a schema is billed; counting its text
+                # keeps worst-case reservations an upper bound.
+                schema_tokens = self.counter.count(orjson.dumps(rf).decode())
+        # count_messages adds the assistant priming once; the prefix count excludes it.
+        tokens = prefix_tokens + self.counter.count_messages([body["messages"][-1]]) + schema_tokens
+        return Request(unit.key, variant, body, tokens, mt)
+
+    def requests(self, unit: Unit) -> list[Request]:
+        return [self.request(unit, v) for v in self.config.variants]
