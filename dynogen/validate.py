@@ -17,11 +17,11 @@ Rules (the paper's, made explicit):
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from typing import Any
 
 from dynogen.dedup import HashSet, text_hash
+from dynogen.instances import is_heldout
 from dynogen.tasks import Task, task_id
 from dynogen.units import Unit
 
@@ -48,13 +48,6 @@ class DropReason:
 def label_suffix(labels: tuple[str, ...] | list[str]) -> str:
     shown = [str(x) for x in labels[:MAX_SUFFIX_LABELS]]
     return " Answers must be one of: " + ", ".join(shown) + "."
-
-
-def is_heldout(tid: str, fraction: float) -> bool:
-    """Held-out by task, never by row; stable across runs for the same task id."""
-    if fraction <= 0:
-        return False
-    return (zlib.crc32(tid.encode()) % 10_000) < fraction * 10_000
 
 
 class TaskFilter:

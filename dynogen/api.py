@@ -1,0 +1,295 @@
+"""The Python API behind every CLI command, under the same names.
+
+>>> from dynogen import Config, run
+>>> outcome = run(Config(source="metadata/", out="runs/a", model="gpt-4o-mini", budget_usd=5))
+>>> outcome.exit_code, outcome.report["tasks"]["kept"]
+
+Everything that can be checked before money is spent is checked first: the
+config, the model's price, the API key, the source, the output directory, and
+that the server answers at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from dynogen.builder import build_instances
+from dynogen.cache import RequestCache
+from dynogen.client import ChatClient
+from dynogen.config import DEFAULT_BASE_URL, Config
+from dynogen.engine import EngineResult, TaskEngine
+from dynogen.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigError,
+    DynogenError,
+    FatalAPIError,
+)
+from dynogen.io.sources import open_source
+from dynogen.journal import iter_jsonl
+from dynogen.ledger import Ledger
+from dynogen.prices import Price, PriceTable, price_for
+from dynogen.progress import make_progress
+from dynogen.ratelimit import Limiter
+from dynogen.report import Stats
+from dynogen.rundir import RunDir
+from dynogen.tokens import TokenCounter
+from dynogen.transport import AiohttpTransport, Transport
+from dynogen.units import Skipped, Unit
+
+__all__ = ["EXIT", "RunOutcome", "arun", "build", "collect", "export", "resolve_price", "run"]
+
+EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    out: Path
+    report: dict[str, Any]
+    message: str
+    stop_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_price(cfg: Config) -> Price:
+    table = PriceTable.load(cfg.prices_file)
+    return price_for(cfg.model, table, price_in=cfg.price_in, price_out=cfg.price_out,
+                     free=cfg.free or cfg.local)
+
+
+def _check_key(cfg: Config) -> None:
+    if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL and not cfg.api_key:
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY (or api_key in the config file), or point "
+            "--base-url at another OpenAI-compatible server, or use --local"
+        )
+
+
+async def _preflight(cfg: Config, transport: Transport | None) -> None:
+    """Fail fast on an unreachable server or a refused key, before any paid request."""
+    if transport is not None:
+        return  # injected transports (tests, in-process fakes) are reachable by construction
+    url = cfg.base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {cfg.api_key.get()}"} if cfg.api_key else {}
+    host = url.split("//", 1)[-1].split("/", 1)[0]
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
+        ) as r:
+            status = r.status
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise ConfigError(
+            f"cannot reach the LLM server at {host} ({type(e).__name__}): is it running? "
+            "Check --base-url / OPENAI_BASE_URL, or use --local"
+        ) from None
+    if status in (401, 403):
+        raise AuthenticationError(
+            f"the server at {host} refused the API key (HTTP {status}): check OPENAI_API_KEY"
+        )
+
+
+def _prior_spend(rundir: RunDir) -> float:
+    return sum(float(r.get("usd") or 0.0) for r in iter_jsonl(rundir.path / "spend.jsonl"))
+
+
+@contextlib.asynccontextmanager
+async def _signals(engine: TaskEngine) -> AsyncIterator[None]:
+    """First SIGINT/SIGTERM: stop dispatch and finish cleanly; second: exit at once."""
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def handler() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            engine.stop("interrupted")
+        else:
+            # Files are line-complete up to the last flush; a restart repairs the rest.
+            import os
+
+            os._exit(EXIT["interrupted"])
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def arun(
+    cfg: Config,
+    *,
+    source: Iterable[Unit | Skipped] | None = None,
+    transport: Transport | None = None,
+    handle_signals: bool = False,
+    build: bool = True,
+) -> RunOutcome:
+    """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``."""
+    cfg = cfg.validate()
+    t0 = time.perf_counter()
+    if cfg.local:
+        from dynogen.local_server import LocalServer
+
+        server = LocalServer()
+        async with server:
+            local_cfg = cfg.with_(base_url=server.base_url, model=server.model, free=True)
+            return await arun(local_cfg.with_(local=False), source=source, transport=transport,
+                              handle_signals=handle_signals, build=build)
+    price = resolve_price(cfg)
+    _check_key(cfg)
+    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    rundir = RunDir(cfg.out).open(cfg)
+    await _preflight(cfg, transport)
+
+    spent_before = _prior_spend(rundir)
+    budget_left = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - spent_before)
+    ledger = Ledger(price, budget_left if budget_left is None or budget_left > 0 else 1e-12)
+    limiter = Limiter(rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight)
+    client = ChatClient(cfg.base_url, cfg.api_key.get(),
+                        transport=transport or AiohttpTransport(limit=cfg.max_in_flight),
+                        timeout=cfg.request_timeout)
+    cache = RequestCache(cfg.cache_path or rundir.path / "cache.sqlite")
+    counter = TokenCounter(price.encoding or cfg.encoding)
+    stats = Stats()
+    progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
+                             budget=cfg.budget_usd, spent_before=spent_before)
+    engine = TaskEngine(cfg, client=client, limiter=limiter, ledger=ledger, cache=cache,
+                        counter=counter, rundir=rundir, progress=progress, stats=stats)
+    try:
+        async with _signals(engine) if handle_signals else contextlib.nullcontext():
+            result = await engine.run(src)
+    finally:
+        progress.close()
+        engine.close()
+        await client.aclose()
+    if build and result.stop_reason is None:
+        await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
+    cache_entries = len(cache)
+    cache.close()
+    return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
+                   time.perf_counter() - t0)
+
+
+def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, ledger: Ledger,
+            spent_before: float, cache_entries: int, wall: float) -> RunOutcome:
+    report = stats.to_dict()
+    session = dict(result.session)
+    reqs = session.get("requests", 0)
+    report["cost"] = {
+        "spent_usd_total": round(spent_before + ledger.spent, 6),
+        "spent_usd_this_session": round(ledger.spent, 6),
+        "budget_usd": cfg.budget_usd,
+        "ledger": ledger.totals(),
+    }
+    report["session"] = {
+        **session,
+        "units_committed": result.committed,
+        "units_already_done": result.resumed,
+        "wall_seconds": round(wall, 3),
+        "task_stage_seconds": round(result.wall_seconds, 3),
+        "requests_per_second": round(reqs / result.wall_seconds, 2) if result.wall_seconds else 0,
+        "cache_entries": cache_entries,
+        "stop_reason": result.stop_reason,
+    }
+    report["config"] = cfg.public_dict()
+    rundir.write_report(report)
+    reason = result.stop_reason
+    if reason is None:
+        t = report["tasks"]
+        msg = (f"done: {report['units']['seen']} units, {t['kept']} tasks kept "
+               f"({t['dropped']} dropped), {report['instances']['written']} instances; "
+               f"${report['cost']['spent_usd_total']:.4f} spent. Output: {rundir.path}")
+        return RunOutcome(EXIT["ok"], rundir.path, report, msg)
+    if reason == "budget":
+        err = result.error
+        needed = f" (next request up to ${err.needed:.4f})" if isinstance(err, BudgetExceeded) else ""
+        msg = (f"budget reached: spent ${spent_before + ledger.spent:.4f} of "
+               f"${cfg.budget_usd:.4f}{needed}; {result.committed} units committed this "
+               f"session, the rest left undone. Resume with a larger --budget-usd and the "
+               f"same --out ({rundir.path}).")
+        return RunOutcome(EXIT["budget"], rundir.path, report, msg, reason)
+    if reason == "interrupted":
+        msg = (f"interrupted: {result.committed} units committed this session; outputs and "
+               f"report written. Run the same command again to resume ({rundir.path}).")
+        return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, reason)
+    err = result.error
+    text = str(err) if isinstance(err, DynogenError) else repr(err)
+    msg = f"stopped: {text}. Outputs so far are in {rundir.path}; fix this and run again to resume."
+    code = EXIT["fatal"] if isinstance(err, FatalAPIError | APIConnectionError) else EXIT["error"]
+    return RunOutcome(code, rundir.path, report, msg, reason)
+
+
+def run(cfg: Config, **kwargs: Any) -> RunOutcome:
+    """Synchronous ``arun``: the one ``asyncio.run`` at the boundary."""
+    return asyncio.run(arun(cfg, **kwargs))
+
+
+def build(out: str | Path, *, rows_per_split: int | None = None,
+          quiet: bool = False) -> RunOutcome:
+    """Build instances from an existing run directory's tasks (no LLM calls)."""
+    rundir = RunDir(out)
+    if not rundir.manifest.exists() or not rundir.tasks.exists():
+        raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
+                          f"`dynogen run --out {rundir.path}` first")
+    saved = orjson.loads(rundir.manifest.read_bytes()).get("config", {})
+    known = {f.name for f in dataclasses.fields(Config)} - {"api_key"}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    cfg = Config(**values).with_(quiet=quiet, force_new=False)
+    if rows_per_split is not None:
+        cfg = cfg.with_(rows_per_split=rows_per_split)
+    rundir.open(cfg)
+    stats = Stats()
+    for rec in iter_jsonl(rundir.units):
+        stats.add_unit(rec)
+    t0 = time.perf_counter()
+    build_instances(cfg, rundir, stats=stats)
+    report = stats.to_dict()
+    if rundir.report.exists():
+        old = orjson.loads(rundir.report.read_bytes())
+        for k in ("cost", "config"):
+            if k in old:
+                report[k] = old[k]
+    report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3), "command": "build"}
+    rundir.write_report(report)
+    msg = f"built {report['instances']['written']} instances into {rundir.instances}"
+    return RunOutcome(EXIT["ok"], rundir.path, report, msg)
+
+
+def collect(source: str, out: str | Path, *, limit: int | None = None,
+            shard_size: int = 1000) -> Any:
+    """Read a metadata source and write JSONL shards that ``run --source`` accepts."""
+    from dynogen.io.shards import collect as _collect
+
+    return _collect(open_source(source, limit=limit), Path(out), shard_size=shard_size)
+
+
+def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
+    """Export a run's instances to Parquet or a ``datasets`` folder."""
+    from dynogen.export import export_instances
+
+    rundir = RunDir(out)
+    if not rundir.instances.exists():
+        raise ConfigError(f"{rundir.path} has no instances.jsonl: run `dynogen run` or "
+                          "`dynogen build` first")
+    target = Path(dest) if dest else rundir.path / "export" / fmt
+    return export_instances(rundir.instances, target, fmt)  # type: ignore[arg-type]

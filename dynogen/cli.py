@@ -1,0 +1,172 @@
+"""``dynogen`` on the command line: a thin layer over ``dynogen.api``.
+
+Every command maps flags onto one ``Config`` and calls the API function of
+the same name. Errors print one line (``dynogen: error: …``) and exit with
+a code from ``dynogen.api.EXIT``: 0 done, 1 error, 3 budget reached,
+4 fatal API error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dynogen import api
+from dynogen.config import load_config
+from dynogen.errors import DynogenError, FatalAPIError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Grow instruction-tuning data from dataset metadata (after Dynosaur).",
+)
+
+SourceOpt = Annotated[str, typer.Option(
+    "--source", help="Folder of dataset folders, a .jsonl metadata shard, 'samples' (bundled) "
+    "or 'hub'.")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Run directory (resumed if it exists).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name sent to the server.")]
+BaseUrlOpt = Annotated[str | None, typer.Option(
+    "--base-url", help="OpenAI-compatible base URL (default: OPENAI_BASE_URL or OpenAI).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+
+
+def _fail(err: DynogenError) -> None:
+    typer.echo(f"dynogen: error: {err}", err=True)
+    code = api.EXIT["fatal"] if isinstance(err, FatalAPIError) else api.EXIT["error"]
+    raise typer.Exit(code)
+
+
+def _config(config_file: Path | None, **flags: Any) -> Any:
+    return load_config(config_file, **flags)
+
+
+@app.command()
+def run(
+    source: SourceOpt = "samples",
+    out: OutOpt = Path("runs/latest"),
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Process at most N units.")] = None,
+    rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="Prompt variants: description,no_description (default both).")] = None,
+    max_tasks: Annotated[int | None, typer.Option(
+        "--max-tasks", help="Tasks asked per unit and variant.")] = None,
+    response_format: Annotated[str | None, typer.Option(
+        help="json_schema (default), json_object or none.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        help="Hard budget in dollars for the whole run (across resumes).")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
+    heldout_fraction: Annotated[float | None, typer.Option(
+        help="Fraction of tasks held out (by task, not row).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Request cache file to share across runs.")] = None,
+    force_new: Annotated[bool, typer.Option(
+        help="Discard an existing run in --out whose settings differ.")] = False,
+    no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Generate tasks from metadata with an LLM, then build instances from rows."""
+    try:
+        cfg = _config(
+            config_file, source=source, out=str(out), model=model, base_url=base_url,
+            local=local or None, limit=limit, rows_per_split=rows_per_split,
+            variants=variants, max_tasks_per_unit=max_tasks, response_format=response_format,
+            rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, budget_usd=budget_usd,
+            price_in=price_in, price_out=price_out, free=free or None,
+            heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
+            force_new=force_new or None, quiet=quiet or None,
+        )
+        outcome = api.run(cfg, handle_signals=True, build=not no_build)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(outcome.message, err=outcome.exit_code != 0)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def build(
+    out: OutOpt = Path("runs/latest"),
+    rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build instances from a run directory's tasks (no LLM calls)."""
+    try:
+        outcome = api.build(out, rows_per_split=rows_per_split, quiet=quiet)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(outcome.message)
+
+
+@app.command()
+def collect(
+    source: SourceOpt = "samples",
+    out: Annotated[Path, typer.Option("--out", help="Folder for units-*.jsonl shards.")] = Path(
+        "metadata"),
+    limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Units per shard file.")] = 1000,
+) -> None:
+    """Read metadata from a source and write it as JSONL shards (input to `run`)."""
+    try:
+        stats = api.collect(source, out, limit=limit, shard_size=shard_size)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(stats)
+
+
+@app.command("serve-local")
+def serve_local(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,
+) -> None:
+    """Serve the bundled SmolLM2-135M with llama.cpp on 127.0.0.1 until Ctrl-C."""
+    from dynogen.local_server import serve_forever
+
+    try:
+        serve_forever(port=port or None)
+    except DynogenError as e:
+        _fail(e)
+
+
+@app.command()
+def export(
+    out: OutOpt = Path("runs/latest"),
+    fmt: Annotated[str, typer.Option("--format", help="parquet or datasets.")] = "parquet",
+    dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export).")] = None,
+) -> None:
+    """Export instances.jsonl to Parquet or a `datasets` folder."""
+    try:
+        path = api.export(out, fmt=fmt, dest=dest)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(f"exported to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="dynogen")
+    except KeyboardInterrupt:
+        typer.echo("dynogen: interrupted", err=True)
+        sys.exit(api.EXIT["interrupted"])
+
+
+if __name__ == "__main__":
+    main()
