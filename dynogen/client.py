@@ -27,10 +27,10 @@ from dynogen.errors import (
     RateLimitError,
     ServerError,
 )
-from dynogen.ratelimit.headers import parse_duration
+from dynogen.ratelimit.headers import retry_after_seconds
 from dynogen.transport import AiohttpTransport, RawResponse, Transport
 
-__all__ = ["ChatClient", "Completion", "classify", "retry_after_seconds"]
+__all__ = ["ChatClient", "Completion", "classify", "parse_completion"]
 
 
 @dataclass(slots=True)
@@ -40,30 +40,6 @@ class Completion:
     usage: dict[str, Any] | None
     headers: Mapping[str, str]
     raw: bytes
-
-
-def retry_after_seconds(headers: Mapping[str, str], kind: str = "unknown") -> float | None:
-    """Seconds the server asks us to wait: retry-after-ms, retry-after, then the reset header."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if ra:
-        try:
-            return max(0.0, float(ra))
-        except ValueError:
-            pass
-    order = ("tokens", "requests") if kind == "tokens" else ("requests", "tokens")
-    for k in order:
-        v = headers.get(f"x-ratelimit-reset-{k}")
-        if v:
-            d = parse_duration(v)
-            if d is not None:
-                return d
-    return None
 
 
 def _error_info(body: bytes) -> tuple[str, str, str]:

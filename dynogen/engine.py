@@ -117,6 +117,18 @@ class EngineResult:
     session: dict[str, Any]
 
 
+def usage_counts(usage: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, cached) from an OpenAI usage object; ``None`` if unusable."""
+    if not isinstance(usage, dict):
+        return None
+    pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(pin, int) or not isinstance(pout, int) or pin < 0 or pout < 0:
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return pin, pout, cached if isinstance(cached, int) and cached >= 0 else 0
+
+
 def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
     return list(itertools.islice(it, n))
 
@@ -163,6 +175,7 @@ class TaskEngine:
         self._committed = 0
         self._resumed = 0
         self._advance = asyncio.Event()
+        self._settled = asyncio.Event()
         self._stop_reason: str | None = None
         self._error: BaseException | None = None
         self._done_keys: set[str] = set()
@@ -348,18 +361,25 @@ class TaskEngine:
         """One paced, budgeted round trip. Raises typed errors; settles every answer."""
         worst = req.prompt_tokens + req.max_tokens
         permit = await self.limiter.acquire(worst)
-        try:
-            reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
-        except BudgetExceeded:
-            self.limiter.release(permit, 0)
-            raise
+        while True:
+            try:
+                reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
+                break
+            except BudgetExceeded:
+                # Requests in flight usually settle below their worst case: wait for
+                # them before deciding the budget is spent.
+                if self.ledger.in_flight == 0 or self.stopping:
+                    self.limiter.release(permit, 0)
+                    raise
+                self._settled.clear()
+                await self._settled.wait()
         res.requests += 1
         self.session["requests"] += 1
         try:
             raw = await self.client.send(body)
         except APIConnectionError:
             # Never reached the server: nothing was billed or counted against limits.
-            self.ledger.release(reservation)
+            self._release(reservation)
             self.limiter.release(permit, 0)
             raise
         except RetryableError:
@@ -367,10 +387,10 @@ class TaskEngine:
             self._charge(reservation, None, variant, res)
             self.limiter.release(permit, worst)
             raise
-        self.limiter.observe_headers(raw.headers)
+        self.limiter.observe_headers(raw.headers, permit)
         if raw.status >= 300:
             err = classify(raw)
-            self.ledger.release(reservation)
+            self._release(reservation)
             self.limiter.release(permit, 0 if raw.status == 429 else None)
             self.session[f"http_{raw.status}"] += 1
             raise err
@@ -385,15 +405,18 @@ class TaskEngine:
         self.limiter.release(permit, used)
         return comp
 
+    def _release(self, reservation: Any) -> None:
+        self.ledger.release(reservation)
+        self._settled.set()
+
     def _charge(self, reservation: Any, usage: dict[str, Any] | None, variant: str,
                 res: VariantResult) -> int | None:
         cost = self.ledger.settle(reservation, usage, stage="tasks", variant=variant)
+        self._settled.set()
         used = None
-        if usage:
-            pin = int(usage.get("prompt_tokens") or 0)
-            pout = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details")
-            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        counts = usage_counts(usage)
+        if counts is not None:
+            pin, pout, cached = counts
             res.tokens_in += pin
             res.tokens_out += pout
             res.tokens_cached += cached

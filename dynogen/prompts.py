@@ -166,7 +166,7 @@ class PromptBuilder:
                 msgs.append({"role": "user", "content": user})
                 answer = {"tasks": ex["tasks"][:n]}
                 msgs.append({"role": "assistant", "content": orjson.dumps(answer).decode()})
-            out[variant] = (msgs, self.counter.count_messages(msgs) - 3)
+            out[variant] = (msgs, self.counter.count_prefix(msgs))
         return out
 
     def prefix_messages(self, variant: str) -> list[dict[str, str]]:
@@ -199,15 +199,12 @@ class PromptBuilder:
             body["seed"] = cfg.seed
         rf = response_format(fmt or cfg.response_format, [f.name for f in unit.fields],
                              cfg.max_tasks_per_unit)
-        schema_tokens = 0
         if rf is not None:
             body["response_format"] = rf
-            if rf["type"] == "json_schema":
-                # OpenAI does not document how a schema is billed; counting its text
-                # keeps worst-case reservations an upper bound.
-                schema_tokens = self.counter.count(orjson.dumps(rf).decode())
-        # count_messages adds the assistant priming once; the prefix count excludes it.
-        tokens = prefix_tokens + self.counter.count_messages([body["messages"][-1]]) + schema_tokens
+        # The schema's share is an upper-bound estimate (OpenAI does not document how
+        # it is billed), so worst-case reservations stay worst-case.
+        tokens = self.counter.count_messages([body["messages"][-1]], prefix_tokens=prefix_tokens,
+                                             response_format=rf)
         return Request(unit.key, variant, body, tokens, mt)
 
     def requests(self, unit: Unit) -> list[Request]:

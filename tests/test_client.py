@@ -3,7 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dynogen.client import ChatClient, classify, parse_completion, retry_after_seconds
+from dynogen.client import ChatClient, classify, parse_completion
+from dynogen.ratelimit import retry_after_seconds
 from dynogen.errors import (
     AuthenticationError,
     BadRequestError,

@@ -1,0 +1,200 @@
+"""The engine end to end against a real in-process HTTP fake of the OpenAI API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from dynogen.api import EXIT, arun
+from dynogen.config import Config, Secret
+from dynogen.journal import iter_jsonl
+from dynogen.testing import FakeOpenAI, Fault, serve
+from dynogen.units import Field, Skipped, Unit
+
+FIELDS = (
+    Field("premise", "string"),
+    Field("hypothesis", "string"),
+    Field("label", "class_label", ("entailment", "neutral", "contradiction")),
+)
+
+
+def units(n: int) -> list[Unit | Skipped]:
+    out: list[Unit | Skipped] = [
+        Unit(f"ds{i}", "default", f"Dataset number {i} about topic {i}.", FIELDS, license="mit")
+        for i in range(n)
+    ]
+    return out
+
+
+def cfg(tmp_path: Path, url: str, **kw: Any) -> Config:
+    base = dict(out=str(tmp_path / "run"), base_url=url, model="gpt-4o-mini", quiet=True,
+                max_in_flight=8, retry_base_delay=0.01, retry_max_delay=0.05)
+    base.update(kw)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
+
+
+async def test_run_writes_tasks_and_a_report_that_adds_up(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    src = units(6) + [
+        Unit("pics", "default", "", (Field("image", "image", media=True), Field("cap", "string"))),
+        Unit("single", "default", "", (Field("text", "string"),)),
+        Skipped("broken", "default", "invalid_metadata", "bad yaml"),
+    ]
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True), source=src)
+    assert outcome.exit_code == EXIT["ok"], outcome.message
+    rep = outcome.report
+    u = rep["units"]
+    assert u["seen"] == 9
+    assert u["processed"] + u["skipped"] + u["failed"] == u["seen"]
+    assert u["skipped_by_reason"] == {"fewer_than_2_fields": 1, "invalid_metadata": 1,
+                                      "media_fields": 1}
+    assert rep["requests"] == 12 == rep["responses"]  # 6 units x 2 variants
+    tasks = read(outcome.out / "tasks.jsonl")
+    assert len(tasks) == rep["tasks"]["kept"] > 0
+    assert rep["tasks"]["generated"] == rep["tasks"]["kept"] + rep["tasks"]["dropped"]
+    for t in tasks:
+        assert {"id", "dataset", "config", "variant", "instruction", "input_fields",
+                "output_field"} <= set(t)
+        assert isinstance(t["input_fields"], list) and isinstance(t["output_field"], str)
+        names = {f.name for f in FIELDS}
+        assert set(t["input_fields"]) <= names and t["output_field"] in names
+    assert {t["variant"] for t in tasks} == {"description", "no_description"}
+    assert rep["tokens"]["in"] > 0 and rep["tokens"]["out"] > 0
+    saved = orjson.loads((outcome.out / "report.json").read_bytes())
+    assert saved["tasks"] == rep["tasks"]
+
+
+async def test_faults_are_retried_or_recorded_never_lost(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    fake.enqueue(
+        Fault("server_error"), Fault("rate_limit"), Fault("not_json"), Fault("empty_choices"),
+        Fault("reset"), Fault("wrong_shape"),
+    )
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True, max_in_flight=1),
+                             source=units(3))
+    rep = outcome.report
+    assert outcome.exit_code == 0, outcome.message
+    assert rep["units"]["processed"] == 3
+    assert rep["responses"] == 6
+    assert rep["session"]["http_500"] == 1 and rep["session"]["http_429"] == 1
+
+
+async def test_length_is_retried_with_more_tokens_then_recorded(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    cut = '{"tasks": [{"instruction": "Decide wheth'
+    fake.enqueue(Fault("length", content=cut), Fault("length", content=cut),
+                 Fault("content_filter"))
+    async with serve(fake) as server:
+        outcome = await arun(
+            cfg(tmp_path, server.url, free=True, max_in_flight=1, variants=("description",)),
+            source=units(2))
+    rep = outcome.report
+    assert rep["responses_invalid_by_reason"] == {"content_filter": 1,
+                                                  "truncated_at_max_tokens": 1}
+    bodies = [h.body for h in fake.history]
+    assert bodies[0]["max_tokens"] == Config().max_tokens
+    assert bodies[1]["max_tokens"] == Config().max_tokens_retry
+
+
+async def test_retries_exhausted_marks_unit_failed_and_resume_retries_it(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    fake.enqueue(*[Fault("server_error")] * 3)
+    c = cfg(tmp_path, None, free=True, max_in_flight=1, max_retries=2, variants=("description",))
+    async with serve(fake) as server:
+        first = await arun(c.with_(base_url=server.url), source=units(2))
+        assert first.report["units"]["failed_by_reason"] == {"ServerError": 1}
+        second = await arun(c.with_(base_url=server.url), source=units(2))
+    assert second.report["units"]["failed"] == 0
+    assert second.report["units"]["processed"] == 2
+    assert second.report["session"]["units_already_done"] == 1
+
+
+async def test_resume_and_cache_never_pay_twice(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        c = cfg(tmp_path, server.url, free=True, cache_path=str(tmp_path / "shared.sqlite"))
+        a = await arun(c, source=units(5))
+        sent = len(fake.history)
+        again = await arun(c, source=units(5))  # same dir: everything already done
+        other = await arun(c.with_(out=str(tmp_path / "run2")), source=units(5))  # shared cache
+    assert sent == 10
+    assert len(fake.history) == sent
+    assert again.report["session"]["units_already_done"] == 5
+    assert other.report["session"]["cache_hits"] == 10
+    same = read(a.out / "tasks.jsonl")
+    assert read(other.out / "tasks.jsonl") == same
+    assert read(a.out / "tasks.jsonl") == same  # nothing written twice
+
+
+async def test_budget_stops_dispatch_and_resume_finishes(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    full_dir = tmp_path / "full"
+    async with serve(fake) as server:
+        base = cfg(tmp_path, server.url, price_in=1000.0, price_out=1000.0, max_in_flight=2)
+        full = await arun(base.with_(out=str(full_dir)), source=units(8))
+        total = full.report["cost"]["spent_usd_total"]
+        part = await arun(base.with_(budget_usd=total / 3), source=units(8))
+        assert part.exit_code == EXIT["budget"]
+        assert part.report["cost"]["spent_usd_total"] <= total / 3 + 1e-9
+        assert "budget reached" in part.message and "Resume" in part.message
+        rest = await arun(base.with_(budget_usd=total * 2), source=units(8))
+    assert rest.exit_code == 0, rest.message
+    assert read(rest.out / "tasks.jsonl") == read(full_dir / "tasks.jsonl")
+
+
+async def test_insufficient_quota_stops_at_once(tmp_path: Path) -> None:
+    fake = FakeOpenAI(insufficient_quota=True)
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True), source=units(20))
+    assert outcome.exit_code == EXIT["fatal"]
+    assert "insufficient_quota" in outcome.message
+    assert len(fake.history) <= 8 + 1  # only what was already in flight
+
+
+async def test_schema_refused_steps_down_to_json_object(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    fake.enqueue(Fault.http(400, {"error": {"message": "Invalid parameter: 'response_format' "
+                                            "of type 'json_schema' is not supported with this "
+                                            "model.", "type": "invalid_request_error",
+                                            "code": None}}))
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True, max_in_flight=1),
+                             source=units(2))
+    assert outcome.exit_code == 0
+    assert outcome.report["session"]["format_downgraded_to_json_object"] == 1
+    formats = [h.body.get("response_format", {}).get("type") for h in fake.history]
+    assert formats[0] == "json_schema" and set(formats[1:]) == {"json_object"}
+
+
+async def test_api_key_never_reaches_disk(tmp_path: Path) -> None:
+    canary = "sk-canary-7f3e9a"
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        c = cfg(tmp_path, server.url, free=True).with_(api_key=Secret(canary))
+        outcome = await arun(c, source=units(2))
+    for p in outcome.out.rglob("*"):
+        if p.is_file():
+            assert canary.encode() not in p.read_bytes(), p
+    assert canary not in repr(c) and canary not in str(outcome.report)
+
+
+async def test_changed_prompt_settings_refuse_to_resume(tmp_path: Path) -> None:
+    from dynogen.errors import RunDirError
+
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        c = cfg(tmp_path, server.url, free=True)
+        await arun(c, source=units(1))
+        with pytest.raises(RunDirError, match="max_tasks_per_unit"):
+            await arun(c.with_(max_tasks_per_unit=5), source=units(1))
+        forced = await arun(c.with_(max_tasks_per_unit=5, force_new=True), source=units(1))
+    assert forced.exit_code == 0
