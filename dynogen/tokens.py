@@ -1,0 +1,272 @@
+"""Exact, offline prompt token counting for OpenAI encodings.
+
+Why exact: the ledger reserves ``prompt_tokens + max_tokens`` at worst-case
+prices before each request, so an undercount could let a run cross
+``--budget-usd``. ``bpe_openai`` ships ``o200k_base`` and ``cl100k_base`` in its
+wheel, so counting needs no download (``tiktoken`` would fetch its files).
+
+Chat overhead follows OpenAI's cookbook "How to count tokens with tiktoken"
+(``examples/How_to_count_tokens_with_tiktoken.ipynb``): every message costs
+3 tokens plus the tokens of each of its values (role, content, name), a
+``name`` adds 1 more, and the reply is primed with 3 tokens
+(``<|start|>assistant<|message|>``). The cookbook checks this against the API:
+its example conversation is 129 prompt tokens on gpt-3.5-turbo-0125/gpt-4 and
+124 on gpt-4o/gpt-4o-mini. ``gpt-3.5-turbo-0301`` (shut down in 2024) used 4
+per message and -1 for a name; pass ``**GPT35_TURBO_0301_FORMAT`` to
+``TokenCounter`` for it.
+
+What is *not* exact:
+
+* ``response_format`` with a ``json_schema``: OpenAI bills the schema as
+  prompt tokens but does not document how it is rendered. ``count_messages``
+  adds the tokens of the schema's JSON text plus ``RESPONSE_FORMAT_OVERHEAD``,
+  which is meant to be an upper bound so that worst-case reservations stay
+  upper bounds. What the server reports in ``usage`` is what the ledger bills.
+* Non-OpenAI servers (llama.cpp, vLLM...) tokenize with their own model's
+  vocabulary. The server's ``usage`` is what is billed; ``o200k_base`` is
+  used only as an approximation for reservations and metadata budgets.
+
+Sharing a prefix: the engine sends a byte-identical prefix (system prompt and
+few-shot examples) before each unit's messages. Message counts add up, so
+count that prefix once with ``count_prefix`` and pass the result as
+``prefix_tokens``::
+
+    counter = TokenCounter("o200k_base")
+    shared = counter.count_prefix(prefix_messages)          # once per run
+    n = counter.count_messages(unit_messages, prefix_tokens=shared)
+    assert n == counter.count_messages(prefix_messages + unit_messages)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+import bpe_openai
+
+from dynogen.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ENCODING",
+    "GPT35_TURBO_0301_FORMAT",
+    "KNOWN_ENCODINGS",
+    "REPLY_PRIMING_TOKENS",
+    "RESPONSE_FORMAT_OVERHEAD",
+    "TokenCounter",
+    "check_encoding",
+]
+
+KNOWN_ENCODINGS = ("o200k_base", "cl100k_base")
+DEFAULT_ENCODING = "o200k_base"
+
+# Cookbook rule, checked there against the API (see the module docstring).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+GPT35_TURBO_0301_FORMAT: dict[str, int] = {"tokens_per_message": 4, "tokens_per_name": -1}
+
+# Added to the schema's JSON text when a response_format is counted. OpenAI
+# renders the schema into its own (undocumented) form; the JSON text with
+# ", "/": " separators, quotes and "required"/"additionalProperties" is, as far
+# as we know, longer than that form, and this slack covers the framing around it.
+RESPONSE_FORMAT_OVERHEAD = 16
+
+# bpe_openai refuses inputs of 1,000,000 characters or more, and any single
+# encode that yields more than 200,000 tokens. Pieces of at most this many
+# characters give at most 4 tokens per character, under both limits.
+_PIECE_CHARS = 40_000
+
+
+@cache
+def _encoder(encoding: str) -> bpe_openai.Encoding:
+    """One encoder per encoding name for the whole process (loading costs ~0.1 s)."""
+    return bpe_openai.get_encoding(encoding)
+
+
+@cache
+def _longest_token_bytes(encoding: str) -> int:
+    return max(len(b) for b in _encoder(encoding).token_byte_values())
+
+
+def check_encoding(encoding: str) -> str:
+    """Return ``encoding`` if dynogen can count it, else raise ``ConfigError``."""
+    if encoding not in KNOWN_ENCODINGS:
+        raise ConfigError(
+            f"unknown token encoding {encoding!r}: use one of {', '.join(KNOWN_ENCODINGS)}"
+        )
+    return encoding
+
+
+def _is_letter(ch: str) -> bool:
+    # str.isalpha is exactly Unicode categories L* (= regex \p{L}).
+    return ch.isalpha()
+
+
+def _split_point(text: str, limit: int) -> int:
+    """An index <= ``limit`` where both encodings' pre-tokenizers must split.
+
+    Both patterns start a new chunk at a letter that follows a line break, and
+    end a word before a space that precedes a letter, so encoding the two sides
+    apart gives the same tokens as encoding the whole. Without such a place in
+    the second half of the window we cut at ``limit`` (possibly off by a token
+    at that seam: only for minified blobs over 40,000 characters).
+    """
+    low = limit // 2
+    i = limit
+    while i > low:
+        nl = max(text.rfind("\n", low, i), text.rfind("\r", low, i))
+        sp = text.rfind(" ", low, i)
+        cand = max(nl, sp)
+        if cand < 0:
+            break
+        if cand == nl and cand + 1 < len(text) and _is_letter(text[cand + 1]):
+            return cand + 1
+        if (
+            cand == sp
+            and cand + 1 < len(text)
+            and _is_letter(text[cand + 1])
+            and _is_letter(text[cand - 1])
+        ):
+            return cand
+        i = cand
+    return limit
+
+
+def _pieces(text: str) -> Iterable[str]:
+    while len(text) > _PIECE_CHARS:
+        cut = _split_point(text, _PIECE_CHARS)
+        yield text[:cut]
+        text = text[cut:]
+    yield text
+
+
+def _clean(text: str) -> str:
+    """Replace lone surrogates (which cannot be sent as UTF-8 anyway) with U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+class TokenCounter:
+    """Counts prompt tokens the way OpenAI bills them.
+
+    >>> tc = TokenCounter("o200k_base")
+    >>> tc.count("hello world")
+    2
+    >>> tc.count_messages([{"role": "user", "content": "hello world"}])
+    9
+
+    Text that looks like a special token (``<|endoftext|>``) is counted as
+    ordinary text, as the API treats message content.
+    """
+
+    __slots__ = ("encoding", "_enc", "_per_message", "_per_name")
+
+    def __init__(
+        self,
+        encoding: str = DEFAULT_ENCODING,
+        *,
+        tokens_per_message: int = TOKENS_PER_MESSAGE,
+        tokens_per_name: int = TOKENS_PER_NAME,
+    ) -> None:
+        self.encoding = check_encoding(encoding)
+        self._enc = _encoder(encoding)
+        self._per_message = tokens_per_message
+        self._per_name = tokens_per_name
+
+    def __repr__(self) -> str:
+        return f"TokenCounter({self.encoding!r})"
+
+    def encode(self, text: str) -> list[int]:
+        text = _clean(text)
+        if len(text) <= _PIECE_CHARS:
+            return list(self._enc.encode_ordinary(text))
+        out: list[int] = []
+        for piece in _pieces(text):
+            out.extend(self._enc.encode_ordinary(piece))
+        return out
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        text = _clean(text)
+        if len(text) <= _PIECE_CHARS:
+            return len(self._enc.encode_ordinary(text))
+        return sum(len(self._enc.encode_ordinary(p)) for p in _pieces(text))
+
+    def count_message(self, message: Mapping[str, str]) -> int:
+        """One message with its framing, without the reply priming."""
+        n = self._per_message
+        for key, value in message.items():
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"message field {key!r} must be a string to be counted, "
+                    f"got {type(value).__name__}"
+                )
+            n += self.count(value)
+            if key == "name":
+                n += self._per_name
+        return n
+
+    def count_prefix(self, messages: Iterable[Mapping[str, str]]) -> int:
+        """Tokens of leading messages, to pass later as ``prefix_tokens``."""
+        return sum(self.count_message(m) for m in messages)
+
+    def count_response_format(self, response_format: Mapping[str, Any] | None) -> int:
+        """A conservative estimate of what a ``response_format`` adds to the prompt.
+
+        ``json_object`` and ``text`` add nothing measurable; a ``json_schema`` is
+        counted as its JSON text plus ``RESPONSE_FORMAT_OVERHEAD`` (see module doc).
+        """
+        if not response_format or response_format.get("type") != "json_schema":
+            return 0
+        body = json.dumps(response_format.get("json_schema", {}), ensure_ascii=False)
+        return self.count(body) + RESPONSE_FORMAT_OVERHEAD
+
+    def count_messages(
+        self,
+        messages: Iterable[Mapping[str, str]],
+        *,
+        prefix_tokens: int = 0,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Prompt tokens of a chat request: ``prefix_tokens`` + messages + priming."""
+        return (
+            prefix_tokens
+            + sum(self.count_message(m) for m in messages)
+            + REPLY_PRIMING_TOKENS
+            + self.count_response_format(response_format)
+        )
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` that is at most ``max_tokens`` tokens.
+
+        Cuts at a token boundary, then drops a trailing partial character so the
+        result is valid text; re-encoding a cut can differ from the cut tokens, so
+        the result is re-counted until it fits.
+        """
+        if max_tokens <= 0 or not text:
+            return ""
+        text = _clean(text)
+        if len(text.encode("utf-8")) <= max_tokens:  # a token is at least one byte
+            return text
+        # The first max_tokens tokens cover at most this many characters; never
+        # encode a long document whole just to keep its head.
+        window = (max_tokens + 1) * _longest_token_bytes(self.encoding)
+        tokens = self.encode(text[:window])
+        if len(tokens) <= max_tokens:
+            return text[:window]
+        keep = max_tokens
+        while keep > 0:
+            raw = self._enc.decode_bytes(tokens[:keep])
+            cut: str = raw.decode("utf-8", errors="ignore")
+            # errors="ignore" can only drop the incomplete tail, since raw is a
+            # byte prefix of valid UTF-8.
+            if self.count(cut) <= max_tokens:
+                return cut
+            keep -= 1
+        return ""
