@@ -1,0 +1,62 @@
+"""Test and benchmark helpers shipped with dynogen: a fake OpenAI-compatible server.
+
+Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
+module fresh (an eager import here would make runpy warn about a module
+imported twice).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
+    from dynogen.testing.fake_openai import (
+        FakeOpenAI,
+        FakeProcess,
+        FakeServer,
+        Recorded,
+        make_app,
+        serve,
+        start_fake_process,
+    )
+
+__all__ = [
+    "DEFAULT_FAULT_KINDS",
+    "FAULT_KINDS",
+    "FakeOpenAI",
+    "FakeProcess",
+    "FakeServer",
+    "Fault",
+    "Latency",
+    "Recorded",
+    "make_app",
+    "serve",
+    "start_fake_process",
+]
+
+_HOME = {
+    "DEFAULT_FAULT_KINDS": "fake_answers",
+    "FAULT_KINDS": "fake_answers",
+    "Fault": "fake_answers",
+    "Latency": "fake_answers",
+    "FakeOpenAI": "fake_openai",
+    "FakeProcess": "fake_openai",
+    "FakeServer": "fake_openai",
+    "Recorded": "fake_openai",
+    "make_app": "fake_openai",
+    "serve": "fake_openai",
+    "start_fake_process": "fake_openai",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dynogen.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"dynogen.testing.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,448 @@
+"""What the fake server answers: completions, deterministic task lists, faults and latency.
+
+Pure functions of the request (and a seeded RNG passed in), so the same body
+always gets the same auto answer and tests can predict it without a server.
+
+The auto answer reads the field names from the request the way a model would
+have to: from the ``enum`` of a ``json_schema`` response format when there is
+one, else from the messages (a ``Fields:`` line, an ``"enum": [...]`` or
+``"name": "..."`` pairs in JSON the prompt embeds). It never invents names, so
+a prompt it cannot read gets ``{"tasks": []}``, which the engine must count.
+
+Token counts are ``len(text) // 4`` style estimates: exact counts would cost
+more than the rest of a request, and nothing downstream needs exactness from a
+fake.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from dynogen.testing.fake_limits import insufficient_quota_body, rate_limit_body
+
+__all__ = [
+    "DEFAULT_FAULT_KINDS",
+    "FAULT_KINDS",
+    "Fault",
+    "Latency",
+    "OutputTokens",
+    "Reply",
+    "TaskSpec",
+    "auto_content",
+    "completion_reply",
+    "count_completion_tokens",
+    "count_prompt_tokens",
+    "error_body",
+    "error_reply",
+    "fault_reply",
+    "task_spec",
+]
+
+FAULT_KINDS = (
+    "rate_limit",          # 429 with OpenAI's typed body and retry-after headers
+    "insufficient_quota",  # 429 code insufficient_quota: fatal, the account is out of money
+    "server_error",        # 500
+    "unavailable",         # 503
+    "http",                # any status/body/headers given in the Fault
+    "not_json",            # 200 whose body is not JSON
+    "wrong_shape",         # 200 JSON without ``choices``
+    "empty_choices",       # 200 with ``choices: []``
+    "length",              # finish_reason "length", content cut off mid-JSON
+    "content_filter",      # finish_reason "content_filter", content null
+    "refusal",             # structured-output refusal: message.refusal set, content null
+    "slow",                # the normal answer after ``delay`` seconds
+    "reset",               # the connection is reset without an answer
+    "timeout",             # no answer for ``delay`` seconds (past the client's timeout), then reset
+)
+# Injected at random when only a rate is given. Fatal or run-stalling kinds
+# (insufficient_quota, timeout) and the catch-all "http" are opt-in.
+DEFAULT_FAULT_KINDS = (
+    "rate_limit", "server_error", "unavailable", "not_json", "wrong_shape", "empty_choices",
+    "length", "content_filter", "refusal", "slow", "reset",
+)
+_DEFAULT_DELAY = {"slow": 0.5, "timeout": 60.0}
+
+OutputTokens = int | tuple[int, int] | Callable[[random.Random], int]
+"""A completion length: fixed, uniform in ``(lo, hi)``, or drawn by a function."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A scripted or injected failure; fields left ``None`` take the kind's defaults.
+
+    >>> Fault("server_error").kind
+    'server_error'
+    >>> Fault("rate_limit", limit_type="tokens", retry_after=0.05).limit_type
+    'tokens'
+    >>> Fault.http(502, b"<html>bad gateway</html>").status
+    502
+    """
+
+    kind: str
+    status: int | None = None
+    body: bytes | str | Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float | None = None
+    content: str | None = None
+    limit_type: str = "requests"
+    retry_after: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(
+                f"unknown fault kind {self.kind!r}: use one of {', '.join(FAULT_KINDS)}")
+        if self.limit_type not in ("requests", "tokens"):
+            raise ValueError(f"limit_type must be 'requests' or 'tokens', got {self.limit_type!r}")
+
+    @classmethod
+    def http(cls, status: int, body: bytes | str | Mapping[str, Any] = b"",
+             headers: Mapping[str, str] | None = None) -> Fault:
+        return cls("http", status=status, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def slow(cls, delay: float, content: str | None = None) -> Fault:
+        return cls("slow", delay=delay, content=content)
+
+    @classmethod
+    def timeout(cls, delay: float = 60.0) -> Fault:
+        return cls("timeout", delay=delay)
+
+    @property
+    def wait(self) -> float:
+        return self.delay if self.delay is not None else _DEFAULT_DELAY.get(self.kind, 0.0)
+
+    def body_bytes(self) -> bytes | None:
+        if self.body is None or isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode("utf-8")
+        return orjson.dumps(dict(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Seconds before an answer: lognormal around ``median``, plus time per output token,
+    plus a heavy tail (``tail_p`` of answers take ``tail_seconds`` more).
+
+    >>> Latency().sample(random.Random(0), 100)
+    0.0
+    """
+
+    median: float = 0.0
+    sigma: float = 0.0
+    per_token: float = 0.0
+    tail_p: float = 0.0
+    tail_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("median", "sigma", "per_token", "tail_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"latency {name} must be >= 0")
+        if not 0.0 <= self.tail_p <= 1.0:
+            raise ValueError("latency tail_p must be in [0, 1]")
+
+    @property
+    def is_zero(self) -> bool:
+        return not (self.median or self.per_token or (self.tail_p and self.tail_seconds))
+
+    def sample(self, rng: random.Random, completion_tokens: int) -> float:
+        if self.is_zero:
+            return 0.0
+        base = self.median * math.exp(self.sigma * rng.gauss(0.0, 1.0)) if self.median else 0.0
+        tail = self.tail_seconds if self.tail_p and rng.random() < self.tail_p else 0.0
+        return base + self.per_token * completion_tokens + tail
+
+
+def count_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """About OpenAI's count: a quarter of the characters plus 3 per message and 3 per request."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    chars = 0
+    for m in messages:
+        if isinstance(m, dict):
+            chars += len(_text_of(m.get("content")))
+    return chars // 4 + 3 * len(messages) + 3
+
+
+def count_completion_tokens(content: str | None) -> int:
+    return len(content) // 4 + 1 if content else 0
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # multi-part content: [{"type": "text", "text": ...}]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                       and isinstance(p.get("text"), str))
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a valid answer may hold: field names and the schema's bounds."""
+
+    names: tuple[str, ...]
+    max_tasks: int = 3
+    max_inputs: int = 4
+    max_len: int | None = None
+
+
+def task_spec(body: Mapping[str, Any]) -> TaskSpec | None:
+    """The field names (and bounds) an answer to ``body`` may use, or ``None`` if unreadable."""
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        js = rf.get("json_schema")
+        spec = _spec_from_schema(js.get("schema") if isinstance(js, dict) else None)
+        if spec is not None:
+            return spec
+    names = _names_from_messages(body.get("messages"))
+    return TaskSpec(names) if len(names) >= 2 else None
+
+
+def _spec_from_schema(schema: Any) -> TaskSpec | None:
+    tasks = _get(schema, "properties", "tasks")
+    props = _get(tasks, "items", "properties")
+    names = _str_enum(_get(props, "output_field", "enum")) or _str_enum(
+        _get(props, "input_fields", "items", "enum")) or _first_enum(schema)
+    if len(names) < 2:
+        return None
+    max_tasks = _get(tasks, "maxItems")
+    max_inputs = _get(props, "input_fields", "maxItems")
+    max_len = _get(props, "instruction", "maxLength")
+    return TaskSpec(
+        names,
+        max_tasks=max_tasks if isinstance(max_tasks, int) and max_tasks > 0 else 3,
+        max_inputs=max_inputs if isinstance(max_inputs, int) and max_inputs > 0 else 4,
+        max_len=max_len if isinstance(max_len, int) and max_len > 0 else None,
+    )
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _str_enum(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        return ()
+    return tuple(dict.fromkeys(x for x in v if isinstance(x, str)))
+
+
+def _first_enum(node: Any) -> tuple[str, ...]:
+    if isinstance(node, dict):
+        found = _str_enum(node.get("enum"))
+        if len(found) >= 2:
+            return found
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            found = _first_enum(child)
+            if found:
+                return found
+    return ()
+
+
+_FIELDS_LINE = re.compile(r"^\s*(?:input\s+)?fields?\s*:\s*(.+)$", re.I | re.M)
+_ENUM = re.compile(r'"enum"\s*:\s*(\[[^\]]*\])')
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)+)"')
+_NAME_TRIM = re.compile(r"\s*[(\[:].*$")
+
+
+def _names_from_messages(messages: Any) -> tuple[str, ...]:
+    if not isinstance(messages, list):
+        return ()
+    text = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+    for line in _FIELDS_LINE.findall(text):
+        names = tuple(dict.fromkeys(
+            n for n in (_NAME_TRIM.sub("", part).strip().strip("`'\"") for part in line.split(","))
+            if n))
+        if len(names) >= 2:
+            return names
+    for blob in _ENUM.findall(text):
+        try:
+            names = _str_enum(orjson.loads(blob))
+        except orjson.JSONDecodeError:
+            continue
+        if len(names) >= 2:
+            return names
+    return tuple(dict.fromkeys(_NAME.findall(text)))
+
+
+_OPENERS = (
+    "Given the {inputs}, predict the {output}.",
+    "Read the {inputs} and write the matching {output}.",
+    "Using the {inputs}, determine the {output}.",
+    "Based on the {inputs}, produce the corresponding {output}.",
+    "From the {inputs}, infer the {output}.",
+    "Look at the {inputs} and answer with the {output}.",
+)
+_CLOSERS = (
+    "Answer concisely.", "Be precise.", "Use the same format as the examples.",
+    "Give only the answer.", "Think about the context first.", "Keep it short.",
+)
+_FILLER = " Consider every detail of the input before answering, and keep the answer consistent."
+
+
+def auto_content(spec: TaskSpec | None, digest: int, target_chars: int = 0) -> str:
+    """A valid ``{"tasks": [...]}`` for ``spec``, varied by ``digest``, padded to ``target_chars``.
+
+    Padding first lengthens instructions (up to the schema's ``maxLength``), then
+    adds whitespace before the closing brace: the content stays valid JSON, and
+    valid against the schema, at any length.
+    """
+    if spec is None:
+        return '{"tasks": []}'
+    names = spec.names
+    n_tasks = 1 + digest % spec.max_tasks
+    tasks: list[dict[str, Any]] = []
+    for i in range(n_tasks):
+        h = (digest >> (8 + 7 * i)) ^ (i * 0x9E3779B1)
+        output = names[(h + i) % len(names)]
+        others = [x for x in names if x != output]
+        k = 1 + (h >> 3) % min(spec.max_inputs, len(others))
+        start = (h >> 5) % len(others)
+        inputs = [others[(start + j) % len(others)] for j in range(k)]
+        opener = _OPENERS[(h >> 11) % len(_OPENERS)]
+        text = (opener.format(inputs=" and ".join(inputs), output=output) + " "
+                + _CLOSERS[(h >> 14) % len(_CLOSERS)] + f" (variant {digest >> 40:06x}-{i})")
+        if spec.max_len is not None:
+            text = text[: spec.max_len]
+        tasks.append({"instruction": text, "input_fields": inputs, "output_field": output})
+    content = orjson.dumps({"tasks": tasks}).decode()
+    missing = target_chars - len(content)
+    if missing > 0:
+        for t in tasks:
+            room = missing if spec.max_len is None else min(
+                missing, spec.max_len - len(t["instruction"]))
+            if room > 0:
+                t["instruction"] += (_FILLER * (room // len(_FILLER) + 1))[:room]
+                missing -= room
+        content = orjson.dumps({"tasks": tasks}).decode()
+        missing = target_chars - len(content)
+        if missing > 0:
+            content = content[:-1] + " " * missing + "}"
+    return content
+
+
+@dataclass(slots=True)
+class Reply:
+    """What to send. ``action``: "answer", "reset" (no answer), "hang" (``delay``, then reset)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    action: str = "answer"
+    fault: str | None = None
+    limited: str | None = None
+    tokens: tuple[int, int] = (0, 0)
+
+
+_JSON = "application/json"
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def error_reply(status: int, message: str, kind: str, code: str | None,
+                param: str | None = None) -> Reply:
+    return Reply(status, error_body(message, kind, code, param), {"content-type": _JSON})
+
+
+def completion_reply(model: str, seq: int, content: str | None, finish: str, prompt_tokens: int,
+                     max_tokens: int, headers: dict[str, str],
+                     refusal: str | None = None) -> Reply:
+    """A chat completion; content longer than ``max_tokens`` is cut off with finish "length"."""
+    completion_tokens = count_completion_tokens(content or refusal)
+    if max_tokens and completion_tokens > max_tokens and content is not None:
+        # A real model stops at max_tokens mid-answer: the engine must see a cut-off.
+        content = content[: 4 * (max_tokens - 1)]
+        completion_tokens, finish = max_tokens, "length"
+    message = {"role": "assistant", "content": content, "refusal": refusal}
+    return Reply(200, orjson.dumps({
+        "id": f"chatcmpl-fake{seq:012d}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens,
+                  "prompt_tokens_details": {"cached_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0}},
+        "system_fingerprint": "fp_fake0000",
+    }), headers, tokens=(prompt_tokens, completion_tokens))
+
+
+def fault_reply(f: Fault, *, model: str, organization: str, seq: int, prompt_tokens: int,
+                max_tokens: int, headers: dict[str, str], auto: Callable[[], str],
+                limit: float | None) -> Reply:
+    """The reply a fault stands for; ``auto`` makes the normal content when the fault needs it,
+    ``limit`` is the current limit of the fault's type (for a rate_limit body)."""
+    kind, given = f.kind, f.body_bytes()
+    if kind in ("slow", "length", "content_filter", "refusal"):
+        content = f.content if f.content is not None else auto()
+        if kind == "slow":
+            r = completion_reply(model, seq, content, "stop", prompt_tokens, max_tokens, headers)
+        elif kind == "length":
+            r = completion_reply(model, seq, content[: max(1, len(content) // 2)], "length",
+                                 prompt_tokens, 0, headers)
+        elif kind == "content_filter":
+            r = completion_reply(model, seq, None, "content_filter", prompt_tokens, 0, headers)
+        else:
+            r = completion_reply(model, seq, None, "stop", prompt_tokens, 0, headers,
+                                 refusal="I'm sorry, I can't assist with that request.")
+        if given is not None:
+            r.body = given
+    elif kind in ("reset", "timeout"):
+        r = Reply(0, b"", {}, action="reset" if kind == "reset" else "hang")
+    else:
+        status, body = _fault_default(f, model, organization, seq, headers, limit)
+        r = Reply(status, given if given is not None else body, headers)
+    r.status = f.status or r.status
+    r.headers = {**r.headers, **f.headers}
+    r.delay = f.wait
+    r.fault = kind
+    return r
+
+
+def _fault_default(f: Fault, model: str, organization: str, seq: int, headers: dict[str, str],
+                   limit: float | None) -> tuple[int, bytes]:
+    kind = f.kind
+    if kind == "rate_limit":
+        headers["retry-after"] = str(max(1, math.ceil(f.retry_after)))
+        headers["retry-after-ms"] = str(max(1, round(f.retry_after * 1000)))
+        limit = limit or 500
+        return 429, rate_limit_body(model, organization, f.limit_type, limit, limit, 1,
+                                    f.retry_after)
+    if kind == "insufficient_quota":
+        return 429, insufficient_quota_body()
+    if kind == "server_error":
+        return 500, error_body("The server had an error while processing your request. "
+                               "Sorry about that!", "server_error", None)
+    if kind == "unavailable":
+        return 503, error_body("The server is overloaded or not ready yet.", "server_error", None)
+    if kind == "not_json":
+        headers["content-type"] = "text/html"
+        return 200, b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    if kind == "wrong_shape":
+        return 200, orjson.dumps({"object": "chat.completion", "model": model,
+                                  "result": {"text": "not what you expected"}})
+    if kind == "empty_choices":
+        return 200, orjson.dumps({"id": f"chatcmpl-fake{seq:012d}", "object": "chat.completion",
+                                  "created": int(time.time()), "model": model, "choices": [],
+                                  "usage": {"prompt_tokens": 0, "completion_tokens": 0,
+                                            "total_tokens": 0}})
+    return 500, b""  # "http" without a status

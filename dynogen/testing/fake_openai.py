@@ -1,0 +1,522 @@
+"""A fake OpenAI-compatible chat server for tests and benchmarks.
+
+One object, ``FakeOpenAI``, holds the settings (limits, latency, faults, the
+answer queue) and the record (``history``, stats); ``make_app`` serves it with
+aiohttp. Deciding an answer (``FakeOpenAI.reply``) is plain code with no I/O,
+so the handler only reads the body, sleeps and writes.
+
+Tests run it in-process::
+
+    fake = FakeOpenAI(rpm=6000)
+    fake.enqueue('{"tasks": []}', Fault("server_error"))
+    async with serve(fake) as server:          # server.url == "http://127.0.0.1:PORT/v1"
+        ...
+
+Benchmarks run it in its own process, so its CPU does not compete with the
+client's event loop::
+
+    with start_fake_process(rpm=600, tpm=200_000, latency_median=0.3) as proc:
+        ...  # proc.url, proc.stats(), proc.set_limits(rpm=300)
+
+or ``python -m dynogen.testing.fake_openai --port 0 --rpm 600 ...``, which
+prints ``{"url": ..., "pid": ...}`` once ready and serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import os
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import xxhash
+from aiohttp import web
+
+from dynogen.testing.fake_answers import (
+    DEFAULT_FAULT_KINDS,
+    Fault,
+    Latency,
+    OutputTokens,
+    Reply,
+    auto_content,
+    completion_reply,
+    count_prompt_tokens,
+    error_reply,
+    fault_reply,
+    task_spec,
+)
+from dynogen.testing.fake_limits import RateLimiter, Stats, insufficient_quota_body
+
+__all__ = ["FakeOpenAI", "FakeProcess", "FakeServer", "Recorded", "main", "make_app",
+           "serve", "start_fake_process"]
+
+Answer = str | Mapping[str, Any] | Fault
+_KEEP: Any = object()
+_JSON = "application/json"
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "openai-api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One request as received. ``repr`` masks credentials so a failing test never prints them."""
+
+    body: Any
+    headers: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in _SECRET_HEADERS else v) for k, v in self.headers.items()}
+        return f"Recorded(body={self.body!r}, headers={shown!r})"
+
+
+class FakeOpenAI:
+    """Settings and state of one fake server.
+
+    Answers come from the queue (``enqueue``) while it has any, else from a
+    seeded fault draw (``fault_rate`` over ``fault_kinds``), else a
+    deterministic task list derived from the request. ``clock`` is read for
+    rate limits and the stats timeline, so tests can move time by hand.
+
+    >>> fake = FakeOpenAI(rpm=600, seed=1)
+    >>> fake.enqueue("hello", Fault("server_error"))
+    >>> len(fake.queue)
+    2
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "gpt-4o-mini",
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst_seconds: float = 1.0,
+        latency: Latency | None = None,
+        fault_rate: float = 0.0,
+        fault_kinds: Sequence[str] = DEFAULT_FAULT_KINDS,
+        output_tokens: OutputTokens | None = None,
+        insufficient_quota: bool = False,
+        api_key: str | None = None,
+        keep_history: bool = True,
+        seed: int = 0,
+        organization: str = "org-fake",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
+        for limit in (rpm, tpm):
+            if limit is not None and limit <= 0:
+                raise ValueError(f"rpm and tpm must be positive or None, got {limit}")
+        if burst_seconds <= 0:
+            raise ValueError(f"burst_seconds must be positive, got {burst_seconds}")
+        if isinstance(output_tokens, int) and output_tokens < 1 or isinstance(
+                output_tokens, tuple) and not 1 <= output_tokens[0] <= output_tokens[1]:
+            raise ValueError(f"output_tokens must be >= 1 or a (lo, hi) range, got {output_tokens}")
+        self.fault_kinds = tuple(Fault(k).kind for k in fault_kinds)  # validates the names
+        if fault_rate and not self.fault_kinds:
+            raise ValueError("fault_rate is set but fault_kinds is empty")
+        self.model = model
+        self.latency = latency or Latency()
+        self.fault_rate = fault_rate
+        self.output_tokens = output_tokens
+        self.insufficient_quota = insufficient_quota
+        self.api_key = api_key
+        self.keep_history = keep_history
+        self.seed = seed
+        self.clock = clock
+        self.limiter = RateLimiter(rpm=rpm, tpm=tpm, now=clock(), burst_seconds=burst_seconds,
+                                   model=model, organization=organization)
+        self.queue: collections.deque[Answer] = collections.deque()
+        self.history: list[Recorded] = []
+        self.stats = Stats(clock())
+        self.rng = random.Random(seed)
+        self._seq = 0
+
+    # ---- scripting and control -------------------------------------------------------------
+
+    def enqueue(self, *answers: Answer) -> None:
+        """Queue answers used in order: content strings, whole response dicts, or ``Fault``s."""
+        for a in answers:
+            if not isinstance(a, str | Mapping | Fault):
+                raise TypeError(f"an answer is a str, a response dict or a Fault, not {type(a)}")
+            self.queue.append(a)
+
+    def set_limits(self, *, rpm: float | None = _KEEP, tpm: float | None = _KEEP,
+                   burst_seconds: float | None = None) -> None:
+        """Change limits mid-run; ``None`` lifts a limit, an omitted one is kept."""
+        now = self.clock()
+        lim = self.limiter
+        old_rpm = lim.requests.limit if lim.requests else None
+        old_tpm = lim.tokens.limit if lim.tokens else None
+        new_rpm = old_rpm if rpm is _KEEP else rpm
+        new_tpm = old_tpm if tpm is _KEEP else tpm
+        for value in (new_rpm, new_tpm):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or value <= 0):
+                raise ValueError(f"rpm and tpm must be positive numbers or null, got {value!r}")
+        lim.set_limits(rpm=new_rpm, tpm=new_tpm, now=now, burst_seconds=burst_seconds)
+
+    def reset(self) -> None:
+        """Forget everything that happened: queue, history, stats, full buckets, RNG reseeded."""
+        now = self.clock()
+        self.limiter.refill_all(now)
+        self.queue.clear()
+        self.history.clear()
+        self.stats = Stats(now)
+        self.rng = random.Random(self.seed)
+        self._seq = 0
+
+    def stats_dict(self) -> dict[str, Any]:
+        now = self.clock()
+        return {**self.stats.to_dict(now), "limits": self.limiter.describe(now)}
+
+    # ---- deciding an answer (no I/O) -------------------------------------------------------
+
+    def reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
+        """Decide the answer to one ``POST /v1/chat/completions``."""
+        self.stats.requests += 1
+        self._seq += 1
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if self.keep_history:
+            self.history.append(Recorded(
+                body if body is not None else raw.decode("utf-8", "replace"),
+                {k.lower(): v for k, v in headers.items()}))
+        if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
+            return error_reply(401, "Incorrect API key provided. You can find your API key at "
+                          "https://platform.openai.com/account/api-keys.",
+                          "invalid_request_error", "invalid_api_key")
+        if not isinstance(body, dict):
+            return error_reply(400, "We could not parse the JSON body of your request. (HINT: This "
+                          "likely means you aren't using your HTTP library correctly.)",
+                          "invalid_request_error", None)
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return error_reply(400, "Missing required parameter: 'messages'.",
+                               "invalid_request_error", "missing_required_parameter", "messages")
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        if not isinstance(max_tokens, int) or max_tokens < 0:
+            return error_reply(400, f"Invalid 'max_tokens': {max_tokens!r}.",
+                               "invalid_request_error", "invalid_value", "max_tokens")
+        if self.insufficient_quota:
+            return Reply(429, insufficient_quota_body(), {"content-type": _JSON},
+                         fault="insufficient_quota")
+        prompt_tokens = count_prompt_tokens(body)
+        now = self.clock()
+        refusal = self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now)
+        out_headers = {"content-type": _JSON, "x-request-id": f"req_{self._seq:024x}",
+                       **self.limiter.headers(now)}
+        if refusal is not None:
+            if refusal.wait > 0:
+                out_headers["retry-after"] = str(max(1, math.ceil(refusal.wait)))
+                out_headers["retry-after-ms"] = str(max(1, round(refusal.wait * 1000)))
+            return Reply(429, refusal.body, out_headers, limited=refusal.kind)
+        answer: Answer | None = self.queue.popleft() if self.queue else None
+        if answer is None and self.fault_rate and self.rng.random() < self.fault_rate:
+            answer = Fault(self.rng.choice(self.fault_kinds))
+        reply = self._render(answer, body, raw, prompt_tokens, max_tokens, out_headers)
+        if reply.action == "answer" and not self.latency.is_zero:
+            reply.delay += self.latency.sample(self.rng, reply.tokens[1])
+        return reply
+
+    def _render(self, answer: Answer | None, body: dict[str, Any], raw: bytes, prompt_tokens: int,
+                max_tokens: int, headers: dict[str, str]) -> Reply:
+        if isinstance(answer, Fault):
+            lim = self.limiter
+            bucket = lim.requests if answer.limit_type == "requests" else lim.tokens
+            return fault_reply(answer, model=self.model, organization=lim.organization,
+                               seq=self._seq, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                               headers=headers, auto=lambda: self._auto(body, raw),
+                               limit=bucket.limit if bucket else None)
+        if isinstance(answer, Mapping):
+            return Reply(200, orjson.dumps(dict(answer)), headers)
+        content = answer if answer is not None else self._auto(body, raw)
+        return completion_reply(self.model, self._seq, content, "stop", prompt_tokens, max_tokens,
+                                headers)
+
+    def _auto(self, body: dict[str, Any], raw: bytes) -> str:
+        digest = xxhash.xxh3_64_intdigest(raw)
+        target = self.output_tokens
+        if target is not None and not isinstance(target, int):
+            rng = random.Random(digest)
+            target = rng.randint(*target) if isinstance(target, tuple) else target(rng)
+        return auto_content(task_spec(body), digest, 4 * (target - 1) if target else 0)
+
+    def finished(self, reply: Reply) -> None:
+        """Count an answer when it is sent (so the timeline shows completions, not arrivals)."""
+        self.stats.record(self.clock(), reply.status, reply.tokens, reply.fault, reply.limited)
+
+
+# ---- the aiohttp app --------------------------------------------------------------------------
+
+def make_app(fake: FakeOpenAI) -> web.Application:
+    """Routes: chat completions, health, models, stats and two admin endpoints."""
+    closing = asyncio.Event()
+
+    async def pause(seconds: float) -> None:
+        # Ends early at shutdown so a "timeout" fault never holds a server open.
+        if seconds > 0 and not closing.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), seconds)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        reply = fake.reply(await request.read(), request.headers)
+        if reply.delay > 0:
+            try:
+                await pause(reply.delay)
+            finally:  # counted even when the client gave up and the handler was cancelled
+                fake.finished(reply)
+        else:
+            fake.finished(reply)
+        if reply.action != "answer":
+            _reset(request)
+            return web.Response(status=499)  # never written: the connection is gone
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
+
+    async def models(request: web.Request) -> web.Response:
+        return _json({"object": "list", "data": [
+            {"id": fake.model, "object": "model", "created": 0, "owned_by": "dynogen-fake"}]})
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(fake.stats_dict())
+
+    async def limits(request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict) or not set(body) <= {"rpm", "tpm", "burst_seconds"}:
+                raise ValueError('send {"rpm": N|null, "tpm": N|null, "burst_seconds": S}')
+            fake.set_limits(**body)
+        except (orjson.JSONDecodeError, ValueError, TypeError) as e:
+            return _json({"error": {"message": str(e), "type": "invalid_request_error"}}, 400)
+        return _json(fake.limiter.describe(fake.clock()))
+
+    async def reset(request: web.Request) -> web.Response:
+        fake.reset()
+        return _json({"status": "reset"})
+
+    async def on_shutdown(app: web.Application) -> None:
+        closing.set()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/admin/limits", limits)
+    app.router.add_post("/admin/reset", reset)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type=_JSON)
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP RST, as a crashed proxy would."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class FakeServer:
+    """A running in-process fake: ``url`` is the OpenAI base URL (ends in ``/v1``)."""
+
+    fake: FakeOpenAI
+    host: str
+    port: int
+
+    @property
+    def root(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.root}/v1"
+
+
+@asynccontextmanager
+async def serve(fake: FakeOpenAI, host: str = "127.0.0.1",
+                port: int = 0) -> AsyncIterator[FakeServer]:
+    """Serve ``fake`` on ``host:port`` (0 picks a free port) until the block exits."""
+    runner = web.AppRunner(make_app(fake), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        yield FakeServer(fake, host, int(runner.addresses[0][1]))
+    finally:
+        await runner.cleanup()
+
+
+# ---- its own process ----------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dynogen.testing.fake_openai",
+                                description="A fake OpenAI-compatible chat server for benchmarks.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed when ready)")
+    p.add_argument("--model", default="gpt-4o-mini")
+    p.add_argument("--rpm", type=float, default=None)
+    p.add_argument("--tpm", type=float, default=None)
+    p.add_argument("--burst-seconds", type=float, default=1.0)
+    p.add_argument("--latency-median", type=float, default=0.0)
+    p.add_argument("--latency-sigma", type=float, default=0.0)
+    p.add_argument("--latency-per-token", type=float, default=0.0)
+    p.add_argument("--tail-p", type=float, default=0.0)
+    p.add_argument("--tail-seconds", type=float, default=0.0)
+    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--fault-kinds", default=",".join(DEFAULT_FAULT_KINDS))
+    p.add_argument("--output-tokens", default=None, help="N, or LO:HI for a uniform draw")
+    p.add_argument("--insufficient-quota", action="store_true")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--keep-history", action="store_true", help="keep every request (grows)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
+    out: OutputTokens | None = None
+    if args.output_tokens:
+        lo, _, hi = args.output_tokens.partition(":")
+        out = (int(lo), int(hi)) if hi else int(lo)
+    return FakeOpenAI(
+        model=args.model, rpm=args.rpm, tpm=args.tpm, burst_seconds=args.burst_seconds,
+        latency=Latency(args.latency_median, args.latency_sigma, args.latency_per_token,
+                        args.tail_p, args.tail_seconds),
+        fault_rate=args.fault_rate,
+        fault_kinds=[k for k in args.fault_kinds.split(",") if k],
+        output_tokens=out, insufficient_quota=args.insufficient_quota, api_key=args.api_key,
+        keep_history=args.keep_history, seed=args.seed,
+    )
+
+
+async def _serve_until_signalled(fake: FakeOpenAI, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(fake, host=host, port=port) as server:
+        print(json.dumps({"url": server.url, "pid": os.getpid()}), flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        fake = _fake_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    asyncio.run(_serve_until_signalled(fake, args.host, args.port))
+    return 0
+
+
+class FakeProcess:
+    """A fake server in a child process (see ``start_fake_process``); stops on ``with`` exit."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Any) -> None:
+        self.proc = proc
+        self.url = url
+        self.root = url.removesuffix("/v1")
+        self.pid = proc.pid
+        self._log = log
+
+    def __enter__(self) -> FakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
+        data = None if payload is None else orjson.dumps(dict(payload))
+        req = urllib.request.Request(self.root + path, data=data, method="GET" if data is None
+                                     else "POST", headers={"content-type": _JSON})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return orjson.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("/stats"))
+
+    def set_limits(self, **limits: float | None) -> dict[str, Any]:
+        return dict(self._call("/admin/limits", limits))
+
+    def reset(self) -> None:
+        self._call("/admin/reset", {})
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited in ``timeout`` seconds; returns the code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_fake_process(*, ready_timeout: float = 20.0, **options: Any) -> FakeProcess:
+    """Start ``python -m dynogen.testing.fake_openai`` with ``options`` as flags
+    (``rpm=600`` → ``--rpm 600``, ``fault_kinds=["reset"]`` → ``--fault-kinds reset``,
+    ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``) and wait until it serves."""
+    argv = [sys.executable, "-m", "dynogen.testing.fake_openai"]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is None or value is False:
+            continue
+        elif isinstance(value, tuple) and len(value) == 2 and key == "output_tokens":
+            argv += [flag, f"{value[0]}:{value[1]}"]
+        elif isinstance(value, list | tuple):
+            argv += [flag, ",".join(map(str, value))]
+        else:
+            argv += [flag, str(value)]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 -- FakeProcess owns and closes it
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(ready_timeout)
+    line = proc.stdout.readline() if ready else b""
+    if not line:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.seek(0)
+        err = log.read().decode("utf-8", "replace").strip().splitlines()
+        log.close()
+        raise RuntimeError(f"the fake server did not start: {err[-1] if err else 'no output'}")
+    return FakeProcess(proc, json.loads(line)["url"], log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
