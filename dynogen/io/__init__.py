@@ -1,0 +1,32 @@
+"""Metadata sources: where units (one dataset configuration each) come from.
+
+Every source is an iterable of ``Unit | Skipped`` with a ``describe()`` line;
+``open_source(spec)`` picks one from a ``--source`` string.
+"""
+
+from dynogen.io.cards import CardError, build_units, card_license, card_summary, split_card
+from dynogen.io.folder import FolderSource, read_rows
+from dynogen.io.hub import HubApi, HubSkip, HubSource
+from dynogen.io.shards import CollectStats, JsonlSource, ShardWriter, collect
+from dynogen.io.sources import LimitedSource, Source, open_source, samples_dir
+
+__all__ = [
+    "CardError",
+    "CollectStats",
+    "FolderSource",
+    "HubApi",
+    "HubSkip",
+    "HubSource",
+    "JsonlSource",
+    "LimitedSource",
+    "ShardWriter",
+    "Source",
+    "build_units",
+    "card_license",
+    "card_summary",
+    "collect",
+    "open_source",
+    "read_rows",
+    "samples_dir",
+    "split_card",
+]
