@@ -1,0 +1,273 @@
+"""Reading dataset rows for instance building, through ``datasets`` in streaming mode.
+
+Rows are read only after tasks exist, a few hundred per split, so streaming is
+the right mode: nothing is downloaded or prepared beyond the rows consumed.
+Every way a dataset can fail to give rows (missing, gated, script-based,
+offline, broken files, unknown config) becomes one ``RowsUnavailable`` with a
+short ``reason`` label that the engine counts; none reaches the user as a
+traceback.
+
+Rows are yielded as ``datasets`` gives them: ClassLabel columns keep their
+integer ids (``-1`` marks an unlabelled row). ``RowsInfo.labels`` carries the
+names per column so that ``dynogen.instances.build_instance`` maps ids to
+names, and can tell an unlabelled row from a label called ``-1``.
+
+Safety: ``trust_remote_code`` is never passed. ``datasets`` 5.x refuses
+script-based datasets outright ("Dataset scripts are no longer supported",
+raised before any code runs); that refusal is reported as ``script_only``.
+``HF_HUB_OFFLINE`` is left to ``datasets`` to read, so offline mode holds.
+
+>>> rows = open_rows("dynogen/data/samples/cafe_reviews", "default", rows_per_split=5)
+>>> rows.info.labels["label"]
+('negative', 'neutral', 'positive')
+>>> for split, row in rows: ...
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynogen.errors import DynogenError
+
+__all__ = [
+    "RowsInfo",
+    "Rows",
+    "RowsReason",
+    "RowsUnavailable",
+    "iter_rows",
+    "label_names",
+    "open_rows",
+]
+
+# ``load_dataset``'s shape; injectable so tests can play a gated or offline Hub.
+Loader = Callable[..., Any]
+
+
+class RowsReason:
+    """Counted reasons a unit yields no rows (labels used in report.json)."""
+
+    NOT_FOUND = "not_found"
+    GATED = "gated"
+    SCRIPT_ONLY = "script_only"
+    OFFLINE = "offline"
+    NO_DATA_FILES = "no_data_files"
+    CONFIG_NOT_FOUND = "config_not_found"
+    SPLIT_NOT_FOUND = "split_not_found"
+    LOAD_ERROR = "load_error"
+
+
+class RowsUnavailable(DynogenError):
+    """No (more) rows can be read from a dataset; ``reason`` is a ``RowsReason`` label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"rows unavailable ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RowsInfo:
+    """What is known about the rows before reading them.
+
+    ``features`` is the ``datasets.Features`` of the streamed dataset, or
+    ``None`` when the data files declare none (plain jsonl without a card).
+    ``labels`` maps each ClassLabel or list-of-ClassLabel column to its names.
+    ``splits`` are the splits that will be read, in order; ``missing_splits``
+    were asked for but are not in the dataset.
+    """
+
+    features: Mapping[str, Any] | None
+    labels: Mapping[str, tuple[str, ...]]
+    splits: tuple[str, ...]
+    missing_splits: tuple[str, ...] = ()
+    columns: tuple[str, ...] = field(default=())
+
+
+def label_names(features: Mapping[str, Any] | None) -> dict[str, tuple[str, ...]]:
+    """ClassLabel names per top-level column, including lists of ClassLabel."""
+    if not features:
+        return {}
+    from datasets import ClassLabel, LargeList, List
+
+    out: dict[str, tuple[str, ...]] = {}
+    for name, feat in features.items():
+        inner = feat
+        if isinstance(feat, (List, LargeList)):
+            inner = feat.feature
+        elif isinstance(feat, list) and len(feat) == 1:
+            inner = feat[0]
+        if isinstance(inner, ClassLabel) and inner.names:
+            out[name] = tuple(str(n) for n in inner.names)
+    return out
+
+
+class Rows:
+    """Rows of one dataset configuration, at most ``rows_per_split`` per split.
+
+    Iterating yields ``(split, row)``. A file that breaks mid-way raises
+    ``RowsUnavailable("load_error")`` at that point; rows yielded before it
+    are valid.
+    """
+
+    __slots__ = ("_dataset", "_rows_per_split", "_errors", "info", "data_ref")
+
+    def __init__(
+        self,
+        dataset: Mapping[str, Any],
+        info: RowsInfo,
+        rows_per_split: int,
+        errors: tuple[type[BaseException], ...],
+        data_ref: str,
+    ) -> None:
+        self._dataset = dataset
+        self._rows_per_split = rows_per_split
+        self._errors = errors
+        self.info = info
+        self.data_ref = data_ref
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for split in self.info.splits:
+            it = iter(itertools.islice(self._dataset[split], self._rows_per_split))
+            while True:
+                try:
+                    row = next(it)
+                except StopIteration:
+                    break
+                except self._errors as e:
+                    raise RowsUnavailable(
+                        RowsReason.LOAD_ERROR,
+                        f"{self.data_ref} [{split}]: {type(e).__name__}: {_short(e)}",
+                    ) from None
+                yield split, dict(row)
+
+
+def open_rows(
+    data_ref: str,
+    config: str | None,
+    *,
+    splits: Sequence[str] | None = None,
+    rows_per_split: int,
+    load: Loader | None = None,
+) -> Rows:
+    """Open ``data_ref`` (a local folder or a Hub id) for streaming.
+
+    ``splits`` gives the order to read them in (the unit's order); ``None``
+    reads every split in the dataset's own order. Raises ``RowsUnavailable``.
+    """
+    if rows_per_split < 0:
+        raise ValueError("rows_per_split must be >= 0")
+    errors = _load_errors()
+    if load is None:
+        import datasets
+
+        load = datasets.load_dataset
+    name = config or None
+    try:
+        try:
+            ds = load(data_ref, name=name, streaming=True)
+        except ValueError as e:
+            # Datasets without named configs call their only one "default" in
+            # some sources and expect no name in others.
+            if name != "default" or "not found" not in str(e):
+                raise
+            ds = load(data_ref, name=None, streaming=True)
+    except errors as e:
+        raise RowsUnavailable(*_classify(e, data_ref, config)) from None
+    except RuntimeError as e:
+        if "scripts are no longer supported" not in str(e):
+            raise
+        raise RowsUnavailable(
+            RowsReason.SCRIPT_ONLY,
+            f"{data_ref} is a script-based dataset; dynogen never runs dataset scripts",
+        ) from None
+    available = list(ds.keys())
+    if splits:
+        order = [s for s in splits if s in ds]
+        missing = tuple(s for s in splits if s not in ds)
+    else:
+        order, missing = available, ()
+    if not order:
+        raise RowsUnavailable(
+            RowsReason.SPLIT_NOT_FOUND,
+            f"{data_ref}: none of the splits {list(splits or [])} exist (found {available})",
+        )
+    features = ds[order[0]].features
+    info = RowsInfo(
+        features=features,
+        labels=label_names(features),
+        splits=tuple(order),
+        missing_splits=missing,
+        columns=tuple(features) if features else (),
+    )
+    return Rows(ds, info, rows_per_split, errors, data_ref)
+
+
+def iter_rows(
+    data_ref: str,
+    config: str | None,
+    *,
+    splits: Sequence[str] | None = None,
+    rows_per_split: int,
+    load: Loader | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(split, row)`` pairs; use ``open_rows`` when the label names are needed too."""
+    return iter(
+        open_rows(data_ref, config, splits=splits, rows_per_split=rows_per_split, load=load)
+    )
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this dataset cannot be read", as opposed to a bug of ours.
+
+    ``ValueError`` is on the list because ``datasets`` and ``pyarrow`` use it
+    (and ``ArrowInvalid``, a subclass) for malformed data files and unknown configs.
+    """
+    import pyarrow
+    from datasets.exceptions import DatasetsError
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: tuple[type[BaseException], ...] = (
+        DatasetsError,
+        OSError,
+        ValueError,
+        pyarrow.ArrowException,
+        HfHubHTTPError,
+    )
+    # huggingface_hub's HTTP client (httpx2 in hub 2.x, httpx before) raises its
+    # timeouts and transport errors outside OSError while streaming from the Hub.
+    for module in ("httpx2", "httpx"):
+        try:
+            http = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += (http.HTTPError,)
+    return errors
+
+
+def _classify(e: BaseException, data_ref: str, config: str | None) -> tuple[str, str]:
+    from datasets.data_files import EmptyDatasetError
+    from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
+
+    msg = _short(e)
+    if isinstance(e, ConnectionError) or "OfflineModeIsEnabled" in msg:
+        return RowsReason.OFFLINE, f"{data_ref}: {msg}"
+    if isinstance(e, DatasetNotFoundError):
+        if "gated" in msg:
+            return RowsReason.GATED, f"{data_ref}: {msg}"
+        return RowsReason.NOT_FOUND, f"{data_ref}: {msg}"
+    if isinstance(e, (EmptyDatasetError, DataFilesNotFoundError)):
+        return RowsReason.NO_DATA_FILES, f"{data_ref}: {msg}"
+    if isinstance(e, FileNotFoundError):
+        return RowsReason.NOT_FOUND, f"{data_ref}: {msg}"
+    if isinstance(e, ValueError) and "BuilderConfig" in msg and "not found" in msg:
+        return RowsReason.CONFIG_NOT_FOUND, f"{data_ref} has no config {config!r}: {msg}"
+    return RowsReason.LOAD_ERROR, f"{data_ref}: {type(e).__name__}: {msg}"
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
