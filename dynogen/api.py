@@ -38,6 +38,7 @@ from dynogen.errors import (
     FatalAPIError,
 )
 from dynogen.io.sources import open_source
+from dynogen.estimate import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.journal import iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.prices import Price, PriceTable, price_for
@@ -49,7 +50,9 @@ from dynogen.tokens import TokenCounter
 from dynogen.transport import AiohttpTransport, Transport
 from dynogen.units import Skipped, Unit
 
-__all__ = ["EXIT", "RunOutcome", "arun", "build", "collect", "export", "resolve_price", "run"]
+__all__ = [
+    "EXIT", "RunOutcome", "arun", "build", "collect", "estimate", "export", "resolve_price", "run",
+]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
 
@@ -213,6 +216,9 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     }
     report["config"] = cfg.public_dict()
     rundir.write_report(report)
+    write_calibration(rundir.path / "calibration.json", model=cfg.model,
+                      requests=stats.flat["responses"], output_tokens=stats.flat["tokens_out"],
+                      input_tokens=stats.flat["tokens_in"])
     reason = result.stop_reason
     if reason is None:
         t = report["tasks"]
@@ -284,12 +290,24 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
 
 
 def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
-    """Export a run's instances to Parquet or a ``datasets`` folder."""
+    """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable."""
     from dynogen.export import export_instances
 
     rundir = RunDir(out)
     if not rundir.instances.exists():
         raise ConfigError(f"{rundir.path} has no instances.jsonl: run `dynogen run` or "
                           "`dynogen build` first")
-    target = Path(dest) if dest else rundir.path / "export" / fmt
-    return export_instances(rundir.instances, target, fmt)  # type: ignore[arg-type]
+    default = "instances.parquet" if fmt == "parquet" else "dataset"
+    target = Path(dest) if dest else rundir.path / "export" / default
+    export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
+    return target
+
+
+def estimate(cfg: Config, *, calibration: str | Path | None = None,
+             source: Iterable[Unit | Skipped] | None = None) -> Estimate:
+    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call."""
+    cfg = cfg.validate()
+    price = resolve_price(cfg)
+    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    counter = TokenCounter(price.encoding or cfg.encoding)
+    return estimate_units(cfg, src, price, counter, Calibration.load(calibration))

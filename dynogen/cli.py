@@ -132,6 +132,41 @@ def collect(
     typer.echo(stats)
 
 
+@app.command()
+def estimate(
+    source: SourceOpt = "samples",
+    model: ModelOpt = None,
+    limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
+    variants: Annotated[str | None, typer.Option(help="Prompt variants.")] = None,
+    max_tasks: Annotated[int | None, typer.Option("--max-tasks")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
+    import orjson
+
+    from dynogen.estimate import format_estimate
+
+    try:
+        cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
+                      max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
+                      price_out=price_out)
+        est = api.estimate(cfg, calibration=calibration)
+    except DynogenError as e:
+        _fail(e)
+        return
+    if as_json:
+        typer.echo(orjson.dumps(est.to_dict()).decode())
+    else:
+        typer.echo(format_estimate(est))
+
+
 @app.command("serve-local")
 def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,

@@ -45,7 +45,8 @@ class Bar:
 
     def unit_done(self, n: int = 1) -> None:
         self.bar.update(n)
-        self._postfix()
+        if self.requests:
+            self._postfix()
 
     def request_done(self, tokens: int, cost_usd: float) -> None:
         self.requests += 1
@@ -68,8 +69,9 @@ class Bar:
         self.bar.set_postfix(parts, refresh=False)
 
     def close(self) -> None:
-        self._last = 0.0
-        self._postfix()
+        if self.requests:
+            self._last = 0.0
+            self._postfix()
         self.bar.close()
 
 

@@ -1,0 +1,192 @@
+"""The dry run: what a run would cost and how long it would take, with no LLM call.
+
+Every prompt is built exactly as ``run`` builds it (same ``PromptBuilder``,
+same truncation, same schema), so prompt tokens are exact for OpenAI
+encodings. Output tokens cannot be known in advance; they are given as
+
+- ``low``: ``LOW_FRACTION`` of the expected figure (answers that keep one short task),
+- ``expected``: the mean completion tokens per request from a calibration file
+  that earlier runs write (``calibration.json`` in their run directory), else
+  ``DEFAULT_EXPECTED_OUTPUT`` — measured on the fake and local servers for
+  three tasks per answer;
+- ``high``: ``max_tokens`` for every request, the most a run can be billed.
+
+Prompt caching is counted only for models that support it and only for the
+part of the shared prefix a provider caches (OpenAI: prefixes of 1,024+
+tokens, in 128-token steps); batch prices never stack with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dynogen.config import Config
+from dynogen.prices import Price
+from dynogen.prompts import PromptBuilder
+from dynogen.tokens import TokenCounter
+from dynogen.units import Skipped, Unit, skip_reason
+
+__all__ = ["Calibration", "Estimate", "estimate_units", "cacheable_prefix", "write_calibration"]
+
+DEFAULT_EXPECTED_OUTPUT = 150
+LOW_FRACTION = 0.4
+CACHE_MIN_TOKENS = 1024
+CACHE_STEP = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Completion tokens per request observed by an earlier run."""
+
+    mean_output_tokens: float
+    requests: int
+    model: str = ""
+    source: str = "default"
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Calibration:
+        if path is None:
+            return cls(DEFAULT_EXPECTED_OUTPUT, 0)
+        p = Path(path)
+        if p.is_dir():
+            p = p / "calibration.json"
+        from dynogen.errors import ConfigError
+
+        try:
+            d = orjson.loads(p.read_bytes())
+            return cls(float(d["mean_output_tokens"]), int(d["requests"]), str(d.get("model", "")),
+                       str(p))
+        except FileNotFoundError:
+            raise ConfigError(f"calibration file {p} not found: pass a run directory that "
+                              "finished, or leave --calibration out for the default") from None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ConfigError(f"calibration file {p} is not one dynogen wrote") from None
+
+
+def write_calibration(path: Path, *, model: str, requests: int, output_tokens: int,
+                      input_tokens: int) -> None:
+    if requests <= 0:
+        return
+    data = {"model": model, "requests": requests,
+            "mean_output_tokens": output_tokens / requests,
+            "mean_input_tokens": input_tokens / requests}
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def cacheable_prefix(prefix_tokens: int) -> int:
+    """Tokens of a shared prefix a provider bills at the cached price (OpenAI's rule)."""
+    if prefix_tokens < CACHE_MIN_TOKENS:
+        return 0
+    return (prefix_tokens // CACHE_STEP) * CACHE_STEP
+
+
+@dataclass
+class Estimate:
+    model: str
+    units: int
+    units_skipped: dict[str, int]
+    requests: int
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: dict[str, int]
+    cost_usd: dict[str, dict[str, float]]
+    minutes_at_limits: float | None
+    calibration: str
+    prefix_tokens: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        exp = self.cost_usd["expected"]
+        return {
+            "model": self.model,
+            "units": self.units,
+            "units_skipped": self.units_skipped,
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": {"online": exp["online"], "batch": exp["batch"],
+                         "by_output": self.cost_usd},
+            "minutes_at_limits": self.minutes_at_limits,
+            "calibration": self.calibration,
+            "prefix_tokens": self.prefix_tokens,
+        }
+
+
+def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
+                   counter: TokenCounter, calibration: Calibration) -> Estimate:
+    pb = PromptBuilder(cfg, counter)
+    units = requests = input_tokens = cached = worst_tpm_tokens = 0
+    skipped: Counter[str] = Counter()
+    prefix = {v: pb._prefixes[v][1] for v in cfg.variants}
+    cache_share = {v: cacheable_prefix(n) if price.supports_prompt_cache else 0
+                   for v, n in prefix.items()}
+    seen: set[str] = set()
+    for item in source:
+        if item.key in seen:
+            skipped["duplicate_unit"] += 1
+            continue
+        seen.add(item.key)
+        if isinstance(item, Skipped):
+            skipped[item.reason] += 1
+            continue
+        reason = skip_reason(item)
+        if reason:
+            skipped[reason] += 1
+            continue
+        units += 1
+        for v in cfg.variants:
+            req = pb.request(item, v)
+            requests += 1
+            input_tokens += req.prompt_tokens
+            worst_tpm_tokens += req.prompt_tokens + req.max_tokens
+            # The very first request of each variant writes the cache; the rest read it.
+            if requests > len(cfg.variants):
+                cached += cache_share[v]
+    exp_out = round(calibration.mean_output_tokens * requests)
+    outs = {"low": round(exp_out * LOW_FRACTION), "expected": exp_out,
+            "high": requests * cfg.max_tokens}
+    cost = {k: {"online": round(price.cost(input_tokens, n, cached), 6),
+                "batch": round(price.cost(input_tokens, n, 0, batch=True), 6)}
+            for k, n in outs.items()}
+    minutes = None
+    if cfg.rpm or cfg.tpm:
+        parts = []
+        if cfg.rpm:
+            parts.append(requests / cfg.rpm)
+        if cfg.tpm:
+            parts.append(worst_tpm_tokens / cfg.tpm)
+        minutes = round(max(parts), 2)
+    return Estimate(cfg.model, units, dict(sorted(skipped.items())), requests, input_tokens,
+                    cached, outs, cost, minutes, calibration.source, prefix)
+
+
+def format_estimate(e: Estimate) -> str:
+    """A short human-readable table."""
+    c = e.cost_usd
+    lines = [
+        f"model              {e.model}",
+        f"units              {e.units:,} (skipped {sum(e.units_skipped.values()):,}: "
+        + ", ".join(f"{k} {v}" for k, v in e.units_skipped.items()) + ")",
+        f"requests           {e.requests:,}",
+        f"input tokens       {e.input_tokens:,} exact ({e.cached_input_tokens:,} at cached price)",
+        f"output tokens      low {e.output_tokens['low']:,} / expected "
+        f"{e.output_tokens['expected']:,} / high {e.output_tokens['high']:,}",
+        f"cost online        ${c['low']['online']:.4f} / ${c['expected']['online']:.4f} / "
+        f"${c['high']['online']:.4f}",
+        f"cost batch API     ${c['low']['batch']:.4f} / ${c['expected']['batch']:.4f} / "
+        f"${c['high']['batch']:.4f}",
+        f"calibration        {e.calibration}",
+    ]
+    if e.minutes_at_limits is not None:
+        m = e.minutes_at_limits
+        lines.append(f"time at limits     {m:,.1f} min" + (f" ({m / 60:.1f} h)" if m > 90 else ""))
+    if not math.isfinite(c["expected"]["online"]):
+        lines.append("warning: cost is not finite")
+    return "\n".join(lines)
