@@ -36,37 +36,25 @@ from typing import Any, Protocol
 import orjson
 from xxhash import xxh3_64_intdigest
 
-from dynogen.cache import RequestCache, request_key
-from dynogen.client import ChatClient, Completion, classify, parse_completion
+from dynogen.cache import RequestCache
+from dynogen.client import ChatClient
 from dynogen.config import Config
 from dynogen.dedup import HashSet, text_hash
-from dynogen.errors import (
-    APIConnectionError,
-    BadRequestError,
-    BudgetExceeded,
-    FatalAPIError,
-    InvalidResponseError,
-    RateLimitError,
-    RetryableError,
-)
+from dynogen.dispatch import Accounting, Dispatcher, RequestFailed, Stopped
+from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError
 from dynogen.journal import JsonlWriter, iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.parsing import parse_tasks
-from dynogen.prompts import PromptBuilder, Request
-from dynogen.ratelimit import Limiter
-from dynogen.ratelimit.backoff import RetryPolicy
+from dynogen.prompts import PromptBuilder
+from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
 from dynogen.rundir import RunDir
 from dynogen.schema import next_format
 from dynogen.tokens import TokenCounter
-from dynogen.transport import RawResponse
 from dynogen.units import Skipped, SkipReason, Unit, skip_reason
 from dynogen.validate import TaskFilter
 
 __all__ = ["EngineResult", "Progress", "TaskEngine"]
-
-MAX_RATE_LIMIT_RETRIES = 30
-
 
 class Progress(Protocol):
     """What the engine tells a progress display; the display owns formatting."""
@@ -89,12 +77,7 @@ class VariantResult:
     malformed: int = 0
     invalid: str | None = None
     failed: str | None = None
-    requests: int = 0
-    responses: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    cost: float = 0.0
+    acct: Accounting = field(default_factory=Accounting)
 
 
 @dataclass(slots=True)
@@ -115,18 +98,6 @@ class EngineResult:
     resumed: int
     wall_seconds: float
     session: dict[str, Any]
-
-
-def usage_counts(usage: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, cached) from an OpenAI usage object; ``None`` if unusable."""
-    if not isinstance(usage, dict):
-        return None
-    pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(pin, int) or not isinstance(pout, int) or pin < 0 or pout < 0:
-        return None
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return pin, pout, cached if isinstance(cached, int) and cached >= 0 else 0
 
 
 def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
@@ -164,8 +135,6 @@ class TaskEngine:
         self.progress: Progress = progress or _NoProgress()
         self.stats = stats or Stats()
         self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
-        self.policy = RetryPolicy(max_retries=config.max_retries, base=config.retry_base_delay,
-                                  cap=config.retry_max_delay)
         self.format = config.response_format
         self.window = max(256, 4 * config.max_in_flight)
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
@@ -175,7 +144,6 @@ class TaskEngine:
         self._committed = 0
         self._resumed = 0
         self._advance = asyncio.Event()
-        self._settled = asyncio.Event()
         self._stop_reason: str | None = None
         self._error: BaseException | None = None
         self._done_keys: set[str] = set()
@@ -185,6 +153,10 @@ class TaskEngine:
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
         self._spend = JsonlWriter(rundir.path / "spend.jsonl")
+        policy = RetryPolicy(max_retries=config.max_retries, base=config.retry_base_delay,
+                             cap=config.retry_max_delay)
+        self.dispatch = Dispatcher(client, limiter, ledger, cache, policy, spend=self._spend,
+                                   meter=self.progress)
 
     # ----------------------------------------------------------------- resume
     def _load_journal(self) -> None:
@@ -203,6 +175,7 @@ class TaskEngine:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._error = error
+        self.dispatch.stopping = True
         self._advance.set()
 
     @property
@@ -219,6 +192,7 @@ class TaskEngine:
                 tg.create_task(self._feed(source))
         finally:
             self._flush()
+        self.session.update(self.dispatch.session)
         return EngineResult(self._stop_reason, self._error, self._committed, self._resumed,
                             time.perf_counter() - t0, dict(self.session))
 
@@ -284,61 +258,40 @@ class TaskEngine:
 
     # ------------------------------------------------------------- one request
     async def _execute(self, unit: Unit, variant: str) -> VariantResult | None:
-        """Send one variant's request until it is answered, fails for good, or the run stops.
+        """One variant's answer: sent (or cached), length-retried, parsed.
 
         Returns ``None`` only when the run stopped before an answer was had.
         """
         res = VariantResult()
         max_tokens = self.cfg.max_tokens
-        tries = 0
-        limited = 0
         while True:
             fmt = self.format
             req = self.prompts.request(unit, variant, max_tokens=max_tokens, fmt=fmt)
             body = orjson.dumps(req.body)
-            key = request_key(body)
-            cached = self.cache.get(key) if self.cache is not None else None
-            if cached is not None:
-                self.session["cache_hits"] += 1
-                comp = parse_completion(RawResponse(200, {}, cached))
-            else:
-                if self.stopping:
-                    return None
-                try:
-                    comp = await self._send(req, body, res, variant)
-                except RateLimitError as e:
-                    limited += 1
-                    self.limiter.pause(e.retry_after if e.retry_after is not None else 1.0,
-                                       e.kind)
-                    if limited > MAX_RATE_LIMIT_RETRIES:
-                        res.failed = "rate_limited"
-                        return res
+            try:
+                comp = await self.dispatch.complete(body, req.prompt_tokens, req.max_tokens,
+                                                    res.acct, variant=variant)
+            except RequestFailed as e:
+                res.failed = e.reason
+                return res
+            except Stopped:
+                return None
+            except BadRequestError as e:
+                text = str(e).lower()
+                nxt = next_format(fmt) if fmt != "none" else None
+                if nxt is not None and ("response_format" in text or "schema" in text):
+                    if self.format == fmt:
+                        self.format = nxt
+                        self.session[f"format_downgraded_to_{nxt}"] += 1
                     continue
-                except BadRequestError as e:
-                    text = str(e).lower()
-                    if ("response_format" in text or "schema" in text) and fmt != "none":
-                        nxt = next_format(fmt)
-                        if self.format == fmt and nxt is not None:
-                            self.format = nxt
-                            self.session[f"format_downgraded_to_{nxt}"] += 1
-                        continue
-                    self.stop("fatal", e)
-                    return None
-                except FatalAPIError as e:
-                    self.stop("fatal", e)
-                    return None
-                except BudgetExceeded as e:
-                    self.stop("budget", e)
-                    return None
-                except RetryableError as e:
-                    tries += 1
-                    if tries > self.cfg.max_retries:
-                        res.failed = e.reason
-                        return res
-                    await asyncio.sleep(self.policy.delay(tries, e.retry_after))
-                    continue
-                if self.cache is not None and comp.finish_reason in ("stop", None):
-                    self.cache.put(key, comp.raw)
+                self.stop("fatal", e)
+                return None
+            except FatalAPIError as e:
+                self.stop("fatal", e)
+                return None
+            except BudgetExceeded as e:
+                self.stop("budget", e)
+                return None
             if comp.finish_reason == "length":
                 if max_tokens < self.cfg.max_tokens_retry:
                     max_tokens = self.cfg.max_tokens_retry
@@ -355,78 +308,6 @@ class TaskEngine:
             res.records = parsed.tasks
             res.malformed = parsed.malformed
             return res
-
-    async def _send(self, req: Request, body: bytes, res: VariantResult,
-                    variant: str) -> Completion:
-        """One paced, budgeted round trip. Raises typed errors; settles every answer."""
-        worst = req.prompt_tokens + req.max_tokens
-        permit = await self.limiter.acquire(worst)
-        while True:
-            try:
-                reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
-                break
-            except BudgetExceeded:
-                # Requests in flight usually settle below their worst case: wait for
-                # them before deciding the budget is spent.
-                if self.ledger.in_flight == 0 or self.stopping:
-                    self.limiter.release(permit, 0)
-                    raise
-                self._settled.clear()
-                await self._settled.wait()
-        res.requests += 1
-        self.session["requests"] += 1
-        try:
-            raw = await self.client.send(body)
-        except APIConnectionError:
-            # Never reached the server: nothing was billed or counted against limits.
-            self._release(reservation)
-            self.limiter.release(permit, 0)
-            raise
-        except RetryableError:
-            # A timeout may still have been processed and billed: keep the worst case.
-            self._charge(reservation, None, variant, res)
-            self.limiter.release(permit, worst)
-            raise
-        self.limiter.observe_headers(raw.headers, permit)
-        if raw.status >= 300:
-            err = classify(raw)
-            self._release(reservation)
-            self.limiter.release(permit, 0 if raw.status == 429 else None)
-            self.session[f"http_{raw.status}"] += 1
-            raise err
-        try:
-            comp = parse_completion(raw)
-        except InvalidResponseError as e:
-            self._charge(reservation, e.usage, variant, res)
-            self.limiter.release(permit, None)
-            raise
-        used = self._charge(reservation, comp.usage, variant, res)
-        res.responses += 1
-        self.limiter.release(permit, used)
-        return comp
-
-    def _release(self, reservation: Any) -> None:
-        self.ledger.release(reservation)
-        self._settled.set()
-
-    def _charge(self, reservation: Any, usage: dict[str, Any] | None, variant: str,
-                res: VariantResult) -> int | None:
-        cost = self.ledger.settle(reservation, usage, stage="tasks", variant=variant)
-        self._settled.set()
-        used = None
-        counts = usage_counts(usage)
-        if counts is not None:
-            pin, pout, cached = counts
-            res.tokens_in += pin
-            res.tokens_out += pout
-            res.tokens_cached += cached
-            used = pin + pout
-            self._spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached})
-        else:
-            self._spend.write({"usd": cost, "unconfirmed": True})
-        res.cost += cost
-        self.progress.request_done(used or 0, cost)
-        return used
 
     # ------------------------------------------------------------------ commit
     def _try_commit(self) -> None:
@@ -468,9 +349,10 @@ class TaskEngine:
         totals: Counter[str] = Counter()
         for v in self.cfg.variants:
             r = results[v]
-            totals.update(requests=r.requests, responses=r.responses, tokens_in=r.tokens_in,
-                          tokens_out=r.tokens_out, tokens_cached=r.tokens_cached)
-            totals["cost_micro_usd"] += round(r.cost * 1e6)
+            a = r.acct
+            totals.update(requests=a.requests, responses=a.responses, tokens_in=a.tokens_in,
+                          tokens_out=a.tokens_out, tokens_cached=a.tokens_cached)
+            totals["cost_micro_usd"] += round(a.cost * 1e6)
             if r.failed:
                 failed[r.failed] += 1
                 continue
