@@ -51,7 +51,8 @@ from dynogen.transport import AiohttpTransport, Transport
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "build", "collect", "estimate", "export", "resolve_price", "run",
+    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "export",
+    "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
@@ -311,3 +312,28 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
+
+
+def call(cfg: Config, requests: str | Path, out: str | Path, *,
+         transport: Transport | None = None) -> RunOutcome:
+    """Run a Batch API input file through the online API; answers in Batch output format."""
+    from dynogen.call import acall
+
+    cfg = cfg.validate()
+    resolve_price(cfg)
+    _check_key(cfg)
+    asyncio.run(_preflight(cfg, transport))
+    res = asyncio.run(acall(cfg, requests, out, transport=transport))
+    report = res.to_dict()
+    failed = sum(res.errors.values())
+    spent = report["cost"].get("spent_usd", 0.0)
+    if res.stop_reason == "budget":
+        msg = (f"budget reached: spent ${spent:.4f} of ${cfg.budget_usd:.4f}; {res.written} "
+               f"lines written to {out}. Run again with a larger --budget-usd to continue.")
+        return RunOutcome(EXIT["budget"], Path(out), report, msg, "budget")
+    if res.stop_reason == "fatal":
+        msg = f"stopped: {res.error}. {res.written} lines written to {out}; run again to resume."
+        return RunOutcome(EXIT["fatal"], Path(out), report, msg, "fatal")
+    msg = (f"done: {res.requests} answered, {failed} failed, {res.already_done} already done; "
+           f"${spent:.4f} spent in {res.wall_seconds:.1f}s. Output: {out}")
+    return RunOutcome(EXIT["ok"], Path(out), report, msg)

@@ -167,6 +167,37 @@ def estimate(
         typer.echo(format_estimate(est))
 
 
+@app.command()
+def call(
+    requests: Annotated[Path, typer.Argument(help="Batch API input file (JSONL).")],
+    out: Annotated[Path, typer.Option("--out", help="Answers, in Batch API output format.")],
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Hard budget in dollars.")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free.")] = False,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Request cache file.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Send a Batch API input file through the online API with run's limiter, budget and cache."""
+    try:
+        cfg = _config(config_file, model=model, base_url=base_url, rpm=rpm, tpm=tpm,
+                      max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
+                      price_out=price_out, free=free or None,
+                      cache_path=str(cache) if cache else None, quiet=quiet or None)
+        outcome = api.call(cfg, requests, out)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(outcome.message, err=outcome.exit_code != 0)
+    raise typer.Exit(outcome.exit_code)
+
+
 @app.command("serve-local")
 def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,

@@ -147,6 +147,12 @@ class Config:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {v})")
+        if self.max_retries < 0:
+            raise ConfigError("--max-retries must be 0 or more")
+        if not 0 < self.retry_base_delay <= self.retry_max_delay:
+            raise ConfigError("retry delays must satisfy 0 < retry_base_delay <= retry_max_delay")
+        if self.max_tokens < 1 or self.max_tokens_retry < self.max_tokens:
+            raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
         return self

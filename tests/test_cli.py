@@ -114,3 +114,32 @@ def test_collect_writes_shards_that_run_accepts(tmp_path: Path) -> None:
     assert code == 0, text
     code2, text2 = invoke("estimate", "--source", "samples", "--model", "gpt-4o-mini", "--json")
     assert orjson.loads(text)["input_tokens"] == orjson.loads(text2)["input_tokens"]
+
+
+def test_call_runs_a_batch_file_and_resumes(fake: FakeProcess, tmp_path: Path) -> None:
+    reqs = tmp_path / "requests.jsonl"
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-4o-mini", "max_tokens": 50,
+                  "messages": [{"role": "user", "content": f"Say {i}"}]}}
+        for i in range(20)
+    ]
+    raw = b"".join(orjson.dumps(x) + b"\n" for x in lines) + b"not json\n" + orjson.dumps(
+        {"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {}}) + b"\n"
+    reqs.write_bytes(raw)
+    out = tmp_path / "results.jsonl"
+    code, text = invoke("call", str(reqs), "--out", str(out), "--base-url", fake.url,
+                        "--model", "gpt-4o-mini", "--quiet")
+    assert code == 0, text
+    results = list(iter_jsonl(out))
+    assert len(results) == 22
+    ok = [r for r in results if r["error"] is None]
+    assert len(ok) == 20
+    assert all(r["response"]["status_code"] == 200 and r["response"]["body"]["choices"]
+               for r in ok)
+    bad = {r["custom_id"]: r["error"]["code"] for r in results if r["error"]}
+    assert bad == {"line-21": "invalid_request", "bad-url": "invalid_request"}
+    code, text = invoke("call", str(reqs), "--out", str(out), "--base-url", fake.url,
+                        "--model", "gpt-4o-mini", "--quiet")
+    assert code == 0 and "22 already done" in text
+    assert len(list(iter_jsonl(out))) == 22
