@@ -1,0 +1,5 @@
+"""``python -m dynogen``: the same CLI as the ``dynogen`` script."""
+
+from dynogen.cli import main
+
+main()
