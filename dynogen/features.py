@@ -59,9 +59,15 @@ def fields_from_features(features: Any) -> tuple[Field, ...]:
         items = [(name, typed) for name, typed in _yaml_items(features, "")]
     else:
         raise FeaturesError(f"features must be a mapping or a list, not {_kind(features)}")
-    return tuple(
-        Field(name=name, type=t, labels=labels, media=media) for name, (t, labels, media) in items
-    )
+    out: list[Field] = []
+    for name, (t, labels, media) in items:
+        if t.startswith("translation[") and t != "translation[variable]":
+            # One column holding {lang: text}: show each language as its own field
+            # ("translation.de"), so translation datasets yield translation tasks.
+            out.extend(Field(f"{name}.{lang}", "string") for lang in t[12:-1].split(","))
+        else:
+            out.append(Field(name=name, type=t, labels=labels, media=media))
+    return tuple(out)
 
 
 # --- dataset_infos.json (dict) spelling -------------------------------------------------

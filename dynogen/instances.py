@@ -111,6 +111,21 @@ class Instance:
         }
 
 
+_MISSING = object()
+
+
+def lookup(row: Mapping[str, Any], name: str) -> Any:
+    """``row[name]``, or for a dotted name a key of a dict column ("translation.de")."""
+    if name in row:
+        return row[name]
+    head, dot, tail = name.partition(".")
+    if dot:
+        inner = row.get(head)
+        if isinstance(inner, Mapping) and tail in inner:
+            return inner[tail]
+    return _MISSING
+
+
 class _Skip(Exception):
     """Internal: carries a skip reason out of nested rendering."""
 
@@ -124,10 +139,13 @@ def build_instance(
 ) -> Instance | str:
     """The instance for ``row`` under ``task``, or the reason it has none."""
     try:
+        values = {}
         for name in (*task.input_fields, task.output_field):
-            if name not in row:
+            value = lookup(row, name)
+            if value is _MISSING:
                 return InstanceSkip.MISSING_FIELD
-        output = _render_value(row[task.output_field], task.output_field,
+            values[name] = value
+        output = _render_value(values[task.output_field], task.output_field,
                               labels.get(task.output_field))
         if not output:
             return InstanceSkip.EMPTY_OUTPUT
@@ -135,7 +153,7 @@ def build_instance(
             return InstanceSkip.OUTPUT_TOO_LONG
         parts = []
         for name in task.input_fields:
-            text = _render_value(row[name], name, labels.get(name))
+            text = _render_value(values[name], name, labels.get(name))
             if not text:
                 return InstanceSkip.EMPTY_INPUT
             parts.append(text)

@@ -185,3 +185,14 @@ def test_any_row_gives_an_instance_or_a_known_reason(
         assert len(got.input) <= INPUT_CHAR_CAP + 100
     else:
         assert got in SKIPS
+
+
+def test_translation_subfields_resolve_into_the_dict_column() -> None:
+    from dynogen.tasks import Task
+
+    t = Task("t", "wmt", "de-en", "description", "Translate German to English.",
+             ("translation.de",), "translation.en")
+    inst = build_instance(t, {"translation": {"de": "Guten Morgen", "en": "Good morning"}}, {})
+    assert not isinstance(inst, str)
+    assert (inst.input, inst.output) == ("Guten Morgen", "Good morning")
+    assert build_instance(t, {"translation": {"de": "x"}}, {}) == "missing_field"

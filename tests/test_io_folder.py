@@ -91,7 +91,8 @@ def test_real_feature_kinds_from_the_fixture_folders() -> None:
     )
     assert got["beans::default"].field("image").media
     assert got["lj_speech::main"].field("audio").media
-    assert got["kde4::fi-nl"].field("translation").type == "translation[fi,nl]"
+    assert got["kde4::fi-nl"].field("translation.fi").type == "string"
+    assert got["kde4::fi-nl"].field("translation.nl").type == "string"
     assert got["ted_multi::plain_text"].field("translations").type == "translation[variable]"
     conll = got["conll2000::default"]  # card dataset_info without a config_name
     assert conll.field("pos_tags").labels[:3] == ("''", "#", "$")  # YAML card, int label keys
