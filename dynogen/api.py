@@ -37,8 +37,8 @@ from dynogen.errors import (
     DynogenError,
     FatalAPIError,
 )
-from dynogen.io.sources import open_source
 from dynogen.estimate import Calibration, Estimate, estimate_units, write_calibration
+from dynogen.io.sources import open_source
 from dynogen.journal import iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.prices import Price, PriceTable, price_for
@@ -229,7 +229,8 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
         return RunOutcome(EXIT["ok"], rundir.path, report, msg)
     if reason == "budget":
         err = result.error
-        needed = f" (next request up to ${err.needed:.4f})" if isinstance(err, BudgetExceeded) else ""
+        needed = (f" (next request up to ${err.needed:.4f})"
+                  if isinstance(err, BudgetExceeded) else "")
         msg = (f"budget reached: spent ${spent_before + ledger.spent:.4f} of "
                f"${cfg.budget_usd:.4f}{needed}; {result.committed} units committed this "
                f"session, the rest left undone. Resume with a larger --budget-usd and the "
@@ -260,7 +261,9 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
                           f"`dynogen run --out {rundir.path}` first")
     saved = orjson.loads(rundir.manifest.read_bytes()).get("config", {})
     known = {f.name for f in dataclasses.fields(Config)} - {"api_key"}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known
+    }
     cfg = Config(**values).with_(quiet=quiet, force_new=False)
     if rows_per_split is not None:
         cfg = cfg.with_(rows_per_split=rows_per_split)

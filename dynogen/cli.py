@@ -54,7 +54,8 @@ def run(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     local: Annotated[bool, typer.Option(
-        "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")] = False,
+        "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Process at most N units.")] = None,
     rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
     variants: Annotated[str | None, typer.Option(

@@ -135,7 +135,8 @@ class Config:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise ConfigError(
-                f"unknown prompt variant(s) {bad or '(none)'}: use one or both of {', '.join(VARIANTS)}"
+                f"unknown prompt variant(s) {bad or '(none)'}: use one or both of "
+                f"{', '.join(VARIANTS)}"
             )
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ConfigError("--response-format must be json_schema, json_object or none")

@@ -227,6 +227,7 @@ class TaskEngine:
                 await self._queue.put(None)
 
     def _admit(self, seq: int, item: Unit | Skipped) -> _Job:
+        skip: tuple[str, str, str] | None
         if not self._fed_keys.add(xxh3_64_intdigest(item.key.encode("utf-8", "surrogatepass"))):
             skip = (SkipReason.DUPLICATE, item.dataset, item.config)
         elif isinstance(item, Skipped):

@@ -118,7 +118,7 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A unit a source could not turn into a ``Unit``: counted by ``reason``, never dropped silently."""
+    """A unit a source could not read: counted by ``reason``, never dropped silently."""
 
     dataset: str
     config: str

@@ -84,7 +84,8 @@ class TaskFilter:
             drops[reason] += 1
         return kept, drops
 
-    def _check(self, unit: Unit, variant: str, rec: dict[str, Any]) -> tuple[str | None, Task | None]:
+    def _check(self, unit: Unit, variant: str,
+               rec: dict[str, Any]) -> tuple[str | None, Task | None]:
         instr = " ".join(str(rec.get("instruction", "")).split())
         if not instr:
             return DropReason.EMPTY_INSTRUCTION, None

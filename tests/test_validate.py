@@ -11,7 +11,8 @@ def rec(instr: str, inputs: list[str], out: str) -> dict[str, object]:
 
 def test_keeps_valid_and_adds_label_suffix(glue_unit: Unit) -> None:
     f = TaskFilter(max_tasks=3)
-    kept, drops = f.filter(glue_unit, "description", [rec("Judge the sentence.", ["sentence"], "label")], set())
+    kept, drops = f.filter(glue_unit, "description",
+                           [rec("Judge the sentence.", ["sentence"], "label")], set())
     assert not drops
     (t,) = kept
     assert t.instruction == "Judge the sentence. Answers must be one of: unacceptable, acceptable."
@@ -76,9 +77,10 @@ def test_field_names_kept_exactly() -> None:
 
 
 def test_task_ids_are_content_addressed(glue_unit: Unit) -> None:
-    a, _ = TaskFilter(3).filter(glue_unit, "description", [rec("Predict idx.", ["sentence"], "idx")], set())
-    b, _ = TaskFilter(3).filter(glue_unit, "description", [rec("Predict idx.", ["sentence"], "idx")], set())
-    c, _ = TaskFilter(3).filter(glue_unit, "no_description", [rec("Predict idx.", ["sentence"], "idx")], set())
+    one = [rec("Predict idx.", ["sentence"], "idx")]
+    a, _ = TaskFilter(3).filter(glue_unit, "description", one, set())
+    b, _ = TaskFilter(3).filter(glue_unit, "description", one, set())
+    c, _ = TaskFilter(3).filter(glue_unit, "no_description", one, set())
     assert a[0].id == b[0].id != c[0].id
 
 
