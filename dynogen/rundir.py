@@ -83,11 +83,11 @@ class RunDir:
         return self
 
     def _clear(self) -> None:
-        for p in (self.units, self.tasks, self.builds, self.instances, self.report):
+        # The request cache stays: it is keyed by the exact request, so it is never
+        # stale, and keeping it is what makes re-deriving with new filters free.
+        for p in (self.units, self.tasks, self.builds, self.instances, self.report,
+                  self.path / "spend.jsonl", self.path / "calibration.json"):
             p.unlink(missing_ok=True)
-        cache = self.path / "cache.sqlite"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(cache) + suffix).unlink(missing_ok=True)
         shutil.rmtree(self.path / "export", ignore_errors=True)
 
     def _write_manifest(self, config: Config) -> None:

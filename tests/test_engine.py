@@ -198,3 +198,23 @@ async def test_changed_prompt_settings_refuse_to_resume(tmp_path: Path) -> None:
             await arun(c.with_(max_tasks_per_unit=5), source=units(1))
         forced = await arun(c.with_(max_tasks_per_unit=5, force_new=True), source=units(1))
     assert forced.exit_code == 0
+
+
+async def test_force_new_rederives_from_the_cache_at_zero_cost(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        c = cfg(tmp_path, server.url, price_in=1.0, price_out=1.0)
+        first = await arun(c, source=units(3))
+        first_tasks = read(first.out / "tasks.jsonl")
+        sent = len(fake.history)
+        again = await arun(c.with_(force_new=True, max_tasks_per_unit=2,
+                                   response_format="json_schema"), source=units(3))
+        # A different max_tasks changes the schema, so those are new requests...
+        assert len(fake.history) == 2 * sent
+        # ...but re-running the original settings after a forced restart costs nothing.
+        third = await arun(c.with_(force_new=True), source=units(3))
+    assert len(fake.history) == 2 * sent
+    assert third.report["cost"]["spent_usd_total"] == 0
+    assert third.report["session"]["cache_hits"] == sent
+    assert read(third.out / "tasks.jsonl") == first_tasks != []
+    assert again.exit_code == 0
