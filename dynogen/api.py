@@ -179,10 +179,19 @@ async def arun(
                              budget=cfg.budget_usd, spent_before=spent_before)
     engine = TaskEngine(cfg, client=client, limiter=limiter, ledger=ledger, cache=cache,
                         counter=counter, rundir=rundir, progress=progress, stats=stats)
+    counting = None
+    if source is None and cfg.source != "hub":
+        # Units are counted on the other core while the run starts, for the bar's ETA.
+        def count() -> None:
+            progress.set_total(sum(1 for _ in open_source(cfg.source, limit=cfg.limit)))
+
+        counting = asyncio.create_task(asyncio.to_thread(count))
     try:
         async with _signals(engine) if handle_signals else contextlib.nullcontext():
             result = await engine.run(src)
     finally:
+        if counting is not None:
+            counting.cancel()
         progress.close()
         engine.close()
         await client.aclose()

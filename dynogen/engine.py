@@ -209,6 +209,7 @@ class TaskEngine:
                         break
                     if item.key in self._done_keys:
                         self._resumed += 1
+                        self.progress.unit_done()
                         continue
                     while seq - self._next_commit >= self.window and not self.stopping:
                         self._advance.clear()

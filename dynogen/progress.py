@@ -24,6 +24,9 @@ class Quiet:
     def request_done(self, tokens: int, cost_usd: float) -> None:
         pass
 
+    def set_total(self, total: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -53,6 +56,11 @@ class Bar:
         self.tokens += tokens
         self.spent += cost_usd
         self._postfix()
+
+    def set_total(self, total: int) -> None:
+        """Known later than the start (counted in the background): gives the bar its ETA."""
+        self.bar.total = total
+        self.bar.refresh()
 
     def _postfix(self) -> None:
         now = time.monotonic()
