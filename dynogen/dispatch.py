@@ -207,6 +207,10 @@ class Dispatcher:
                 self.spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached})
         elif self.spend is not None:
             self.spend.write({"usd": cost, "unconfirmed": True})
+        if self.spend is not None:
+            # Money is spent the moment the answer arrives: record it before anything
+            # else can be lost to a kill, so a resumed run's budget counts it.
+            self.spend.flush()
         if self.meter is not None:
             self.meter.request_done(used or 0, cost)
         return used

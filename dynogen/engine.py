@@ -41,7 +41,7 @@ from dynogen.client import ChatClient
 from dynogen.config import Config
 from dynogen.dedup import HashSet, text_hash
 from dynogen.dispatch import Accounting, Dispatcher, RequestFailed, Stopped
-from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError
+from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError, UserError
 from dynogen.journal import JsonlWriter, iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.parsing import parse_tasks
@@ -288,7 +288,8 @@ class TaskEngine:
                     continue
                 self.stop("fatal", e)
                 return None
-            except FatalAPIError as e:
+            except (FatalAPIError, UserError) as e:
+                # UserError here: a request larger than the TPM limit can ever admit.
                 self.stop("fatal", e)
                 return None
             except BudgetExceeded as e:

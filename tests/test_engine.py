@@ -218,3 +218,13 @@ async def test_force_new_rederives_from_the_cache_at_zero_cost(tmp_path: Path) -
     assert third.report["session"]["cache_hits"] == sent
     assert read(third.out / "tasks.jsonl") == first_tasks != []
     assert again.exit_code == 0
+
+
+async def test_a_request_bigger_than_the_tpm_limit_stops_with_a_clear_message(
+        tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True, tpm=100), source=units(2))
+    assert outcome.exit_code == EXIT["error"]
+    assert "tpm" in outcome.message.lower() and "stopped" in outcome.message
+    assert fake.history == []
