@@ -4,7 +4,6 @@ import orjson
 import pytest
 
 from dynogen.client import ChatClient, classify, parse_completion
-from dynogen.ratelimit import retry_after_seconds
 from dynogen.errors import (
     AuthenticationError,
     BadRequestError,
@@ -13,6 +12,7 @@ from dynogen.errors import (
     RateLimitError,
     ServerError,
 )
+from dynogen.ratelimit import retry_after_seconds
 from dynogen.transport import MockTransport, RawResponse, SentRequest
 
 
