@@ -480,3 +480,98 @@ async def test_subprocess_serves_and_stops_cleanly(session: aiohttp.ClientSessio
 def test_subprocess_with_bad_options_says_why() -> None:
     with pytest.raises(RuntimeError, match="fault_rate"):
         start_fake_process(fault_rate=3)
+
+
+# ---- exact token counting and the prompt cache ------------------------------------------------
+
+def _long_system(n_words: int) -> str:
+    rng = random.Random(n_words)
+    words = ["dataset", "field", "label", "task", "answer", "row", "input", "output", "model"]
+    return " ".join(rng.choice(words) + str(rng.randint(0, 99)) for _ in range(n_words))
+
+
+async def test_exact_tokens_bill_messages_schema_and_content_as_counted(
+        session: aiohttp.ClientSession) -> None:
+    from dynogen.tokens import RESPONSE_FORMAT_OVERHEAD, TokenCounter
+
+    counter = TokenCounter("o200k_base")
+    fake = FakeOpenAI(exact_tokens=True, output_tokens=(30, 200), seed=3)
+    bodies = [request_body(f"Dataset glue/{k}: {'long text ' * k}", fmt=fmt)
+              for k in (1, 7, 40) for fmt in ("json_schema", "json_object", "none")]
+    async with serve(fake) as server:
+        answers = [await post(session, server, b) for b in bodies]
+    for body, (status, resp, _) in zip(bodies, answers, strict=True):
+        assert status == 200
+        rf = body.get("response_format")
+        # What dynogen reserves, less the slack it adds for OpenAI's undocumented schema form.
+        slack = RESPONSE_FORMAT_OVERHEAD if rf and rf["type"] == "json_schema" else 0
+        want = counter.count_messages(body["messages"], response_format=rf) - slack
+        assert resp["usage"]["prompt_tokens"] == want
+        content = resp["choices"][0]["message"]["content"]
+        assert resp["usage"]["completion_tokens"] == counter.count(content)
+        assert resp["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        if slack:
+            check_valid(orjson.loads(content), NAMES)
+        else:
+            assert "tasks" in orjson.loads(content)  # valid JSON at any length
+    # The same request without exact counting is billed differently (chars / 4).
+    assert count_prompt_tokens(bodies[0]) != answers[0][1]["usage"]["prompt_tokens"]
+
+
+async def test_exact_tokens_meet_the_target_length_and_cut_at_max_tokens(
+        session: aiohttp.ClientSession) -> None:
+    fake = FakeOpenAI(exact_tokens=True, output_tokens=300)
+    async with serve(fake) as server:
+        _, long, _ = await post(session, server, request_body("a"))
+        _, cut, _ = await post(session, server, request_body("b", max_tokens=50))
+    assert 0.85 * 300 <= long["usage"]["completion_tokens"] <= 1.15 * 300
+    check_valid(content_of(long), NAMES)
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert 45 <= cut["usage"]["completion_tokens"] <= 50
+
+
+async def test_prompt_cache_reports_repeated_prefixes_in_128_token_steps(
+        session: aiohttp.ClientSession) -> None:
+    from dynogen.tokens import TokenCounter
+
+    counter = TokenCounter("o200k_base")
+    system = _long_system(900)
+    shared = counter.count_prefix([{"role": "system", "content": system}])
+    assert shared > 1200
+
+    def body(user: str, fmt: str = "none", names: list[str] = NAMES) -> dict[str, Any]:
+        b = request_body(user, fmt=fmt, names=names)
+        b["messages"][0]["content"] = system
+        return b
+
+    fake = FakeOpenAI(exact_tokens=True, prompt_cache=True)
+    async with serve(fake) as server:
+        usage = [(await post(session, server, b))[1]["usage"] for b in (
+            body("first"), body("second, another unit"), body("third", fmt="json_schema"),
+            body("fourth", fmt="json_schema"),
+            body("fifth", fmt="json_schema", names=["question", "answer"]))]
+        fake.reset()
+        after_reset = (await post(session, server, body("sixth")))[1]["usage"]
+    cached = [u["prompt_tokens_details"]["cached_tokens"] for u in usage]
+    assert cached[0] == 0  # nothing seen yet
+    assert cached[1] % 128 == 0 and 1024 <= cached[1] <= shared < cached[1] + 128 + 8
+    # The schema comes before the system message: a new schema misses, the same one hits.
+    assert cached[2] == 0 and cached[3] >= 1024 and cached[4] == 0
+    assert after_reset["prompt_tokens_details"]["cached_tokens"] == 0
+    # Short prompts are never cached, however often they repeat.
+    short = FakeOpenAI(exact_tokens=True, prompt_cache=True)
+    async with serve(short) as server:
+        again = [(await post(session, server))[1]["usage"] for _ in range(2)]
+    assert [u["prompt_tokens_details"]["cached_tokens"] for u in again] == [0, 0]
+
+
+def test_exact_token_options_and_flags() -> None:
+    from dynogen.testing.fake_openai import _fake_from_args, _parser
+
+    with pytest.raises(ValueError, match="prompt_cache needs exact_tokens"):
+        FakeOpenAI(prompt_cache=True)
+    fake = _fake_from_args(_parser().parse_args(
+        ["--exact-tokens", "--prompt-cache", "--model", "gpt-3.5-turbo"]))
+    assert fake.exact is not None and fake.exact.prompt_cache
+    assert fake.exact.counter.encoding == "cl100k_base"  # the model's, from the price table
+    assert _fake_from_args(_parser().parse_args([])).exact is None

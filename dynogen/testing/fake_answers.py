@@ -9,13 +9,24 @@ one, else from the messages (a ``Fields:`` line, an ``"enum": [...]`` or
 ``"name": "..."`` pairs in JSON the prompt embeds). It never invents names, so
 a prompt it cannot read gets ``{"tasks": []}``, which the engine must count.
 
-Token counts are ``len(text) // 4`` style estimates: exact counts would cost
-more than the rest of a request, and nothing downstream needs exactness from a
-fake.
+Token counts are ``len(text) // 4`` style estimates by default: cheap, and
+enough for limits and faults. Cost studies need the real figures, so
+``ExactTokens`` counts as OpenAI bills instead (``FakeOpenAI(exact_tokens=True)``):
+the messages by the cookbook rule (``dynogen.tokens.TokenCounter``), a
+``json_schema`` response format as the tokens of its JSON text placed *before*
+the system message (OpenAI's prompt-caching guide: "the structured output
+schema serves as a prefix to the system message"), and the completion as the
+tokens of its content. OpenAI does not document how it renders a schema; the
+fake bills its JSON text without the ``RESPONSE_FORMAT_OVERHEAD`` slack that
+dynogen reserves on top, so a reservation is an upper bound of the bill, as it
+must be. With ``prompt_cache`` it also reports ``cached_tokens`` by OpenAI's
+rule: the longest prefix already seen, if at least 1,024 tokens, in 128-token
+steps.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -25,11 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import xxhash
 
 from dynogen.testing.fake_limits import insufficient_quota_body, rate_limit_body
+from dynogen.tokens import REPLY_PRIMING_TOKENS, TokenCounter
 
 __all__ = [
+    "CACHE_MIN_TOKENS",
+    "CACHE_STEP",
     "DEFAULT_FAULT_KINDS",
+    "ExactTokens",
     "FAULT_KINDS",
     "Fault",
     "Latency",
@@ -177,6 +193,91 @@ def count_completion_tokens(content: str | None) -> int:
     return len(content) // 4 + 1 if content else 0
 
 
+CACHE_MIN_TOKENS = 1024  # OpenAI caches prompts from this many tokens...
+CACHE_STEP = 128         # ...in steps of this many.
+# Stand-ins for tokens that are billed but have no text (message framing, reply
+# priming); negative so they never equal a real token id.
+_FRAME = (-1, -2, -3)
+_NAME_TOKEN = -4
+_PRIMING = (-5,) * REPLY_PRIMING_TOKENS
+
+
+class ExactTokens:
+    """Token counts as OpenAI bills them, and (with ``prompt_cache``) its prefix cache.
+
+    ``prompt_ids`` lays a request out as the tokens it is billed for: the
+    ``json_schema`` first (OpenAI puts it before the system message), then per
+    message 3 framing tokens, the role and the content (a ``name`` adds 1),
+    then 3 tokens of reply priming. Its length equals
+    ``TokenCounter.count_messages(messages) + count_response_format(rf) -
+    RESPONSE_FORMAT_OVERHEAD``.
+
+    >>> ex = ExactTokens("o200k_base")
+    >>> ex.prompt_tokens({"messages": [{"role": "user", "content": "hello world"}]})
+    (9, 0)
+    """
+
+    __slots__ = ("counter", "prompt_cache", "max_prefixes", "_seen")
+
+    def __init__(self, encoding: str = "o200k_base", *, prompt_cache: bool = False,
+                 max_prefixes: int = 1_000_000) -> None:
+        self.counter = TokenCounter(encoding)
+        self.prompt_cache = prompt_cache
+        self.max_prefixes = max_prefixes
+        self._seen: set[int] = set()
+
+    def prompt_ids(self, body: Mapping[str, Any]) -> list[int]:
+        ids: list[int] = []
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            ids += self.counter.encode(json.dumps(rf.get("json_schema", {}), ensure_ascii=False))
+        messages = body.get("messages")
+        for m in messages if isinstance(messages, list) else ():
+            if not isinstance(m, dict):
+                continue
+            ids += _FRAME
+            for key, value in m.items():
+                text = _text_of(value) if key == "content" else value
+                if isinstance(text, str):
+                    ids += self.counter.encode(text)
+                if key == "name":
+                    ids.append(_NAME_TOKEN)
+        ids += _PRIMING
+        return ids
+
+    def prompt_tokens(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """(prompt tokens, of which cached); the cache remembers this prompt for later ones."""
+        ids = self.prompt_ids(body)
+        return len(ids), self.cached_prefix(ids)
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        """Tokens of ``ids`` an earlier prompt already had (0 without ``prompt_cache``); then
+        remember ``ids``. Call it only for requests the server processes."""
+        if not self.prompt_cache or len(ids) < CACHE_MIN_TOKENS:
+            return 0
+        raw = b"".join(i.to_bytes(4, "little", signed=True) for i in ids)
+        steps = range(CACHE_MIN_TOKENS, len(ids) + 1, CACHE_STEP)
+        keys = [xxhash.xxh3_64_intdigest(raw[: 4 * k]) for k in steps]
+        cached = 0
+        for k, key in zip(steps, keys, strict=True):
+            if key not in self._seen:
+                break
+            cached = k
+        if len(self._seen) + len(keys) > self.max_prefixes:
+            self._seen.clear()  # a provider's cache forgets too
+        self._seen.update(keys)
+        return cached
+
+    def forget(self) -> None:
+        self._seen.clear()
+
+    def completion_tokens(self, content: str | None) -> int:
+        return self.counter.count(content) if content else 0
+
+    def cut(self, content: str, max_tokens: int) -> str:
+        return self.counter.truncate(content, max_tokens)
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -295,12 +396,15 @@ _CLOSERS = (
 _FILLER = " Consider every detail of the input before answering, and keep the answer consistent."
 
 
-def auto_content(spec: TaskSpec | None, digest: int, target_chars: int = 0) -> str:
+def auto_content(spec: TaskSpec | None, digest: int, target_chars: int = 0,
+                 pad: str = " ") -> str:
     """A valid ``{"tasks": [...]}`` for ``spec``, varied by ``digest``, padded to ``target_chars``.
 
     Padding first lengthens instructions (up to the schema's ``maxLength``), then
-    adds whitespace before the closing brace: the content stays valid JSON, and
-    valid against the schema, at any length.
+    adds whitespace (``pad`` repeated) before the closing brace: the content
+    stays valid JSON, and valid against the schema, at any length. A run of
+    spaces is a handful of tokens; ``" \\n"`` is about one token per 4 characters,
+    so exact token counting passes that.
     """
     if spec is None:
         return '{"tasks": []}'
@@ -332,7 +436,7 @@ def auto_content(spec: TaskSpec | None, digest: int, target_chars: int = 0) -> s
         content = orjson.dumps({"tasks": tasks}).decode()
         missing = target_chars - len(content)
         if missing > 0:
-            content = content[:-1] + " " * missing + "}"
+            content = content[:-1] + (pad * (missing // len(pad) + 1))[:missing] + "}"
     return content
 
 
@@ -364,10 +468,20 @@ def error_reply(status: int, message: str, kind: str, code: str | None,
 
 def completion_reply(model: str, seq: int, content: str | None, finish: str, prompt_tokens: int,
                      max_tokens: int, headers: dict[str, str],
-                     refusal: str | None = None) -> Reply:
-    """A chat completion; content longer than ``max_tokens`` is cut off with finish "length"."""
-    completion_tokens = count_completion_tokens(content or refusal)
-    if max_tokens and completion_tokens > max_tokens and content is not None:
+                     refusal: str | None = None, *, exact: ExactTokens | None = None,
+                     cached_tokens: int = 0) -> Reply:
+    """A chat completion; content longer than ``max_tokens`` is cut off with finish "length".
+
+    With ``exact`` the completion is counted (and cut) in real tokens.
+    """
+    if exact is not None:
+        completion_tokens = exact.completion_tokens(content or refusal)
+        if max_tokens and completion_tokens > max_tokens and content is not None:
+            content = exact.cut(content, max_tokens)
+            completion_tokens, finish = exact.completion_tokens(content), "length"
+    else:
+        completion_tokens = count_completion_tokens(content or refusal)
+    if exact is None and max_tokens and completion_tokens > max_tokens and content is not None:
         # A real model stops at max_tokens mid-answer: the engine must see a cut-off.
         content = content[: 4 * (max_tokens - 1)]
         completion_tokens, finish = max_tokens, "length"
@@ -380,7 +494,7 @@ def completion_reply(model: str, seq: int, content: str | None, finish: str, pro
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens,
-                  "prompt_tokens_details": {"cached_tokens": 0},
+                  "prompt_tokens_details": {"cached_tokens": cached_tokens},
                   "completion_tokens_details": {"reasoning_tokens": 0}},
         "system_fingerprint": "fp_fake0000",
     }), headers, tokens=(prompt_tokens, completion_tokens))
@@ -388,22 +502,26 @@ def completion_reply(model: str, seq: int, content: str | None, finish: str, pro
 
 def fault_reply(f: Fault, *, model: str, organization: str, seq: int, prompt_tokens: int,
                 max_tokens: int, headers: dict[str, str], auto: Callable[[], str],
-                limit: float | None) -> Reply:
+                limit: float | None, exact: ExactTokens | None = None,
+                cached_tokens: int = 0) -> Reply:
     """The reply a fault stands for; ``auto`` makes the normal content when the fault needs it,
     ``limit`` is the current limit of the fault's type (for a rate_limit body)."""
     kind, given = f.kind, f.body_bytes()
     if kind in ("slow", "length", "content_filter", "refusal"):
         content = f.content if f.content is not None else auto()
+        extra: dict[str, Any] = {"exact": exact, "cached_tokens": cached_tokens}
         if kind == "slow":
-            r = completion_reply(model, seq, content, "stop", prompt_tokens, max_tokens, headers)
+            r = completion_reply(model, seq, content, "stop", prompt_tokens, max_tokens, headers,
+                                 **extra)
         elif kind == "length":
             r = completion_reply(model, seq, content[: max(1, len(content) // 2)], "length",
-                                 prompt_tokens, 0, headers)
+                                 prompt_tokens, 0, headers, **extra)
         elif kind == "content_filter":
-            r = completion_reply(model, seq, None, "content_filter", prompt_tokens, 0, headers)
+            r = completion_reply(model, seq, None, "content_filter", prompt_tokens, 0, headers,
+                                 **extra)
         else:
             r = completion_reply(model, seq, None, "stop", prompt_tokens, 0, headers,
-                                 refusal="I'm sorry, I can't assist with that request.")
+                                 refusal="I'm sorry, I can't assist with that request.", **extra)
         if given is not None:
             r.body = given
     elif kind in ("reset", "timeout"):

@@ -50,6 +50,7 @@ from aiohttp import web
 
 from dynogen.testing.fake_answers import (
     DEFAULT_FAULT_KINDS,
+    ExactTokens,
     Fault,
     Latency,
     OutputTokens,
@@ -91,6 +92,10 @@ class FakeOpenAI:
     seeded fault draw (``fault_rate`` over ``fault_kinds``), else a
     deterministic task list derived from the request. ``clock`` is read for
     rate limits and the stats timeline, so tests can move time by hand.
+    ``exact_tokens`` bills ``usage`` in real tokens of ``encoding`` (default:
+    the model's, from dynogen's price table) as OpenAI does, and
+    ``prompt_cache`` adds ``cached_tokens`` for repeated prefixes (see
+    ``fake_answers.ExactTokens``); cost studies need both, other tests neither.
 
     >>> fake = FakeOpenAI(rpm=600, seed=1)
     >>> fake.enqueue("hello", Fault("server_error"))
@@ -115,6 +120,9 @@ class FakeOpenAI:
         seed: int = 0,
         organization: str = "org-fake",
         clock: Callable[[], float] = time.monotonic,
+        exact_tokens: bool = False,
+        prompt_cache: bool = False,
+        encoding: str | None = None,
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
@@ -126,6 +134,8 @@ class FakeOpenAI:
         if isinstance(output_tokens, int) and output_tokens < 1 or isinstance(
                 output_tokens, tuple) and not 1 <= output_tokens[0] <= output_tokens[1]:
             raise ValueError(f"output_tokens must be >= 1 or a (lo, hi) range, got {output_tokens}")
+        if prompt_cache and not exact_tokens:
+            raise ValueError("prompt_cache needs exact_tokens (caching is counted in real tokens)")
         self.fault_kinds = tuple(Fault(k).kind for k in fault_kinds)  # validates the names
         if fault_rate and not self.fault_kinds:
             raise ValueError("fault_rate is set but fault_kinds is empty")
@@ -145,6 +155,8 @@ class FakeOpenAI:
         self.stats = Stats(clock())
         self.rng = random.Random(seed)
         self._seq = 0
+        self.exact = ExactTokens(encoding or _encoding_of(model),
+                                 prompt_cache=prompt_cache) if exact_tokens else None
 
     # ---- scripting and control -------------------------------------------------------------
 
@@ -179,6 +191,8 @@ class FakeOpenAI:
         self.stats = Stats(now)
         self.rng = random.Random(self.seed)
         self._seq = 0
+        if self.exact is not None:
+            self.exact.forget()
 
     def stats_dict(self) -> dict[str, Any]:
         now = self.clock()
@@ -216,7 +230,8 @@ class FakeOpenAI:
         if self.insufficient_quota:
             return Reply(429, insufficient_quota_body(), {"content-type": _JSON},
                          fault="insufficient_quota")
-        prompt_tokens = count_prompt_tokens(body)
+        ids = self.exact.prompt_ids(body) if self.exact is not None else None
+        prompt_tokens = len(ids) if ids is not None else count_prompt_tokens(body)
         now = self.clock()
         refusal = self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now)
         out_headers = {"content-type": _JSON, "x-request-id": f"req_{self._seq:024x}",
@@ -229,25 +244,27 @@ class FakeOpenAI:
         answer: Answer | None = self.queue.popleft() if self.queue else None
         if answer is None and self.fault_rate and self.rng.random() < self.fault_rate:
             answer = Fault(self.rng.choice(self.fault_kinds))
-        reply = self._render(answer, body, raw, prompt_tokens, max_tokens, out_headers)
+        cached = self.exact.cached_prefix(ids) if self.exact is not None and ids else 0
+        reply = self._render(answer, body, raw, prompt_tokens, max_tokens, out_headers, cached)
         if reply.action == "answer" and not self.latency.is_zero:
             reply.delay += self.latency.sample(self.rng, reply.tokens[1])
         return reply
 
     def _render(self, answer: Answer | None, body: dict[str, Any], raw: bytes, prompt_tokens: int,
-                max_tokens: int, headers: dict[str, str]) -> Reply:
+                max_tokens: int, headers: dict[str, str], cached: int = 0) -> Reply:
         if isinstance(answer, Fault):
             lim = self.limiter
             bucket = lim.requests if answer.limit_type == "requests" else lim.tokens
             return fault_reply(answer, model=self.model, organization=lim.organization,
                                seq=self._seq, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                                headers=headers, auto=lambda: self._auto(body, raw),
-                               limit=bucket.limit if bucket else None)
+                               limit=bucket.limit if bucket else None, exact=self.exact,
+                               cached_tokens=cached)
         if isinstance(answer, Mapping):
             return Reply(200, orjson.dumps(dict(answer)), headers)
         content = answer if answer is not None else self._auto(body, raw)
         return completion_reply(self.model, self._seq, content, "stop", prompt_tokens, max_tokens,
-                                headers)
+                                headers, exact=self.exact, cached_tokens=cached)
 
     def _auto(self, body: dict[str, Any], raw: bytes) -> str:
         digest = xxhash.xxh3_64_intdigest(raw)
@@ -255,11 +272,22 @@ class FakeOpenAI:
         if target is not None and not isinstance(target, int):
             rng = random.Random(digest)
             target = rng.randint(*target) if isinstance(target, tuple) else target(rng)
-        return auto_content(task_spec(body), digest, 4 * (target - 1) if target else 0)
+        # Exact counting pads with " \n" (about 4 characters a token), not a run of spaces
+        # (a few tokens however long), so a target length in tokens is roughly met.
+        return auto_content(task_spec(body), digest, 4 * (target - 1) if target else 0,
+                            pad=" \n" if self.exact is not None else " ")
 
     def finished(self, reply: Reply) -> None:
         """Count an answer when it is sent (so the timeline shows completions, not arrivals)."""
         self.stats.record(self.clock(), reply.status, reply.tokens, reply.fault, reply.limited)
+
+
+def _encoding_of(model: str) -> str:
+    """The model's encoding from dynogen's price table (o200k_base if unknown)."""
+    from dynogen.prices import PriceTable
+
+    known = PriceTable.load().find(model)
+    return known.encoding if known is not None and known.encoding else "o200k_base"
 
 
 # ---- the aiohttp app --------------------------------------------------------------------------
@@ -396,6 +424,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--keep-history", action="store_true", help="keep every request (grows)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exact-tokens", action="store_true",
+                   help="count usage in real tokens, as OpenAI bills (see fake_answers)")
+    p.add_argument("--prompt-cache", action="store_true",
+                   help="report cached_tokens for repeated prefixes of 1,024+ tokens "
+                        "(needs --exact-tokens)")
+    p.add_argument("--encoding", default=None,
+                   help="token encoding for --exact-tokens (default: the model's)")
     return p
 
 
@@ -411,7 +446,8 @@ def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
         fault_rate=args.fault_rate,
         fault_kinds=[k for k in args.fault_kinds.split(",") if k],
         output_tokens=out, insufficient_quota=args.insufficient_quota, api_key=args.api_key,
-        keep_history=args.keep_history, seed=args.seed,
+        keep_history=args.keep_history, seed=args.seed, exact_tokens=args.exact_tokens,
+        prompt_cache=args.prompt_cache, encoding=args.encoding,
     )
 
 
