@@ -40,6 +40,7 @@ from dynogen.cache import RequestCache
 from dynogen.client import ChatClient
 from dynogen.config import Config
 from dynogen.dedup import HashSet, text_hash
+from dynogen.dialect import Dialect, adapt
 from dynogen.dispatch import Accounting, Dispatcher, RequestFailed, Stopped
 from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError, UserError
 from dynogen.journal import JsonlWriter, iter_jsonl
@@ -49,7 +50,6 @@ from dynogen.prompts import PromptBuilder
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
 from dynogen.rundir import RunDir
-from dynogen.schema import next_format
 from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, SkipReason, Unit, skip_reason
 from dynogen.validate import TaskFilter
@@ -135,7 +135,7 @@ class TaskEngine:
         self.progress: Progress = progress or _NoProgress()
         self.stats = stats or Stats()
         self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
-        self.format = config.response_format
+        self.dialect = Dialect(format=config.response_format)
         self.window = max(256, 4 * config.max_in_flight)
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
             maxsize=2 * config.max_in_flight)
@@ -148,6 +148,7 @@ class TaskEngine:
         self._error: BaseException | None = None
         self._done_keys: set[str] = set()
         self._fed_keys = HashSet()
+        self._repeats: dict[str, int] = {}
         self.session: Counter[str] = Counter()
         self._load_journal()
         self._units = JsonlWriter(rundir.units)
@@ -207,7 +208,8 @@ class TaskEngine:
                 for item in chunk:
                     if self.stopping:
                         break
-                    if item.key in self._done_keys:
+                    key = self._journal_key(item)
+                    if key in self._done_keys:
                         self._resumed += 1
                         self.progress.unit_done()
                         continue
@@ -216,7 +218,7 @@ class TaskEngine:
                         await self._advance.wait()
                     if self.stopping:
                         break
-                    job = self._admit(seq, item)
+                    job = self._admit(seq, item, key)
                     seq += 1
                     if job.remaining == 0:
                         self._try_commit()
@@ -227,9 +229,24 @@ class TaskEngine:
             for _ in range(self.cfg.max_in_flight):
                 await self._queue.put(None)
 
-    def _admit(self, seq: int, item: Unit | Skipped) -> _Job:
+    def _journal_key(self, item: Unit | Skipped) -> str:
+        """One journal key per source item, the same on every resume.
+
+        The first item with a key claims it; a repeat, or a source's own
+        "duplicate" marker (which may come before the unit it refers to), gets
+        ``key#n``. Sharing the unit's key would let a marker committed first hide
+        the unit (never processed, or lost on resume) and flip its status in the report.
+        """
+        marker = isinstance(item, Skipped) and item.reason == SkipReason.DUPLICATE
+        if not marker and self._fed_keys.add(
+                xxh3_64_intdigest(item.key.encode("utf-8", "surrogatepass"))):
+            return item.key
+        n = self._repeats[item.key] = self._repeats.get(item.key, 0) + 1
+        return f"{item.key}#{n}"
+
+    def _admit(self, seq: int, item: Unit | Skipped, key: str) -> _Job:
         skip: tuple[str, str, str] | None
-        if not self._fed_keys.add(xxh3_64_intdigest(item.key.encode("utf-8", "surrogatepass"))):
+        if key != item.key:
             skip = (SkipReason.DUPLICATE, item.dataset, item.config)
         elif isinstance(item, Skipped):
             skip = (item.reason, item.dataset, item.config)
@@ -237,7 +254,7 @@ class TaskEngine:
             reason = skip_reason(item)
             skip = (reason, item.dataset, item.config) if reason else None
         unit = item if isinstance(item, Unit) and skip is None else None
-        job = _Job(seq, unit, skip, item.key, 0 if skip else len(self.cfg.variants))
+        job = _Job(seq, unit, skip, key, 0 if skip else len(self.cfg.variants))
         self._jobs[seq] = job
         return job
 
@@ -267,8 +284,8 @@ class TaskEngine:
         res = VariantResult()
         max_tokens = self.cfg.max_tokens
         while True:
-            fmt = self.format
-            req = self.prompts.request(unit, variant, max_tokens=max_tokens, fmt=fmt)
+            dialect = self.dialect
+            req = self.prompts.request(unit, variant, max_tokens=max_tokens, dialect=dialect)
             body = orjson.dumps(req.body)
             try:
                 comp = await self.dispatch.complete(body, req.prompt_tokens, req.max_tokens,
@@ -279,15 +296,17 @@ class TaskEngine:
             except Stopped:
                 return None
             except BadRequestError as e:
-                text = str(e).lower()
-                nxt = next_format(fmt) if fmt != "none" else None
-                if nxt is not None and ("response_format" in text or "schema" in text):
-                    if self.format == fmt:
-                        self.format = nxt
-                        self.session[f"format_downgraded_to_{nxt}"] += 1
+                # The server refused a parameter: adapt once (other workers may have
+                # already), then re-send; a 400 nothing answers stops the run.
+                if self.dialect is not dialect:
                     continue
-                self.stop("fatal", e)
-                return None
+                nxt = adapt(dialect, str(e))
+                if nxt is None:
+                    self.stop("fatal", e)
+                    return None
+                self.dialect = nxt
+                self.session[f"adapted:{nxt.describe()}"] += 1
+                continue
             except (FatalAPIError, UserError) as e:
                 # UserError here: a request larger than the TPM limit can ever admit.
                 self.stop("fatal", e)

@@ -125,8 +125,10 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
     units = requests = input_tokens = cached = worst_tpm_tokens = 0
     skipped: Counter[str] = Counter()
     prefix = {v: pb._prefixes[v][1] for v in cfg.variants}
-    cache_share = {v: cacheable_prefix(n) if price.supports_prompt_cache else 0
-                   for v, n in prefix.items()}
+    # OpenAI places a json_schema before the system message, and ours names the
+    # unit's fields, so under json_schema no two units share a cacheable prefix.
+    shared = price.supports_prompt_cache and cfg.response_format != "json_schema"
+    cache_share = {v: cacheable_prefix(n) if shared else 0 for v, n in prefix.items()}
     seen: set[str] = set()
     for item in source:
         if item.key in seen:

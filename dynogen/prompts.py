@@ -4,12 +4,16 @@ Two variants, as in the Dynosaur paper: ``description`` shows the dataset's
 description, ``no_description`` shows only its name, fields and samples (the
 paper found the two complementary). Both run by default.
 
-Layout matters for cost: everything every request shares — the system prompt
-and the few-shot turns — comes first and is byte-identical across requests of
-a variant, so providers' prompt caching (OpenAI caches identical prefixes of
-1,024+ tokens) bills it at the cached price. Only the last user message is
-about the unit. Metadata is cut to a *token* budget, never by characters, and
-field names are shown exactly as the dataset spells them.
+Layout: everything every request shares — the system prompt and the few-shot
+turns — comes first and is byte-identical across requests of a variant; only
+the last user message is about the unit. That lets a server reuse its prompt
+cache (llama.cpp does, as report.json's cached tokens show). OpenAI's
+cache needs a shared prefix of 1,024+ tokens and places a ``json_schema``
+before the system message; since our schema enumerates each unit's fields,
+no two units share a cacheable prefix there (see cost/README.md).
+
+Metadata is cut to a *token* budget, never by characters, and field names are
+shown exactly as the dataset spells them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
+from dynogen.dialect import Dialect
 from dynogen.schema import response_format
 from dynogen.tokens import TokenCounter
 from dynogen.units import Field, Unit
@@ -184,20 +189,22 @@ class PromptBuilder:
         )
 
     def request(self, unit: Unit, variant: str, *, max_tokens: int | None = None,
-                fmt: str | None = None) -> Request:
+                dialect: Dialect | None = None) -> Request:
         cfg = self.config
+        d = dialect or Dialect(format=cfg.response_format)
         prefix, prefix_tokens = self._prefixes[variant]
         user = self.user_message(unit, variant)
         mt = max_tokens or cfg.max_tokens
         body: dict[str, Any] = {
             "model": cfg.model,
             "messages": [*prefix, {"role": "user", "content": user}],
-            "temperature": cfg.temperature,
-            "max_tokens": mt,
         }
+        if d.temperature:
+            body["temperature"] = cfg.temperature
+        body[d.token_param] = mt
         if cfg.seed is not None:
             body["seed"] = cfg.seed
-        rf = response_format(fmt or cfg.response_format, [f.name for f in unit.fields],
+        rf = response_format(d.format, [f.name for f in unit.fields],
                              cfg.max_tasks_per_unit)
         if rf is not None:
             body["response_format"] = rf

@@ -170,7 +170,8 @@ async def test_schema_refused_steps_down_to_json_object(tmp_path: Path) -> None:
         outcome = await arun(cfg(tmp_path, server.url, free=True, max_in_flight=1),
                              source=units(2))
     assert outcome.exit_code == 0
-    assert outcome.report["session"]["format_downgraded_to_json_object"] == 1
+    assert outcome.report["session"][
+        "adapted:format=json_object, max_tokens, temperature=sent"] == 1
     formats = [h.body.get("response_format", {}).get("type") for h in fake.history]
     assert formats[0] == "json_schema" and set(formats[1:]) == {"json_object"}
 
@@ -228,3 +229,32 @@ async def test_a_request_bigger_than_the_tpm_limit_stops_with_a_clear_message(
     assert outcome.exit_code == EXIT["error"]
     assert "tpm" in outcome.message.lower() and "stopped" in outcome.message
     assert fake.history == []
+
+
+async def test_reasoning_model_refusals_adapt_the_request(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    fake.enqueue(
+        Fault.http(400, {"error": {"message": "Unsupported parameter: 'max_tokens' is not "
+                                   "supported with this model. Use 'max_completion_tokens' "
+                                   "instead.", "type": "invalid_request_error"}}),
+        Fault.http(400, {"error": {"message": "Unsupported value: 'temperature' does not "
+                                   "support 0 with this model. Only the default (1) value is "
+                                   "supported.", "type": "invalid_request_error"}}),
+    )
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True, max_in_flight=1),
+                             source=units(2))
+    assert outcome.exit_code == 0, outcome.message
+    last = fake.history[-1].body
+    assert "max_tokens" not in last and last["max_completion_tokens"] == Config().max_tokens
+    assert "temperature" not in last
+
+
+async def test_a_400_that_nothing_answers_stops_the_run(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    fake.enqueue(Fault.http(400, {"error": {"message": "model 'x' does not exist"}}))
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True, max_in_flight=1),
+                             source=units(2))
+    assert outcome.exit_code == EXIT["fatal"]
+    assert "does not exist" in outcome.message

@@ -1,0 +1,46 @@
+"""What a server accepts, learnt from its refusals rather than guessed from a model name.
+
+OpenAI-compatible servers differ in small ways: some refuse ``json_schema``
+response formats, reasoning models refuse ``max_tokens`` (they want
+``max_completion_tokens``) and any ``temperature`` but the default. Sniffing
+model names goes stale; instead a run starts with the most useful request and,
+when a 400 names the parameter it refuses, ``adapt`` returns the one change
+that answers it. The engine then re-sends, and every later request uses the
+adapted dialect. Pure: message in, dialect out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dynogen.schema import next_format
+
+__all__ = ["Dialect", "adapt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    format: str = "json_schema"
+    token_param: str = "max_tokens"
+    temperature: bool = True
+
+    def describe(self) -> str:
+        temp = "sent" if self.temperature else "default"
+        return f"format={self.format}, {self.token_param}, temperature={temp}"
+
+
+def adapt(dialect: Dialect, message: str) -> Dialect | None:
+    """The dialect that avoids what a 400's ``message`` refused, or ``None`` if none does."""
+    m = message.lower()
+    if ("max_tokens" in m and "max_completion_tokens" in m
+            and dialect.token_param == "max_tokens"):
+        return dataclasses.replace(dialect, token_param="max_completion_tokens")
+    if "temperature" in m and dialect.temperature and any(
+            w in m for w in ("unsupported", "not support", "only the default", "does not support")):
+        return dataclasses.replace(dialect, temperature=False)
+    if "response_format" in m or "json_schema" in m or "schema" in m:
+        nxt = next_format(dialect.format)
+        if nxt is not None:
+            return dataclasses.replace(dialect, format=nxt)
+    return None
