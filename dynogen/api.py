@@ -247,6 +247,10 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
                f"${cfg.budget_usd:.4f}{needed}; {result.committed} units committed this "
                f"session, the rest left undone. Resume with a larger --budget-usd and the "
                f"same --out ({rundir.path}).")
+        if isinstance(err, BudgetExceeded) and cfg.budget_usd and err.needed > cfg.budget_usd / 10:
+            # Each request reserves its worst case, so up to one worst case stays unspent.
+            msg += (f" Note: one request may cost up to ${err.needed:.4f}, over a tenth of the "
+                    "budget, so a share of it could not be used.")
         return RunOutcome(EXIT["budget"], rundir.path, report, msg, reason)
     if reason == "interrupted":
         msg = (f"interrupted: {result.committed} units committed this session; outputs and "
