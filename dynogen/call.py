@@ -141,7 +141,8 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
     bar = make_progress(cfg.quiet, "requests", rpm=cfg.rpm, tpm=cfg.tpm, budget=cfg.budget_usd)
     policy = RetryPolicy(max_retries=cfg.max_retries, base=cfg.retry_base_delay,
                          cap=cfg.retry_max_delay)
-    dispatch = Dispatcher(client, limiter, ledger, cache, policy, meter=bar, stage="call")
+    dispatch = Dispatcher(client, limiter, ledger, cache, policy, meter=bar, stage="call",
+                          secret=cfg.api_key.get())
     result = CallResult()
     queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=2 * cfg.max_in_flight)
     t0 = time.perf_counter()

@@ -92,7 +92,7 @@ class Dispatcher:
     def __init__(self, client: ChatClient, limiter: Limiter, ledger: Ledger,
                  cache: RequestCache | None, policy: RetryPolicy, *,
                  spend: JsonlWriter | None = None, meter: Meter | None = None,
-                 stage: str = "tasks") -> None:
+                 stage: str = "tasks", secret: str | None = None) -> None:
         self.client = client
         self.limiter = limiter
         self.ledger = ledger
@@ -101,6 +101,7 @@ class Dispatcher:
         self.spend = spend
         self.meter = meter
         self.stage = stage
+        self._secret = secret.encode() if secret else None
         self.session: Counter[str] = Counter()
         self.stopping = False
         self._settled = asyncio.Event()
@@ -173,7 +174,7 @@ class Dispatcher:
             self._release(reservation)
             self.limiter.release(permit, 0 if raw.status == 429 else None)
             self.session[f"http_{raw.status}"] += 1
-            raise classify(raw)
+            raise classify(self._redacted(raw))
         try:
             comp = parse_completion(raw)
         except InvalidResponseError as e:
@@ -185,6 +186,13 @@ class Dispatcher:
         acct.responses += 1
         self.limiter.release(permit, used)
         return comp
+
+    def _redacted(self, raw: RawResponse) -> RawResponse:
+        """The answer with the API key masked: some servers and proxies echo the request's
+        Authorization header in error bodies, which end up in messages and logs."""
+        if self._secret is None or self._secret not in raw.body:
+            return raw
+        return RawResponse(raw.status, raw.headers, raw.body.replace(self._secret, b"***"))
 
     def _release(self, reservation: Reservation) -> None:
         self.ledger.release(reservation)

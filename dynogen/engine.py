@@ -157,7 +157,7 @@ class TaskEngine:
         policy = RetryPolicy(max_retries=config.max_retries, base=config.retry_base_delay,
                              cap=config.retry_max_delay)
         self.dispatch = Dispatcher(client, limiter, ledger, cache, policy, spend=self._spend,
-                                   meter=self.progress)
+                                   meter=self.progress, secret=config.api_key.get())
 
     # ----------------------------------------------------------------- resume
     def _load_journal(self) -> None:
