@@ -36,7 +36,7 @@ import orjson
 
 from dynogen.api import estimate
 from dynogen.config import Config
-from dynogen.estimate import CACHE_MIN_TOKENS, DEFAULT_EXPECTED_OUTPUT
+from dynogen.dryrun import CACHE_MIN_TOKENS, DEFAULT_EXPECTED_OUTPUT
 from dynogen.io.sources import open_source
 from dynogen.prices import PriceTable
 from dynogen.prompts import PromptBuilder

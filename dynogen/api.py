@@ -28,6 +28,7 @@ from dynogen.builder import build_instances
 from dynogen.cache import RequestCache
 from dynogen.client import ChatClient
 from dynogen.config import DEFAULT_BASE_URL, Config
+from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.engine import EngineResult, TaskEngine
 from dynogen.errors import (
     APIConnectionError,
@@ -37,7 +38,6 @@ from dynogen.errors import (
     DynogenError,
     FatalAPIError,
 )
-from dynogen.estimate import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.io.sources import open_source
 from dynogen.journal import iter_jsonl
 from dynogen.ledger import Ledger
@@ -105,8 +105,16 @@ async def _preflight(cfg: Config, transport: Transport | None) -> None:
         )
 
 
-def _prior_spend(rundir: RunDir) -> float:
-    return sum(float(r.get("usd") or 0.0) for r in iter_jsonl(rundir.path / "spend.jsonl"))
+def _paid(rundir: RunDir) -> dict[str, Any]:
+    """What was paid over the whole run, every session and kill included (spend.jsonl)."""
+    out = {"requests": 0, "usd": 0.0, "in": 0, "out": 0, "cached": 0, "unconfirmed": 0}
+    for r in iter_jsonl(rundir.path / "spend.jsonl"):
+        out["requests"] += 1
+        out["usd"] += float(r.get("usd") or 0.0)
+        for k in ("in", "out", "cached"):
+            out[k] += int(r.get(k) or 0)
+        out["unconfirmed"] += bool(r.get("unconfirmed"))
+    return out
 
 
 @contextlib.asynccontextmanager
@@ -168,7 +176,7 @@ async def arun(
     rundir = RunDir(cfg.out).open(cfg)
     await _preflight(cfg, transport)
 
-    spent_before = _prior_spend(rundir)
+    spent_before = _paid(rundir)["usd"]
     budget_left = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - spent_before)
     ledger = Ledger(price, budget_left if budget_left is None or budget_left > 0 else 1e-12)
     limiter = Limiter(rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight)
@@ -211,6 +219,13 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     report = stats.to_dict()
     session = dict(result.session)
     reqs = session.get("requests", 0)
+    # "requests"/"responses" are those of committed units (cached answers count as
+    # responses); what was paid, every session and kill included, comes from spend.jsonl.
+    paid = _paid(rundir)
+    report["requests_paid"] = paid["requests"]
+    report["tokens"] = {"in": paid["in"], "out": paid["out"], "cached": paid["cached"]}
+    if paid["unconfirmed"]:
+        report["tokens"]["requests_without_usage"] = paid["unconfirmed"]
     report["cost"] = {
         "spent_usd_total": round(spent_before + ledger.spent, 6),
         "spent_usd_this_session": round(ledger.spent, 6),
@@ -311,7 +326,7 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
 
 def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
     """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable."""
-    from dynogen.export import export_instances
+    from dynogen.exporter import export_instances
 
     rundir = RunDir(out)
     if not rundir.instances.exists():
@@ -336,7 +351,7 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
 def call(cfg: Config, requests: str | Path, out: str | Path, *,
          transport: Transport | None = None) -> RunOutcome:
     """Run a Batch API input file through the online API; answers in Batch output format."""
-    from dynogen.call import acall
+    from dynogen.batchfile import acall
 
     cfg = cfg.validate()
     resolve_price(cfg)

@@ -94,7 +94,8 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
         for key, tasks in _task_groups(rundir):
             if key in done:
                 continue
-            rec = _build_unit(cfg, key, tasks, units.get(key, {}), seen, out, opener)
+            rec = _build_unit(cfg, key, tasks, units.get(key, {}), seen, out, opener,
+                              str(rundir.path / ".hf-cache"))
             rec["instances_end"] = out.tell()
             journal.write(rec)
             out.flush()
@@ -109,7 +110,7 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
 
 
 def _build_unit(cfg: Config, key: str, tasks: list[Task], unit: dict[str, Any], seen: HashSet,
-                out: JsonlWriter, opener: Callable[..., Any]) -> dict[str, Any]:
+                out: JsonlWriter, opener: Callable[..., Any], cache_dir: str) -> dict[str, Any]:
     rec: dict[str, Any] = {"key": key, "tasks": len(tasks)}
     data_ref = unit.get("data_ref")
     if not data_ref:
@@ -117,7 +118,7 @@ def _build_unit(cfg: Config, key: str, tasks: list[Task], unit: dict[str, Any], 
         return rec
     try:
         rows_obj = opener(data_ref, tasks[0].config, splits=unit.get("splits") or None,
-                          rows_per_split=cfg.rows_per_split)
+                          rows_per_split=cfg.rows_per_split, cache_dir=cache_dir)
         rows = list(rows_obj)
     except RowsUnavailable as e:
         rec.update(status="unavailable", reason=e.reason, detail=e.detail[:300])

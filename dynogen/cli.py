@@ -152,7 +152,7 @@ def estimate(
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
     import orjson
 
-    from dynogen.estimate import format_estimate
+    from dynogen.dryrun import format_estimate
 
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,

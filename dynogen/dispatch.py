@@ -114,6 +114,7 @@ class Dispatcher:
             if hit is not None:
                 self.session["cache_hits"] += 1
                 acct.from_cache = True
+                acct.responses += 1  # an answer used, though not paid for again
                 return parse_completion(RawResponse(200, {}, hit))
         tries = limited = 0
         while True:

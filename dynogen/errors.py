@@ -82,8 +82,9 @@ class LocalServerError(UserError):
 class APIError(DynogenError):
     """An answer (or its absence) from the LLM server.
 
-    ``body`` is a short excerpt of the answer, never the request: requests may
-    carry credentials in headers, and answers never do.
+    ``body`` is a short excerpt of the answer, never the request (requests carry
+    credentials in headers). Some servers echo a refused key in the answer, so
+    the dispatcher masks the key out of the body before this error is built.
     """
 
     def __init__(

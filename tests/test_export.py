@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dynogen.errors import ConfigError, RunDirError
-from dynogen.export import INSTANCE_COLUMNS, export_instances
+from dynogen.exporter import INSTANCE_COLUMNS, export_instances
 from dynogen.instances import Instance
 
 

@@ -152,6 +152,7 @@ def open_rows(
     splits: Sequence[str] | None = None,
     rows_per_split: int,
     load: Loader | None = None,
+    cache_dir: str | None = None,
 ) -> Rows:
     """Open ``data_ref`` (a local folder or a Hub id) for streaming.
 
@@ -166,15 +167,17 @@ def open_rows(
 
         load = datasets.load_dataset
     name = config or None
+    # Lock files `datasets` writes even when streaming go here, not in ~/.cache.
+    extra = {"cache_dir": cache_dir} if cache_dir else {}
     try:
         try:
-            ds = load(data_ref, name=name, streaming=True)
+            ds = load(data_ref, name=name, streaming=True, **extra)
         except ValueError as e:
             # Datasets without named configs call their only one "default" in
             # some sources and expect no name in others.
             if name != "default" or "not found" not in str(e):
                 raise
-            ds = load(data_ref, name=None, streaming=True)
+            ds = load(data_ref, name=None, streaming=True, **extra)
     except errors as e:
         raise RowsUnavailable(*_classify(e, data_ref, config)) from None
     except RuntimeError as e:
