@@ -60,6 +60,7 @@ def main() -> None:
         "responses": rep["responses"],
         "schema_valid_share": round((rep["responses"] - invalid) / max(1, rep["responses"]), 4),
         "invalid_by_reason": rep["responses_invalid_by_reason"],
+        "requests_failed_by_reason": rep["requests_failed_by_reason"],
         "tasks_generated": rep["tasks"]["generated"],
         "tasks_kept": rep["tasks"]["kept"],
         "dropped_by_reason": rep["tasks"]["dropped_by_reason"],

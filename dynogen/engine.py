@@ -51,7 +51,7 @@ from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
 from dynogen.rundir import RunDir
 from dynogen.tokens import TokenCounter
-from dynogen.units import Skipped, SkipReason, Unit, skip_reason
+from dynogen.units import Skipped, SkipReason, Unit, safe_text, skip_reason
 from dynogen.validate import TaskFilter
 
 __all__ = ["EngineResult", "Progress", "TaskEngine"]
@@ -346,10 +346,11 @@ class TaskEngine:
             self._advance.set()
 
     def _commit(self, job: _Job) -> None:
-        rec: dict[str, Any] = {"key": job.key}
+        rec: dict[str, Any] = {"key": safe_text(job.key)}
         if job.skip is not None:
             reason, dataset, config = job.skip
-            rec.update(dataset=dataset, config=config, status="skipped", reason=reason)
+            rec.update(dataset=safe_text(dataset), config=safe_text(config), status="skipped",
+                       reason=reason)
         else:
             unit = job.unit
             assert unit is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Field", "Unit", "Skipped", "SkipReason", "skip_reason"]
+__all__ = ["Field", "Unit", "Skipped", "SkipReason", "safe_text", "skip_reason"]
 
 TEXTUAL_PREFIXES = ("string", "large_string", "list[string]", "list[large_string]", "translation")
 
@@ -140,6 +140,29 @@ class SkipReason:
     DUPLICATE = "duplicate_unit"
 
 
+def _encodable(unit: Unit) -> bool:
+    """No lone surrogates (only a Unit built by hand in Python can have them)."""
+    try:
+        for text in (unit.dataset, unit.config, unit.description):
+            text.encode("utf-8")
+        for f in unit.fields:
+            f.name.encode("utf-8")
+            for label in f.labels:
+                label.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safe_text(text: str) -> str:
+    """``text`` made writable as UTF-8 (lone surrogates escaped), for journals and reports."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def skip_reason(unit: Unit) -> str | None:
     """Why this unit cannot yield text tasks, or ``None`` if it can.
 
@@ -147,6 +170,8 @@ def skip_reason(unit: Unit) -> str | None:
     input and one output field; and something must be text for an instruction
     to be about it.
     """
+    if not _encodable(unit):
+        return SkipReason.INVALID_METADATA
     if any(f.media for f in unit.fields):
         return SkipReason.MEDIA
     if len(unit.fields) < 2:

@@ -258,3 +258,13 @@ async def test_a_400_that_nothing_answers_stops_the_run(tmp_path: Path) -> None:
                              source=units(2))
     assert outcome.exit_code == EXIT["fatal"]
     assert "does not exist" in outcome.message
+
+
+async def test_lone_surrogates_from_the_python_api_are_a_counted_skip(tmp_path: Path) -> None:
+    bad = Unit("bad\ud800", "default", "x", (Field("a\udcff", "string"), Field("b", "string")))
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        outcome = await arun(cfg(tmp_path, server.url, free=True), source=[bad, *units(1)])
+    assert outcome.exit_code == 0, outcome.message
+    assert outcome.report["units"]["skipped_by_reason"] == {"invalid_metadata": 1}
+    assert outcome.report["units"]["processed"] == 1
