@@ -191,7 +191,7 @@ async def arun(
     engine = TaskEngine(cfg, client=client, limiter=limiter, ledger=ledger, cache=cache,
                         counter=counter, rundir=rundir, progress=progress, stats=stats)
     counting = None
-    if source is None and cfg.source != "hub":
+    if source is None and cfg.source != "hub" and not cfg.quiet:
         # Units are counted on the other core while the run starts, for the bar's ETA.
         def count() -> None:
             progress.set_total(sum(1 for _ in open_source(cfg.source, limit=cfg.limit)))

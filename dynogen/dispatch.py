@@ -104,6 +104,10 @@ class Dispatcher:
         self._secret = secret.encode() if secret else None
         self.session: Counter[str] = Counter()
         self.stopping = False
+        # Hand unused tokens back to the limiter until the server shows (a tokens
+        # 429) that it charges prompt + max_tokens on admission and never refunds,
+        # as OpenAI documents; from then on the limiter counts what the server does.
+        self.refund_tokens = True
         self._settled = asyncio.Event()
 
     async def complete(self, body: bytes, prompt_tokens: int, max_tokens: int,
@@ -124,6 +128,9 @@ class Dispatcher:
                 comp = await self._send_once(body, prompt_tokens, max_tokens, acct, variant)
             except RateLimitError as e:
                 limited += 1
+                if e.kind == "tokens" and self.refund_tokens:
+                    self.refund_tokens = False
+                    self.session["token_refunds_stopped"] += 1
                 self.limiter.pause(e.retry_after if e.retry_after is not None
                                    else DEFAULT_429_PAUSE, e.kind)
                 if limited > MAX_RATE_LIMIT_RETRIES:
@@ -185,7 +192,7 @@ class Dispatcher:
             raise
         used = self._charge(reservation, comp.usage, acct, variant)
         acct.responses += 1
-        self.limiter.release(permit, used)
+        self.limiter.release(permit, used if self.refund_tokens else None)
         return comp
 
     def _redacted(self, raw: RawResponse) -> RawResponse:

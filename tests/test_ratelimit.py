@@ -614,3 +614,31 @@ def test_public_api_is_what_the_package_exports() -> None:
     }
     for name in ratelimit.__all__:
         assert getattr(ratelimit, name) is not None
+
+
+async def test_a_lowered_server_limit_does_not_hold_a_minute_of_old_rate_against_us() -> None:
+    clock = FakeClock()
+    limiter = Limiter(clock=clock)
+    limiter.observe_headers({"x-ratelimit-limit-requests": "600"})
+
+    async def grant() -> None:
+        task = asyncio.ensure_future(limiter.acquire(0))
+        await clock.advance(0)
+        while not task.done():
+            await clock.advance(0.01)
+        limiter.release(task.result(), None)
+
+    for _ in range(300):  # 30 s at the old 10 requests/s
+        await grant()
+        await clock.advance(0.1)
+    assert limiter.snapshot()["requests_in_window"] == 300
+    limiter.observe_headers({"x-ratelimit-limit-requests": "300"})
+    t0 = clock.now()
+    granted = 0
+    while clock.now() - t0 < 10:
+        await grant()
+        granted += 1
+    # The new rate is 5/s: about 50 in 10 s, not a 30 s stall while the old minute ages out.
+    assert granted >= 45
+    snap = limiter.snapshot()
+    assert snap["rpm"] == 300 and snap["requests_in_window"] <= 300

@@ -216,6 +216,7 @@ class Limiter:
         "_corrections", "_charged_r", "_charged_t", "_held",
         "_waiters", "_paused_until", "_pauses", "_paused_seconds",
         "_n_corrections", "_corrected_r", "_corrected_t", "_invalid_headers", "_last_headers",
+        "_floor",
     )
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
@@ -243,6 +244,7 @@ class Limiter:
         self._win_t = 0.0
         self._long_r = _INF  # minute capacity in requests (at least one)
         self._log: list[Permit] = []
+        self._floor = -_INF  # grants before this no longer count in the minute window
         self._seen = -_INF  # clock time the window heads and sums are current for
         self._h_long = 0  # first log entry still in the minute window
         self._h_r = 0  # ... in the requests burst window
@@ -374,6 +376,16 @@ class Limiter:
             self._server_tpm = info.limit_tokens
             changed = True
         if changed:
+            old_rpm, old_tpm = self._rpm, self._tpm
+            new_rpm = _min_limit(self._user_rpm, self._server_rpm)
+            new_tpm = _min_limit(self._user_tpm, self._server_tpm)
+            if (old_rpm is not None and new_rpm is not None and new_rpm < old_rpm) or (
+                    old_tpm is not None and new_tpm is not None and new_tpm < old_tpm):
+                # The server lowered its limit. Providers enforce it as a refilling
+                # bucket, so a minute of history sent at the old rate is not held
+                # against us: keep only the last burst, and let the server's
+                # remaining headers (corrections) and 429s say if it counts more.
+                self._floor = now - self._burst_seconds
             self._apply_limits(now)
         if not self._limited:
             return
@@ -645,7 +657,7 @@ class Limiter:
         """
         now = self._seen
         at: float = p.at  # type: ignore[assignment]
-        if at + WINDOW > now:
+        if at + WINDOW > now and at >= self._floor:
             self._req60 += dr
             self._tok60 += dt
         if at + self._win_r > now:
@@ -703,7 +715,9 @@ class Limiter:
         def head(window: float) -> int:
             return bisect.bisect_right([p.at + window for p in log], now)  # type: ignore[operator]
 
-        self._h_long, self._h_r, self._h_t = head(WINDOW), head(self._win_r), head(self._win_t)
+        floor = bisect.bisect_left([p.at for p in log], self._floor)  # type: ignore[type-var]
+        self._h_long = max(head(WINDOW), floor)
+        self._h_r, self._h_t = head(self._win_r), head(self._win_t)
         fixes = [c for c in self._corrections if c.until > now]
         self._corrections = fixes
         self._req60 = sum(p._req for p in _tail(log, self._h_long)) + sum(c.req for c in fixes)
