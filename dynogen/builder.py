@@ -78,7 +78,9 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
                     opener: Callable[..., Any] = open_rows) -> Stats:
     """Build every unit not yet built. ``opener`` is ``open_rows`` (injectable for tests)."""
     stats = stats or Stats()
-    units = {str(r.get("key")): r for r in iter_jsonl(rundir.units)}
+    # Only what building needs, and only for units that kept tasks (bounded memory).
+    units = {str(r.get("key")): {"data_ref": r.get("data_ref"), "splits": r.get("splits")}
+             for r in iter_jsonl(rundir.units) if r.get("tasks_kept")}
     done = set()
     for rec in iter_jsonl(rundir.builds):
         stats.add_build(rec)
@@ -88,7 +90,7 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
         seen.add(_dict_hash(rec))
     out = JsonlWriter(rundir.instances)
     journal = JsonlWriter(rundir.builds)
-    todo = sum(1 for k in {k for k, r in units.items() if r.get("tasks_kept")} if k not in done)
+    todo = sum(1 for k in units if k not in done)
     bar = make_progress(cfg.quiet, "instances", total=todo)
     try:
         for key, tasks in _task_groups(rundir):

@@ -100,6 +100,10 @@ class EngineResult:
     session: dict[str, Any]
 
 
+def _key_hash(key: str) -> int:
+    return xxh3_64_intdigest(key.encode("utf-8", "surrogatepass"))
+
+
 def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
     return list(itertools.islice(it, n))
 
@@ -146,7 +150,7 @@ class TaskEngine:
         self._advance = asyncio.Event()
         self._stop_reason: str | None = None
         self._error: BaseException | None = None
-        self._done_keys: set[str] = set()
+        self._done_keys = HashSet()  # hashes of committed keys: 8 bytes a unit on resume
         self._fed_keys = HashSet()
         self._repeats: dict[str, int] = {}
         self.session: Counter[str] = Counter()
@@ -164,7 +168,7 @@ class TaskEngine:
         for rec in iter_jsonl(self.rundir.units):
             self.stats.add_unit(rec)
             if rec.get("status") in ("done", "skipped"):
-                self._done_keys.add(str(rec.get("key")))
+                self._done_keys.add(_key_hash(str(rec.get("key"))))
         for rec in iter_jsonl(self.rundir.tasks):
             text = rec.get("instruction")
             if isinstance(text, str):
@@ -209,7 +213,7 @@ class TaskEngine:
                     if self.stopping:
                         break
                     key = self._journal_key(item)
-                    if key in self._done_keys:
+                    if _key_hash(key) in self._done_keys:
                         self._resumed += 1
                         self.progress.unit_done()
                         continue
@@ -239,7 +243,7 @@ class TaskEngine:
         """
         marker = isinstance(item, Skipped) and item.reason == SkipReason.DUPLICATE
         if not marker and self._fed_keys.add(
-                xxh3_64_intdigest(item.key.encode("utf-8", "surrogatepass"))):
+                _key_hash(item.key)):
             return item.key
         n = self._repeats[item.key] = self._repeats.get(item.key, 0) + 1
         return f"{item.key}#{n}"

@@ -25,8 +25,13 @@ class Stats:
     """Run totals: plain counters plus reason breakdowns, merged from journal lines."""
 
     def __init__(self) -> None:
-        # Last status per unit key: a unit that failed and was redone on resume counts once.
-        self.unit_status: dict[str, tuple[str, str]] = {}
+        # Unit statuses are counted as they come. Only failed units are remembered
+        # (a resume redoes them, and the redo replaces the failure), so memory grows
+        # with failures, not with the size of the run.
+        self.units_by_status: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self._failed_keys: dict[str, str] = {}
         self.flat: Counter[str] = Counter()
         self.responses_invalid: Counter[str] = Counter()
         self.requests_failed: Counter[str] = Counter()
@@ -38,7 +43,17 @@ class Stats:
 
     def add_unit(self, rec: dict[str, Any]) -> None:
         """Fold one units.jsonl line into the totals."""
-        self.unit_status[str(rec.get("key"))] = (str(rec.get("status")), str(rec.get("reason")))
+        key, status, reason = str(rec.get("key")), str(rec.get("status")), str(rec.get("reason"))
+        earlier = self._failed_keys.pop(key, None)
+        if earlier is not None:
+            self.failed[earlier] -= 1
+            self.units_by_status["failed"] -= 1
+        self.units_by_status[status] += 1
+        if status == "skipped":
+            self.skipped[reason] += 1
+        elif status == "failed":
+            self.failed[reason] += 1
+            self._failed_keys[key] = reason
         for k in UNIT_COUNTERS:
             self.flat[k] += int(rec.get(k) or 0)
         self.responses_invalid.update(rec.get("invalid") or {})
@@ -54,19 +69,13 @@ class Stats:
 
     def to_dict(self) -> dict[str, Any]:
         f = self.flat
-        skipped: Counter[str] = Counter()
-        failed: Counter[str] = Counter()
-        processed = 0
-        for status, reason in self.unit_status.values():
-            if status == "skipped":
-                skipped[reason] += 1
-            elif status == "failed":
-                failed[reason] += 1
-            else:
-                processed += 1
+        skipped = +self.skipped
+        failed = +self.failed
+        by = self.units_by_status
+        processed = sum(by.values()) - by["skipped"] - by["failed"]
         return {
             "units": {
-                "seen": len(self.unit_status),
+                "seen": sum(by.values()),
                 "processed": processed,
                 "skipped": sum(skipped.values()),
                 "skipped_by_reason": dict(sorted(skipped.items())),
