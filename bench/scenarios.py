@@ -36,7 +36,7 @@ import orjson
 
 from bench.peers import CLIENTS, Job, ensure_peers_venv, peer_env, peer_versions
 from bench.peers.harness import Measured, run_measured
-from dynogen.testing.fake_answers import count_prompt_tokens
+from dynogen.testing.fake_answers import ExactTokens
 from dynogen.testing.fake_openai import start_fake_process
 
 __all__ = ["SCENARIOS", "Scenario", "Workload", "build_workload", "machine_info",
@@ -72,6 +72,7 @@ def build_workload(corpus: Path, dest: Path, *, limit: int | None = None) -> Wor
 
     cfg = Config()
     builder = PromptBuilder(cfg, TokenCounter(cfg.encoding))
+    exact = ExactTokens(cfg.encoding)  # what the fake (exact_tokens) charges, as OpenAI does
     n, cost = 0, 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("wb") as f:
@@ -82,7 +83,7 @@ def build_workload(corpus: Path, dest: Path, *, limit: int | None = None) -> Wor
                 body = builder.request(unit, variant).body
                 f.write(orjson.dumps({"custom_id": f"req-{n:06d}", "method": "POST",
                                       "url": "/v1/chat/completions", "body": body}) + b"\n")
-                cost += count_prompt_tokens(body) + body["max_tokens"]
+                cost += exact.prompt_tokens(body)[0] + body["max_tokens"]
                 n += 1
                 if limit is not None and n >= limit:
                     return Workload(dest, n, cost / n)
@@ -94,11 +95,12 @@ def head(workload: Workload, n: int, dest: Path) -> Workload:
     if n >= workload.count:
         return workload
     cost = 0
+    exact = ExactTokens("o200k_base")
     with workload.path.open("rb") as src, dest.open("wb") as out:
         for _, line in zip(range(n), src, strict=False):
             out.write(line)
             body = orjson.loads(line)["body"]
-            cost += count_prompt_tokens(body) + body["max_tokens"]
+            cost += exact.prompt_tokens(body)[0] + body["max_tokens"]
     return Workload(dest, n, cost / n)
 
 

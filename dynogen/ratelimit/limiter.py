@@ -14,22 +14,22 @@ How pacing works
     windows* still have room:
 
     * the minute window: at most ``rpm`` requests and ``tpm`` tokens in any 60 s;
-    * the burst window: at most about ``burst_seconds`` worth of the rate, so a
+    * the burst: at most about ``burst_seconds`` worth of the rate at once, so a
       minute's allowance is never fired at once (providers enforce per-minute
-      limits at a finer grain). For requests the burst is a whole number
+      limits at a finer grain). For requests it is a whole number
       ``floor(rpm/60 * burst_seconds)`` (at least 1) over a window stretched to
-      keep the full rate; for tokens it is ``tpm/60 * burst_seconds`` over
-      ``burst_seconds``, and a request may start while that window is not yet
-      full. So a token burst can end up over by less than one request, and a
-      request bigger than the burst still goes (alone). Without this overdraft
-      the room left over when the next request does not quite fit is lost for
-      good (requests a third the size of the burst lose about 15 % of the rate),
-      because the burst window runs at exactly the minute's average rate.
+      keep the full rate. For tokens it is a bucket of ``tpm/60 * burst_seconds``
+      refilled continuously at ``tpm/60`` per second — the way providers enforce
+      it, so a client that follows it is never refused: a request waits until the
+      bucket holds its tokens, and one bigger than the bucket waits until it is
+      full and leaves it in debt. (A sliding window that let a request start while
+      not yet full gained rate against itself but overdrew a provider's bucket:
+      half the requests of a TPM-bound run were answered 429.)
 
-    Both windows start empty, so a run goes at full speed from its first second,
-    and the counts can be checked by anyone: no 60 s window ever holds more than
-    the limit, and no burst window more than the burst (plus, for tokens, less
-    than one request).
+    Windows start empty and the bucket full, so a run goes at full speed from its
+    first second, and the counts can be checked by anyone: no 60 s window ever
+    holds more than the limit, no request burst window more than the burst, and
+    no second more tokens than a full bucket plus a second of refill.
 
 Refunds
     ``release(permit, used_tokens)`` replaces the reservation by what was used,
@@ -62,7 +62,8 @@ Following the server's headers (``observe_headers``)
 
 429s
     ``pause(seconds, kind)`` holds back every sender until then; afterwards the
-    windows alone decide, so sending resumes at full speed.
+    windows alone decide, so sending resumes at full speed. A tokens 429 also
+    empties our token bucket: the server's is empty, so ours cannot be fuller.
 
 Cost
     ``acquire`` with room available creates no future and takes no lock; only
@@ -216,7 +217,7 @@ class Limiter:
         "_corrections", "_charged_r", "_charged_t", "_held",
         "_waiters", "_paused_until", "_pauses", "_paused_seconds",
         "_n_corrections", "_corrected_r", "_corrected_t", "_invalid_headers", "_last_headers",
-        "_floor",
+        "_floor", "_tb_level", "_tb_time",
     )
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
@@ -245,6 +246,8 @@ class Limiter:
         self._long_r = _INF  # minute capacity in requests (at least one)
         self._log: list[Permit] = []
         self._floor = -_INF  # grants before this no longer count in the minute window
+        self._tb_level = 0.0  # token burst: a bucket refilled at tpm/60 per second
+        self._tb_time = -_INF
         self._seen = -_INF  # clock time the window heads and sums are current for
         self._h_long = 0  # first log entry still in the minute window
         self._h_r = 0  # ... in the requests burst window
@@ -439,6 +442,11 @@ class Limiter:
             raise ValueError(f"pause needs a finite number of seconds >= 0 (got {seconds})")
         self._pauses[kind] += 1
         now = self._clock.now()
+        if kind == "tokens" and self._tpm is not None:
+            # The server's token bucket is empty: ours cannot be fuller. Without this,
+            # tokens refunded before we learnt the server does not refund would stay
+            # in our bucket for good (it never fills up under load to shed them).
+            self._tb_level = min(self._tb_refill(now), 0.0)
         until = now + seconds
         if until > self._paused_until:
             self._paused_seconds += until - max(now, self._paused_until)
@@ -520,6 +528,8 @@ class Limiter:
         self._tok60 += tokens
         self._req_burst += 1
         self._tok_burst += tokens
+        if self._tpm is not None:
+            self._tb_level = self._tb_refill(now) - tokens
         self._charged_r += 1
         self._charged_t += tokens
         p._used_r = self._req60
@@ -551,11 +561,13 @@ class Limiter:
             over = self._tok60 + tokens - self._tpm
             if over > 0:
                 wait = max(wait, self._minute_wait(now, over, requests=False))
-            if self._tok_burst >= self._cap_t:
-                # Not ``+ tokens``: a request goes while the burst is not yet full.
-                # See "Pacing" above for why the overdraft is worth it.
-                wait = max(wait, self._burst_wait(now, self._tok_burst - self._cap_t, self._h_t,
-                                                  self._win_t, False))
+            # Token burst: a bucket, as providers enforce it. A request waits until
+            # the bucket holds its tokens (one bigger than the bucket waits until it
+            # is full and goes alone), so the burst is never overdrawn.
+            level = self._tb_refill(now)
+            need = min(float(tokens), self._cap_t)
+            if level < need:
+                wait = max(wait, (need - level) * WINDOW / self._tpm)
         return wait if wait == 0.0 else max(wait, _MIN_SLEEP)
 
     def _minute_wait(self, now: float, over: float, *, requests: bool) -> float:
@@ -664,8 +676,22 @@ class Limiter:
             self._req_burst += dr
         if at + self._win_t > now:
             self._tok_burst += dt
+        if dt and self._tpm is not None:
+            self._tb_level = min(self._cap_t, self._tb_refill(now) - dt)
         p._req += dr
         p._tok += dt
+
+    def _tb_refill(self, now: float) -> float:
+        """The token bucket's level at ``now`` (refilled since it was last read)."""
+        tpm = self._tpm
+        if tpm is None:
+            return _INF
+        if self._tb_time == -_INF:
+            self._tb_level = self._cap_t  # starts full: full speed from the first second
+        elif now > self._tb_time:
+            self._tb_level = min(self._cap_t, self._tb_level + (now - self._tb_time) * tpm / WINDOW)
+        self._tb_time = max(self._tb_time, now)
+        return self._tb_level
 
     def _charge_correction(self, until: float, req: int, tok: int) -> None:
         bisect.insort(self._corrections, _Correction(until, req, tok))
@@ -724,6 +750,11 @@ class Limiter:
         self._tok60 = sum(p._tok for p in _tail(log, self._h_long)) + sum(c.tok for c in fixes)
         self._req_burst = sum(p._req for p in _tail(log, self._h_r))
         self._tok_burst = sum(p._tok for p in _tail(log, self._h_t))
+        if self._tpm is not None and self._tb_time != -_INF:
+            # New limits, new bucket: never fuller than it now holds, and a debt run
+            # up under the old limit is not carried over whole (the minute window
+            # still counts those tokens).
+            self._tb_level = max(-self._cap_t, min(self._tb_level, self._cap_t))
 
 
 def _tail(log: list[Permit], start: int) -> Iterator[Permit]:
