@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from dynogen.cache import RequestCache, request_key
 from dynogen.client import ChatClient, Completion, classify, parse_completion
+from dynogen.dedup import HashSet
 from dynogen.errors import (
     APIConnectionError,
     BudgetExceeded,
@@ -103,6 +104,10 @@ class Dispatcher:
         self.stage = stage
         self._secret = secret.encode() if secret else None
         self.session: Counter[str] = Counter()
+        # A cache that started empty can only hit what this run put in it: remember
+        # those (8 bytes each) and skip the SQLite lookup for everything else.
+        self._cache_warm = cache is not None and len(cache) > 0
+        self._put_here = HashSet()
         self.stopping = False
         # Hand unused tokens back to the limiter until the server shows (a tokens
         # 429) that it charges prompt + max_tokens on admission and never refunds,
@@ -113,7 +118,8 @@ class Dispatcher:
     async def complete(self, body: bytes, prompt_tokens: int, max_tokens: int,
                        acct: Accounting, *, variant: str | None = None) -> Completion:
         key = request_key(body)
-        if self.cache is not None:
+        if self.cache is not None and (
+                self._cache_warm or int.from_bytes(key[:8], "little") in self._put_here):
             hit = self.cache.get(key)
             if hit is not None:
                 self.session["cache_hits"] += 1
@@ -145,6 +151,7 @@ class Dispatcher:
                 continue
             if self.cache is not None and comp.finish_reason in ("stop", None):
                 self.cache.put(key, comp.raw)
+                self._put_here.add(int.from_bytes(key[:8], "little"))
             return comp
 
     async def _send_once(self, body: bytes, prompt_tokens: int, max_tokens: int,

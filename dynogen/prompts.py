@@ -121,7 +121,8 @@ def render_metadata(
         d = counter.truncate(d, want - 3) if want > 3 else ""
         if d:
             desc_txt = f"Description: {d}\n"
-            left -= counter.count(desc_txt)
+            if samples:  # only samples need to know what is left (saves an encode)
+                left -= counter.count(desc_txt)
     samples_txt = ""
     for s in samples:
         line = f"Example row: {_sample_text(s)}\n"

@@ -286,8 +286,10 @@ async def test_pause_holds_every_sender_then_resumes_at_full_rate() -> None:
     assert times == []  # room in both windows, but paused
     await clock.run(asyncio.gather(*tasks))
     limiter.release(first)
-    # one request used the first burst at t=0; after the pause: full bursts
-    assert times[:10] == [5.0] * 10 and times[10:20] == [6.0] * 10
+    # After a requests 429 pacing is smooth: one every 0.1 s from the pause's end,
+    # which is still the full 600 a minute.
+    assert times[0] == 5.0
+    assert times[:20] == pytest.approx([5.0 + 0.1 * i for i in range(20)])
     snap = limiter.snapshot()
     assert snap["pauses"]["requests"] == 1 and snap["paused_seconds"] == 5.0
     assert limiter.paused_until is None
@@ -660,3 +662,19 @@ async def test_a_tokens_429_empties_our_bucket_so_stale_refunds_do_not_linger() 
     assert not task.done()  # 0.5 s refills 50, not the 100 needed
     await clock.advance(0.5)
     assert task.done()
+
+
+async def test_a_requests_429_spends_our_burst_so_the_pause_is_not_followed_by_a_burst() -> None:
+    clock = FakeClock()
+    limiter = Limiter(rpm=600, clock=clock)  # bursts of 10 per second
+    limiter.release(await limiter.acquire(0), None)
+    limiter.pause(0.1, "requests")
+    granted = []
+    for _ in range(10):
+        task = asyncio.ensure_future(limiter.acquire(0))
+        while not task.done():
+            await clock.advance(0.01)
+        limiter.release(task.result(), None)
+        granted.append(clock.now())
+    # After the pause, requests go at the steady 10/s, not 9 at once.
+    assert granted[-1] - granted[0] >= 0.8

@@ -63,7 +63,9 @@ Following the server's headers (``observe_headers``)
 429s
     ``pause(seconds, kind)`` holds back every sender until then; afterwards the
     windows alone decide, so sending resumes at full speed. A tokens 429 also
-    empties our token bucket: the server's is empty, so ours cannot be fuller.
+    empties our token bucket (the server's is empty, so ours cannot be fuller),
+    and a requests 429 makes request pacing smooth — one per ``60/rpm`` seconds,
+    still the full rate — so a pause is not followed by a burst refused again.
 
 Cost
     ``acquire`` with room available creates no future and takes no lock; only
@@ -217,7 +219,7 @@ class Limiter:
         "_corrections", "_charged_r", "_charged_t", "_held",
         "_waiters", "_paused_until", "_pauses", "_paused_seconds",
         "_n_corrections", "_corrected_r", "_corrected_t", "_invalid_headers", "_last_headers",
-        "_floor", "_tb_level", "_tb_time",
+        "_floor", "_tb_level", "_tb_time", "_smooth_r",
     )
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
@@ -246,6 +248,7 @@ class Limiter:
         self._long_r = _INF  # minute capacity in requests (at least one)
         self._log: list[Permit] = []
         self._floor = -_INF  # grants before this no longer count in the minute window
+        self._smooth_r = False  # after a requests 429: one request per 60/rpm seconds
         self._tb_level = 0.0  # token burst: a bucket refilled at tpm/60 per second
         self._tb_time = -_INF
         self._seen = -_INF  # clock time the window heads and sums are current for
@@ -447,6 +450,11 @@ class Limiter:
             # tokens refunded before we learnt the server does not refund would stay
             # in our bucket for good (it never fills up under load to shed them).
             self._tb_level = min(self._tb_refill(now), 0.0)
+        elif kind == "requests" and self._rpm is not None and not self._smooth_r:
+            # The server refuses even our short bursts: pace requests one at a time
+            # from now on. That is still the full rate, only without bunching.
+            self._smooth_r = True
+            self._apply_limits(now)
         until = now + seconds
         if until > self._paused_until:
             self._paused_seconds += until - max(now, self._paused_until)
@@ -710,7 +718,7 @@ class Limiter:
         b = self._burst_seconds
         if rpm is not None:
             rate = rpm / WINDOW
-            self._cap_r = max(1, math.floor(rate * b))
+            self._cap_r = 1 if self._smooth_r else max(1, math.floor(rate * b))
             self._win_r = self._cap_r / rate
             self._long_r = max(1.0, rpm)
         else:
