@@ -153,10 +153,11 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
         dispatch.stopping = True
 
     def emit(line: dict[str, Any]) -> None:
+        # Flushed per answer: an answer paid for and not on disk would be sent (and
+        # paid) again by a resume, since `call` keeps no cache unless given --cache.
         writer.write(line)
+        writer.flush()
         result.written += 1
-        if result.written % 64 == 0:
-            writer.flush()
         bar.unit_done()
 
     async def worker() -> None:

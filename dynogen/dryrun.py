@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
+from dynogen.errors import ConfigError
 from dynogen.prices import Price
 from dynogen.prompts import PromptBuilder
 from dynogen.tokens import TokenCounter
@@ -57,8 +58,6 @@ class Calibration:
         p = Path(path)
         if p.is_dir():
             p = p / "calibration.json"
-        from dynogen.errors import ConfigError
-
         try:
             d = orjson.loads(p.read_bytes())
             return cls(float(d["mean_output_tokens"]), int(d["requests"]), str(d.get("model", "")),

@@ -46,6 +46,7 @@ from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError, UserE
 from dynogen.journal import JsonlWriter, iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.parsing import parse_tasks
+from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
@@ -61,14 +62,6 @@ class Progress(Protocol):
 
     def unit_done(self, n: int = 1) -> None: ...
     def request_done(self, tokens: int, cost_usd: float) -> None: ...
-
-
-class _NoProgress:
-    def unit_done(self, n: int = 1) -> None:
-        pass
-
-    def request_done(self, tokens: int, cost_usd: float) -> None:
-        pass
 
 
 @dataclass(slots=True)
@@ -136,7 +129,7 @@ class TaskEngine:
         self.cache = cache
         self.prompts = PromptBuilder(config, counter)
         self.rundir = rundir
-        self.progress: Progress = progress or _NoProgress()
+        self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
         self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
         self.dialect = Dialect(format=config.response_format)
