@@ -22,7 +22,7 @@ from tempfile import TemporaryDirectory
 from dynogen.api import arun
 from dynogen.config import Config
 from dynogen.io.sources import open_source
-from dynogen.journal import iter_jsonl
+from dynogen.store.journal import iter_jsonl
 from dynogen.units import Unit, skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent

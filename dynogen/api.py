@@ -25,8 +25,6 @@ import aiohttp
 import orjson
 
 from dynogen.builder import build_instances
-from dynogen.cache import RequestCache
-from dynogen.client import ChatClient
 from dynogen.config import DEFAULT_BASE_URL, Config
 from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.engine import EngineResult, TaskEngine
@@ -38,16 +36,18 @@ from dynogen.errors import (
     DynogenError,
     FatalAPIError,
 )
+from dynogen.execute.client import ChatClient
+from dynogen.execute.transport import AiohttpTransport, Transport
 from dynogen.io.sources import open_source
-from dynogen.journal import iter_jsonl
 from dynogen.ledger import Ledger
 from dynogen.prices import Price, PriceTable, price_for
 from dynogen.progress import make_progress
 from dynogen.ratelimit import Limiter
 from dynogen.report import Stats
-from dynogen.rundir import RunDir
+from dynogen.store.cache import RequestCache
+from dynogen.store.journal import iter_jsonl
+from dynogen.store.rundir import RunDir
 from dynogen.tokens import TokenCounter
-from dynogen.transport import AiohttpTransport, Transport
 from dynogen.units import Skipped, Unit
 
 __all__ = [
@@ -351,7 +351,7 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
 def call(cfg: Config, requests: str | Path, out: str | Path, *,
          transport: Transport | None = None) -> RunOutcome:
     """Run a Batch API input file through the online API; answers in Batch output format."""
-    from dynogen.batchfile import acall
+    from dynogen.calls import acall
 
     cfg = cfg.validate()
     resolve_price(cfg)

@@ -23,10 +23,10 @@ from dynogen.config import Config
 from dynogen.dedup import HashSet
 from dynogen.instances import Instance, build_instance, instance_hash
 from dynogen.io.rows import RowsUnavailable, open_rows
-from dynogen.journal import JsonlWriter, iter_jsonl
 from dynogen.progress import make_progress
 from dynogen.report import Stats
-from dynogen.rundir import RunDir
+from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
 from dynogen.validate import label_suffix
 

@@ -36,21 +36,21 @@ from typing import Any, Protocol
 import orjson
 from xxhash import xxh3_64_intdigest
 
-from dynogen.cache import RequestCache
-from dynogen.client import ChatClient
 from dynogen.config import Config
 from dynogen.dedup import HashSet, text_hash
-from dynogen.dialect import Dialect, adapt
-from dynogen.dispatch import Accounting, Dispatcher, RequestFailed, Stopped
 from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError, UserError
-from dynogen.journal import JsonlWriter, iter_jsonl
+from dynogen.execute.client import ChatClient
+from dynogen.execute.dialect import Dialect, adapt
+from dynogen.execute.online import Accounting, Dispatcher, RequestFailed, Stopped
 from dynogen.ledger import Ledger
 from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
-from dynogen.rundir import RunDir
+from dynogen.store.cache import RequestCache
+from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.rundir import RunDir
 from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, SkipReason, Unit, safe_text, skip_reason
 from dynogen.validate import TaskFilter

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
-from dynogen.dialect import Dialect
+from dynogen.execute.dialect import Dialect
 from dynogen.schema import response_format
 from dynogen.tokens import TokenCounter
 from dynogen.units import Field, Unit

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dynogen.cli import app
-from dynogen.journal import iter_jsonl
+from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeProcess, start_fake_process
 
 runner = CliRunner()

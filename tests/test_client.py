@@ -3,7 +3,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dynogen.client import ChatClient, classify, parse_completion
 from dynogen.errors import (
     AuthenticationError,
     BadRequestError,
@@ -12,8 +11,9 @@ from dynogen.errors import (
     RateLimitError,
     ServerError,
 )
+from dynogen.execute.client import ChatClient, classify, parse_completion
+from dynogen.execute.transport import MockTransport, RawResponse, SentRequest
 from dynogen.ratelimit import retry_after_seconds
-from dynogen.transport import MockTransport, RawResponse, SentRequest
 
 
 def err(status: int, message: str = "", type_: str = "", code: str = "",

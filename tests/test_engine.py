@@ -10,7 +10,7 @@ import pytest
 
 from dynogen.api import EXIT, arun
 from dynogen.config import Config, Secret
-from dynogen.journal import iter_jsonl
+from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeOpenAI, Fault, serve
 from dynogen.units import Field, Skipped, Unit
 

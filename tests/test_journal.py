@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynogen.journal import JsonlWriter, iter_jsonl, repair, truncate_to
+from dynogen.store.journal import JsonlWriter, iter_jsonl, repair, truncate_to
 
 
 def test_torn_tail_is_repaired(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from dynogen.api import EXIT, arun
 from dynogen.config import Config
 from dynogen.io.sources import samples_dir
-from dynogen.journal import iter_jsonl
+from dynogen.store.journal import iter_jsonl
 from dynogen.units import Field
 
 

@@ -27,8 +27,8 @@ from dynogen.errors import (
     RateLimitError,
     ServerError,
 )
+from dynogen.execute.transport import AiohttpTransport, RawResponse, Transport
 from dynogen.ratelimit.headers import retry_after_seconds
-from dynogen.transport import AiohttpTransport, RawResponse, Transport
 
 __all__ = ["ChatClient", "Completion", "classify", "parse_completion"]
 

@@ -31,17 +31,17 @@ from typing import Any
 import orjson
 import xxhash
 
-from dynogen.cache import RequestCache
-from dynogen.client import ChatClient, Completion
 from dynogen.config import Config
-from dynogen.dispatch import Accounting, Dispatcher, RequestFailed, Stopped
 from dynogen.errors import BudgetExceeded, ConfigError, FatalAPIError, UserError
-from dynogen.journal import JsonlWriter, iter_jsonl, repair
+from dynogen.execute.client import ChatClient, Completion
+from dynogen.execute.online import Accounting, Dispatcher, RequestFailed, Stopped
+from dynogen.execute.transport import AiohttpTransport, Transport
 from dynogen.ledger import Ledger
 from dynogen.progress import make_progress
 from dynogen.ratelimit import Limiter, RetryPolicy
+from dynogen.store.cache import RequestCache
+from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
 from dynogen.tokens import TokenCounter
-from dynogen.transport import AiohttpTransport, Transport
 
 __all__ = ["CallResult", "acall", "read_batch_lines"]
 

@@ -20,8 +20,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dynogen.cache import RequestCache, request_key
-from dynogen.client import ChatClient, Completion, classify, parse_completion
 from dynogen.dedup import HashSet
 from dynogen.errors import (
     APIConnectionError,
@@ -30,10 +28,12 @@ from dynogen.errors import (
     RateLimitError,
     RetryableError,
 )
-from dynogen.journal import JsonlWriter
+from dynogen.execute.client import ChatClient, Completion, classify, parse_completion
+from dynogen.execute.transport import RawResponse
 from dynogen.ledger import Ledger, Reservation
 from dynogen.ratelimit import Limiter, RetryPolicy
-from dynogen.transport import RawResponse
+from dynogen.store.cache import RequestCache, request_key
+from dynogen.store.journal import JsonlWriter
 
 __all__ = ["Accounting", "Dispatcher", "RequestFailed", "Stopped", "usage_counts"]
 

@@ -26,7 +26,7 @@ import orjson
 from dynogen import __version__
 from dynogen.config import Config
 from dynogen.errors import RunDirError
-from dynogen.journal import iter_jsonl, repair, truncate_to
+from dynogen.store.journal import iter_jsonl, repair, truncate_to
 
 __all__ = ["RunDir"]
 

@@ -1,0 +1,5 @@
+"""Execution: request bodies in, answers out, within limits and a budget.
+
+Everything that reaches the model lives here, so no other stage needs to know
+how an answer was obtained (online, from the cache, or from a Batch API job).
+"""

@@ -1,0 +1,1 @@
+"""Durable state: run directories, their journals, and the request cache."""
