@@ -21,30 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from dynogen.builder import build_instances
-from dynogen.config import DEFAULT_BASE_URL, Config
+from dynogen.config import Config
 from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.engine import EngineResult, TaskEngine
 from dynogen.errors import (
     APIConnectionError,
-    AuthenticationError,
     BudgetExceeded,
     ConfigError,
     DynogenError,
     FatalAPIError,
 )
-from dynogen.execute.client import ChatClient
-from dynogen.execute.transport import AiohttpTransport, Transport
+from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
+from dynogen.execute.transport import Transport
 from dynogen.io.sources import open_source
 from dynogen.ledger import Ledger
-from dynogen.prices import Price, PriceTable, price_for
 from dynogen.progress import make_progress
-from dynogen.ratelimit import Limiter
 from dynogen.report import Stats
-from dynogen.store.cache import RequestCache
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tokens import TokenCounter
@@ -66,43 +61,6 @@ class RunOutcome:
     message: str
     stop_reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_price(cfg: Config) -> Price:
-    table = PriceTable.load(cfg.prices_file)
-    return price_for(cfg.model, table, price_in=cfg.price_in, price_out=cfg.price_out,
-                     free=cfg.free or cfg.local)
-
-
-def _check_key(cfg: Config) -> None:
-    if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL and not cfg.api_key:
-        raise ConfigError(
-            "no API key: set OPENAI_API_KEY (or api_key in the config file), or point "
-            "--base-url at another OpenAI-compatible server, or use --local"
-        )
-
-
-async def _preflight(cfg: Config, transport: Transport | None) -> None:
-    """Fail fast on an unreachable server or a refused key, before any paid request."""
-    if transport is not None:
-        return  # injected transports (tests, in-process fakes) are reachable by construction
-    url = cfg.base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {cfg.api_key.get()}"} if cfg.api_key else {}
-    host = url.split("//", 1)[-1].split("/", 1)[0]
-    try:
-        async with aiohttp.ClientSession() as s, s.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=15)
-        ) as r:
-            status = r.status
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise ConfigError(
-            f"cannot reach the LLM server at {host} ({type(e).__name__}): is it running? "
-            "Check --base-url / OPENAI_BASE_URL, or use --local"
-        ) from None
-    if status in (401, 403):
-        raise AuthenticationError(
-            f"the server at {host} refused the API key (HTTP {status}): check OPENAI_API_KEY"
-        )
 
 
 def _paid(rundir: RunDir) -> dict[str, Any]:
@@ -171,25 +129,18 @@ async def arun(
             return await arun(local_cfg.with_(local=False), source=source, transport=transport,
                               handle_signals=handle_signals, build=build)
     price = resolve_price(cfg)
-    _check_key(cfg)
+    check_key(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
     rundir = RunDir(cfg.out).open(cfg)
-    await _preflight(cfg, transport)
+    await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
     budget_left = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - spent_before)
-    ledger = Ledger(price, budget_left if budget_left is None or budget_left > 0 else 1e-12)
-    limiter = Limiter(rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight)
-    client = ChatClient(cfg.base_url, cfg.api_key.get(),
-                        transport=transport or AiohttpTransport(limit=cfg.max_in_flight),
-                        timeout=cfg.request_timeout)
-    cache = RequestCache(cfg.cache_path or rundir.path / "cache.sqlite")
     counter = TokenCounter(price.encoding or cfg.encoding)
     stats = Stats()
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
-    engine = TaskEngine(cfg, client=client, limiter=limiter, ledger=ledger, cache=cache,
-                        counter=counter, rundir=rundir, progress=progress, stats=stats)
     counting = None
     if source is None and cfg.source != "hub" and not cfg.quiet:
         # Units are counted on the other core while the run starts, for the bar's ETA.
@@ -198,20 +149,42 @@ async def arun(
 
         counting = asyncio.create_task(asyncio.to_thread(count))
     try:
-        async with _signals(engine) if handle_signals else contextlib.nullcontext():
-            result = await engine.run(src)
+        async with open_stack(
+            cfg, price=price, stage="tasks",
+            budget_usd=budget_left if budget_left is None or budget_left > 0 else 1e-12,
+            cache_path=Path(cfg.cache_path) if cfg.cache_path else rundir.path / "cache.sqlite",
+            spend_path=rundir.path / "spend.jsonl", state_dir=rundir.path,
+            transport=transport, meter=progress,
+        ) as stack:
+            engine = TaskEngine(cfg, executor=stack.executor, counter=counter, rundir=rundir,
+                                progress=progress, stats=stats)
+            try:
+                async with _signals(engine) if handle_signals else contextlib.nullcontext():
+                    result = await engine.run(src, plan=plan)
+            finally:
+                engine.close()
+            ledger = stack.ledger
+            cache_entries = stack.cache_entries()
     finally:
         if counting is not None:
             counting.cancel()
         progress.close()
-        engine.close()
-        await client.aclose()
     if build and result.stop_reason is None:
         await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
-    cache_entries = len(cache)
-    cache.close()
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
                    time.perf_counter() - t0)
+
+
+def _plan_source(cfg: Config,
+                 source: Iterable[Unit | Skipped] | None) -> Iterable[Unit | Skipped]:
+    """A second, independent pass over the run's source, for a batch executor to read
+    ahead. A one-shot iterator cannot be read twice, so batch mode refuses it."""
+    if source is None:
+        return open_source(cfg.source, limit=cfg.limit)
+    if iter(source) is source:
+        raise ConfigError("--mode batch needs a source it can read twice (a list, or a "
+                          "--source path), not a one-shot iterator")
+    return source
 
 
 def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, ledger: Ledger,
@@ -349,15 +322,14 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
 
 
 def call(cfg: Config, requests: str | Path, out: str | Path, *,
-         transport: Transport | None = None) -> RunOutcome:
-    """Run a Batch API input file through the online API; answers in Batch output format."""
+         transport: Transport | None = None, handle_signals: bool = False) -> RunOutcome:
+    """Send a Batch API input file's requests (online or as Batch API jobs); answers in
+    the Batch API output format."""
     from dynogen.calls import acall
 
     cfg = cfg.validate()
-    resolve_price(cfg)
-    _check_key(cfg)
-    asyncio.run(_preflight(cfg, transport))
-    res = asyncio.run(acall(cfg, requests, out, transport=transport))
+    res = asyncio.run(acall(cfg, requests, out, transport=transport,
+                            handle_signals=handle_signals))
     report = res.to_dict()
     failed = sum(res.errors.values())
     spent = report["cost"].get("spent_usd", 0.0)
@@ -368,6 +340,10 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
     if res.stop_reason == "fatal":
         msg = f"stopped: {res.error}. {res.written} lines written to {out}; run again to resume."
         return RunOutcome(EXIT["fatal"], Path(out), report, msg, "fatal")
+    if res.stop_reason == "interrupted":
+        msg = (f"interrupted: {res.written} lines written to {out}. Run the same command "
+               "again to resume.")
+        return RunOutcome(EXIT["interrupted"], Path(out), report, msg, "interrupted")
     msg = (f"done: {res.requests} answered, {failed} failed, {res.already_done} already done; "
            f"${spent:.4f} spent in {res.wall_seconds:.1f}s. Output: {out}")
     return RunOutcome(EXIT["ok"], Path(out), report, msg)

@@ -1,8 +1,9 @@
-"""``dynogen call``: run a Batch API input file through the online API.
+"""``dynogen call``: a user's own Batch API input file, online or as Batch API jobs.
 
 Input is what users would upload to OpenAI's Batch API: one
 ``{"custom_id", "method", "url", "body"}`` a line. Each line goes through the
-same dispatcher as ``run`` (limiter, retries, ledger, budget, cache), and the
+same executor as ``run`` (``--mode online``: limiter, retries, ledger, budget,
+cache; ``--mode batch``: split, uploaded and polled as Batch API jobs), and the
 answer is written in the Batch API *output* format::
 
     {"id": "batch_req_…", "custom_id": "…",
@@ -20,7 +21,9 @@ answers arrive (the Batch API's output is unordered too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,14 +35,19 @@ import orjson
 import xxhash
 
 from dynogen.config import Config
-from dynogen.errors import BudgetExceeded, ConfigError, FatalAPIError, UserError
-from dynogen.execute.client import ChatClient, Completion
-from dynogen.execute.online import Accounting, Dispatcher, RequestFailed, Stopped
-from dynogen.execute.transport import AiohttpTransport, Transport
-from dynogen.ledger import Ledger
+from dynogen.errors import (
+    BudgetExceeded,
+    ConfigError,
+    FatalAPIError,
+    RequestFailed,
+    Stopped,
+    UserError,
+)
+from dynogen.execute.base import Accounting, Executor, Request
+from dynogen.execute.client import Completion
+from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
+from dynogen.execute.transport import Transport
 from dynogen.progress import make_progress
-from dynogen.ratelimit import Limiter, RetryPolicy
-from dynogen.store.cache import RequestCache
 from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
 from dynogen.tokens import TokenCounter
 
@@ -115,15 +123,45 @@ def _out_line(custom_id: str, comp: Completion | None, error: dict[str, str] | N
             "error": None}
 
 
-async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
-                transport: Transport | None = None, price: Any = None) -> CallResult:
-    """Send every line of ``requests_path``; append answers to ``out_path``."""
-    from dynogen.api import resolve_price
+def _request(line: _Line, cfg: Config, counter: TokenCounter) -> Request:
+    body = line.body
+    assert body is not None
+    mt = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.max_tokens
+    try:
+        pt = counter.count_messages(body["messages"], response_format=body.get("response_format"))
+    except (TypeError, AttributeError):
+        pt = len(orjson.dumps(body["messages"])) // 2  # non-text content: a safe over-count
+    return Request(orjson.dumps(body), pt, int(mt))
 
+
+@contextlib.contextmanager
+def _signals(stop: Any) -> Iterator[None]:
+    """First SIGINT/SIGTERM stops sending (answers in flight are still written); a
+    second one is the default KeyboardInterrupt."""
+    try:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
+                transport: Transport | None = None,
+                handle_signals: bool = False) -> CallResult:
+    """Send every line of ``requests_path``; append answers to ``out_path``."""
     src, out = Path(requests_path), Path(out_path)
     if not src.is_file():
         raise ConfigError(f"requests file {src} not found")
-    price = price or resolve_price(cfg)
+    price = resolve_price(cfg)
+    check_key(cfg)
+    await preflight(cfg, transport)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         repair(out)
@@ -132,25 +170,41 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     done = {str(r.get("custom_id")) for r in iter_jsonl(out)}
     counter = TokenCounter(price.encoding or cfg.encoding)
-    limiter = Limiter(rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight)
-    ledger = Ledger(price, cfg.budget_usd)
-    client = ChatClient(cfg.base_url, cfg.api_key.get(),
-                        transport=transport or AiohttpTransport(limit=cfg.max_in_flight),
-                        timeout=cfg.request_timeout)
-    cache = RequestCache(cfg.cache_path) if cfg.cache_path else None
     bar = make_progress(cfg.quiet, "requests", rpm=cfg.rpm, tpm=cfg.tpm, budget=cfg.budget_usd)
-    policy = RetryPolicy(max_retries=cfg.max_retries, base=cfg.retry_base_delay,
-                         cap=cfg.retry_max_delay)
-    dispatch = Dispatcher(client, limiter, ledger, cache, policy, meter=bar, stage="call",
-                          secret=cfg.api_key.get())
     result = CallResult()
-    queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=2 * cfg.max_in_flight)
     t0 = time.perf_counter()
+    try:
+        async with open_stack(
+            cfg, price=price, stage="call", budget_usd=cfg.budget_usd,
+            cache_path=Path(cfg.cache_path) if cfg.cache_path else None,
+            state_dir=out.parent / (out.name + ".batches"), transport=transport, meter=bar,
+        ) as stack:
+            ex = stack.executor
+            if cfg.mode == "batch":
+                ex.plan(_request(line, cfg, counter) for line in read_batch_lines(src)
+                        if line.body is not None and line.custom_id not in done)
+            with _signals(lambda: _stop(result, ex, "interrupted", None)) \
+                    if handle_signals else contextlib.nullcontext():
+                await _send_all(ex, cfg, src, done, counter, writer, bar, result)
+            result.ledger = stack.ledger.totals()
+            result.session = dict(ex.session)
+    finally:
+        writer.close()
+        bar.close()
+    result.wall_seconds = time.perf_counter() - t0
+    return result
 
-    def stop(reason: str, err: BaseException) -> None:
-        if result.stop_reason is None:
-            result.stop_reason, result.error = reason, err
-        dispatch.stopping = True
+
+def _stop(result: CallResult, ex: Executor, reason: str, err: BaseException | None) -> None:
+    if result.stop_reason is None:
+        result.stop_reason, result.error = reason, err
+    ex.stop()
+
+
+async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
+                    counter: TokenCounter, writer: JsonlWriter, bar: Any,
+                    result: CallResult) -> None:
+    queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=2 * ex.concurrency)
 
     def emit(line: dict[str, Any]) -> None:
         # Flushed per answer: an answer paid for and not on disk would be sent (and
@@ -162,22 +216,15 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
 
     async def worker() -> None:
         while (item := await queue.get()) is not None:
-            if dispatch.stopping:
+            if ex.stopping:
                 continue
             if item.error is not None or item.body is None:
                 result.errors["invalid_request"] += 1
                 emit(_out_line(item.custom_id, None, {"code": "invalid_request",
                                                       "message": str(item.error)}))
                 continue
-            body = item.body
-            mt = body.get("max_completion_tokens") or body.get("max_tokens") or cfg.max_tokens
             try:
-                pt = counter.count_messages(body["messages"],
-                                            response_format=body.get("response_format"))
-            except (TypeError, AttributeError):
-                pt = len(orjson.dumps(body["messages"])) // 2  # non-text content: a safe over-count
-            try:
-                comp = await dispatch.complete(orjson.dumps(body), pt, int(mt), Accounting())
+                comp = await ex.complete(_request(item, cfg, counter), Accounting())
             except RequestFailed as e:
                 result.errors[e.reason] += 1
                 emit(_out_line(item.custom_id, None, {"code": e.reason, "message": str(e.last)}))
@@ -185,10 +232,10 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
             except Stopped:
                 continue
             except BudgetExceeded as e:
-                stop("budget", e)
+                _stop(result, ex, "budget", e)
                 continue
             except FatalAPIError as e:
-                stop("fatal", e)
+                _stop(result, ex, "fatal", e)
                 continue
             result.requests += 1
             emit(_out_line(item.custom_id, comp, None))
@@ -196,12 +243,12 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
     async def feed() -> None:
         try:
             lines = read_batch_lines(src)
-            while not dispatch.stopping:
+            while not ex.stopping:
                 chunk = await asyncio.to_thread(lambda: list(itertools.islice(lines, 256)))
                 if not chunk:
                     break
                 for line in chunk:
-                    if dispatch.stopping:
+                    if ex.stopping:
                         break
                     if line.custom_id in done:
                         result.already_done += 1
@@ -209,21 +256,10 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
                     done.add(line.custom_id)
                     await queue.put(line)
         finally:
-            for _ in range(cfg.max_in_flight):
+            for _ in range(ex.concurrency):
                 await queue.put(None)
 
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(cfg.max_in_flight):
-                tg.create_task(worker())
-            tg.create_task(feed())
-    finally:
-        writer.close()
-        bar.close()
-        await client.aclose()
-        if cache is not None:
-            cache.close()
-    result.wall_seconds = time.perf_counter() - t0
-    result.session = dict(dispatch.session)
-    result.ledger = ledger.totals()
-    return result
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(ex.concurrency):
+            tg.create_task(worker())
+        tg.create_task(feed())

@@ -35,6 +35,9 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name sent t
 BaseUrlOpt = Annotated[str | None, typer.Option(
     "--base-url", help="OpenAI-compatible base URL (default: OPENAI_BASE_URL or OpenAI).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
+ModeOpt = Annotated[str | None, typer.Option(
+    "--mode", help="online (rate-limited calls, default) or batch (OpenAI Batch API jobs: "
+    "half the price, answers within 24h).")]
 
 
 def _fail(err: DynogenError) -> None:
@@ -56,6 +59,7 @@ def run(
     local: Annotated[bool, typer.Option(
         "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")
     ] = False,
+    mode: ModeOpt = None,
     limit: Annotated[int | None, typer.Option(help="Process at most N units.")] = None,
     rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
     variants: Annotated[str | None, typer.Option(
@@ -86,7 +90,7 @@ def run(
     try:
         cfg = _config(
             config_file, source=source, out=str(out), model=model, base_url=base_url,
-            local=local or None, limit=limit, rows_per_split=rows_per_split,
+            local=local or None, mode=mode, limit=limit, rows_per_split=rows_per_split,
             variants=variants, max_tasks_per_unit=max_tasks, response_format=response_format,
             rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, budget_usd=budget_usd,
             price_in=price_in, price_out=price_out, free=free or None,
@@ -174,6 +178,7 @@ def call(
     out: Annotated[Path, typer.Option("--out", help="Answers, in Batch API output format.")],
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
+    mode: ModeOpt = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
@@ -185,13 +190,14 @@ def call(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     config_file: ConfigOpt = None,
 ) -> None:
-    """Send a Batch API input file through the online API with run's limiter, budget and cache."""
+    """Send a Batch API input file's requests (online, or as Batch API jobs) with run's
+    limiter, budget and cache."""
     try:
-        cfg = _config(config_file, model=model, base_url=base_url, rpm=rpm, tpm=tpm,
+        cfg = _config(config_file, model=model, base_url=base_url, mode=mode, rpm=rpm, tpm=tpm,
                       max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
                       price_out=price_out, free=free or None,
                       cache_path=str(cache) if cache else None, quiet=quiet or None)
-        outcome = api.call(cfg, requests, out)
+        outcome = api.call(cfg, requests, out, handle_signals=True)
     except DynogenError as e:
         _fail(e)
         return

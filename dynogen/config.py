@@ -93,6 +93,8 @@ class Config:
     # instances
     rows_per_split: int = 200
     heldout_fraction: float = 0.0
+    # how requests reach the model: "online" (rate-limited calls) or "batch" (Batch API jobs)
+    mode: str = "online"
     # limits and cost
     rpm: float | None = None
     tpm: float | None = None
@@ -138,6 +140,8 @@ class Config:
                 f"unknown prompt variant(s) {bad or '(none)'}: use one or both of "
                 f"{', '.join(VARIANTS)}"
             )
+        if self.mode not in ("online", "batch"):
+            raise ConfigError(f"--mode must be online or batch (got {self.mode!r})")
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ConfigError("--response-format must be json_schema, json_object or none")
         if self.max_tasks_per_unit < 1:

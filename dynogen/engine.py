@@ -3,15 +3,18 @@
 Shape::
 
     source ──(thread, chunks)──► feeder ──► queue[(unit, variant)] ──► N workers
-                                   ▲                                      │ limiter → ledger
-                                   │ window                               │ → cache/HTTP → parse
+                                   ▲                                      │ executor (online |
+                                   │ window                               │ batch) → parse
                                    └────────── ordered committer ◄────────┘
 
 - The feeder admits a unit only while fewer than ``window`` units are
   uncommitted, so memory is bounded whatever the source's size.
-- Workers build the prompt, reserve rate-limit capacity and budget, consult
-  the request cache, send, and parse. Retries happen here, paced by the same
-  limiter and charged to the same ledger as first tries.
+- Workers build the prompt and hand the request to an ``Executor``
+  (``dynogen.execute``), which owns limits, budget, cache, retries and the
+  mode (sent now, or collected from a Batch API job); then they parse. The
+  engine never knows how an answer was obtained. In batch mode the executor
+  is first given every first-try request of the source (``plan``), so it can
+  submit them ahead while the engine waits on the earliest.
 - Units are committed strictly in source order: filtering and run-wide dedup
   run at commit, so which duplicate wins never depends on network timing, and
   two runs with the same inputs write the same ``tasks.jsonl``. Each commit
@@ -38,17 +41,20 @@ from xxhash import xxh3_64_intdigest
 
 from dynogen.config import Config
 from dynogen.dedup import HashSet, text_hash
-from dynogen.errors import BadRequestError, BudgetExceeded, FatalAPIError, UserError
-from dynogen.execute.client import ChatClient
+from dynogen.errors import (
+    BadRequestError,
+    BudgetExceeded,
+    FatalAPIError,
+    RequestFailed,
+    Stopped,
+    UserError,
+)
+from dynogen.execute.base import Accounting, Executor, Request
 from dynogen.execute.dialect import Dialect, adapt
-from dynogen.execute.online import Accounting, Dispatcher, RequestFailed, Stopped
-from dynogen.ledger import Ledger
 from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder
-from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
-from dynogen.store.cache import RequestCache
 from dynogen.store.journal import JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tokens import TokenCounter
@@ -104,38 +110,35 @@ def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
 class TaskEngine:
     """Runs task generation for one run directory.
 
-    >>> engine = TaskEngine(cfg, client=client, limiter=Limiter(rpm=500), ledger=ledger,
-    ...                     cache=cache, counter=TokenCounter(), rundir=RunDir(out).open(cfg))
-    >>> result = await engine.run(FolderSource("metadata/"))
+    >>> async with open_stack(cfg, price=price, stage="tasks", ...) as stack:
+    ...     engine = TaskEngine(cfg, executor=stack.executor, counter=TokenCounter(),
+    ...                         rundir=RunDir(out).open(cfg))
+    ...     result = await engine.run(FolderSource("metadata/"))
     """
 
     def __init__(
         self,
         config: Config,
         *,
-        client: ChatClient,
-        limiter: Limiter,
-        ledger: Ledger,
-        cache: RequestCache | None,
+        executor: Executor,
         counter: TokenCounter,
         rundir: RunDir,
         progress: Progress | None = None,
         stats: Stats | None = None,
     ) -> None:
         self.cfg = config
-        self.client = client
-        self.limiter = limiter
-        self.ledger = ledger
-        self.cache = cache
+        self.executor = executor
+        self.counter = counter
         self.prompts = PromptBuilder(config, counter)
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
         self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
         self.dialect = Dialect(format=config.response_format)
-        self.window = max(256, 4 * config.max_in_flight)
+        self.workers = max(1, executor.concurrency)
+        self.window = max(256, 4 * self.workers)
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
-            maxsize=2 * config.max_in_flight)
+            maxsize=2 * self.workers)
         self._jobs: dict[int, _Job] = {}
         self._next_commit = 0
         self._committed = 0
@@ -150,11 +153,6 @@ class TaskEngine:
         self._load_journal()
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
-        self._spend = JsonlWriter(rundir.path / "spend.jsonl")
-        policy = RetryPolicy(max_retries=config.max_retries, base=config.retry_base_delay,
-                             cap=config.retry_max_delay)
-        self.dispatch = Dispatcher(client, limiter, ledger, cache, policy, spend=self._spend,
-                                   meter=self.progress, secret=config.api_key.get())
 
     # ----------------------------------------------------------------- resume
     def _load_journal(self) -> None:
@@ -173,7 +171,7 @@ class TaskEngine:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._error = error
-        self.dispatch.stopping = True
+        self.executor.stop()
         self._advance.set()
 
     @property
@@ -181,16 +179,21 @@ class TaskEngine:
         return self._stop_reason is not None
 
     # ---------------------------------------------------------------------- run
-    async def run(self, source: Iterable[Unit | Skipped]) -> EngineResult:
+    async def run(self, source: Iterable[Unit | Skipped], *,
+                  plan: Iterable[Unit | Skipped] | None = None) -> EngineResult:
+        """Process ``source``; ``plan`` is a second pass over the same source that a
+        batch executor reads ahead (an online executor ignores it)."""
         t0 = time.perf_counter()
+        if plan is not None:
+            self.executor.plan(self.first_requests(plan))
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(self.cfg.max_in_flight):
+                for _ in range(self.workers):
                     tg.create_task(self._worker())
                 tg.create_task(self._feed(source))
         finally:
             self._flush()
-        self.session.update(self.dispatch.session)
+        self.session.update(self.executor.session)
         return EngineResult(self._stop_reason, self._error, self._committed, self._resumed,
                             time.perf_counter() - t0, dict(self.session))
 
@@ -223,7 +226,7 @@ class TaskEngine:
                         for v in self.cfg.variants:
                             await self._queue.put((job, v))
         finally:
-            for _ in range(self.cfg.max_in_flight):
+            for _ in range(self.workers):
                 await self._queue.put(None)
 
     def _journal_key(self, item: Unit | Skipped) -> str:
@@ -240,6 +243,28 @@ class TaskEngine:
             return item.key
         n = self._repeats[item.key] = self._repeats.get(item.key, 0) + 1
         return f"{item.key}#{n}"
+
+    def first_requests(self, source: Iterable[Unit | Skipped]) -> Iterator[Request]:
+        """Every first-try request ``run`` would send for ``source``, in order.
+
+        Built with its own prompt builder (a batch executor may consume this in a
+        thread) and the run's starting dialect; units already done are left out.
+        """
+        prompts = PromptBuilder(self.cfg, self.counter)
+        for item in source:
+            if isinstance(item, Skipped) or skip_reason(item) is not None:
+                continue
+            if _key_hash(item.key) in self._done_keys:
+                continue
+            for v in self.cfg.variants:
+                yield self._request(prompts, item, v, self.cfg.max_tokens, self.dialect)
+
+    @staticmethod
+    def _request(prompts: PromptBuilder, unit: Unit, variant: str, max_tokens: int,
+                 dialect: Dialect) -> Request:
+        req = prompts.request(unit, variant, max_tokens=max_tokens, dialect=dialect)
+        return Request(orjson.dumps(req.body), req.prompt_tokens, req.max_tokens,
+                       variant=variant)
 
     def _admit(self, seq: int, item: Unit | Skipped, key: str) -> _Job:
         skip: tuple[str, str, str] | None
@@ -282,11 +307,9 @@ class TaskEngine:
         max_tokens = self.cfg.max_tokens
         while True:
             dialect = self.dialect
-            req = self.prompts.request(unit, variant, max_tokens=max_tokens, dialect=dialect)
-            body = orjson.dumps(req.body)
+            req = self._request(self.prompts, unit, variant, max_tokens, dialect)
             try:
-                comp = await self.dispatch.complete(body, req.prompt_tokens, req.max_tokens,
-                                                    res.acct, variant=variant)
+                comp = await self.executor.complete(req, res.acct)
             except RequestFailed as e:
                 res.failed = e.reason
                 return res
@@ -356,7 +379,6 @@ class TaskEngine:
         self._units.write(rec)
         self._tasks.flush()
         self._units.flush()
-        self._spend.flush()
         self.stats.add_unit(rec)
         self._committed += 1
         self.progress.unit_done()
@@ -407,9 +429,9 @@ class TaskEngine:
         return rec
 
     def _flush(self) -> None:
-        for w in (self._tasks, self._units, self._spend):
+        for w in (self._tasks, self._units):
             w.flush(fsync=True)
 
     def close(self) -> None:
-        for w in (self._tasks, self._units, self._spend):
+        for w in (self._tasks, self._units):
             w.close()

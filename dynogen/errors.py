@@ -9,6 +9,10 @@ The tree is split by what the caller should do about it::
     │   ├── SourceError               a metadata source that cannot be read at all
     │   ├── RunDirError               an output directory we cannot use or must not resume
     │   └── LocalServerError          the bundled llama.cpp server would not start
+    ├── MetadataError                 one dataset's metadata cannot be read (a counted skip)
+    │   ├── CardError                 a card whose YAML header is unreadable (io.cards)
+    │   └── FeaturesError             a features block that is not a datasets schema
+
     ├── APIError                      the LLM server answered, or failed to answer
     │   ├── RetryableError            retrying (after a pause) can help
     │   │   ├── RateLimitError        429 (kind: "requests" | "tokens" | "unknown")
@@ -16,11 +20,13 @@ The tree is split by what the caller should do about it::
     │   │   ├── APITimeoutError       no answer in time
     │   │   ├── APIConnectionError    refused, reset, DNS
     │   │   └── InvalidResponseError  a 200 whose body is not JSON or not a completion
+    │   ├── RequestFailed             retries (or batch rounds) ran out; counted by reason
     │   └── FatalAPIError             retrying cannot help; stop the run
     │       ├── AuthenticationError   401/403
     │       ├── InsufficientQuotaError 429 insufficient_quota: the account is out of money
     │       └── BadRequestError       400/404/422 on a request we built (a bug or a server mismatch)
-    └── BudgetExceeded                the next request would cross --budget-usd
+    ├── BudgetExceeded                the next request would cross --budget-usd
+    └── Stopped                       the run is stopping; the request was not sent
 
 Only ``RetryableError`` is ever retried; programming errors are never caught
 and retried as if they were network faults.
@@ -41,11 +47,14 @@ __all__ = [
     "InsufficientQuotaError",
     "InvalidResponseError",
     "LocalServerError",
+    "MetadataError",
     "RateLimitError",
+    "RequestFailed",
     "RetryableError",
     "RunDirError",
     "ServerError",
     "SourceError",
+    "Stopped",
     "UnknownPriceError",
     "UserError",
 ]
@@ -77,6 +86,10 @@ class RunDirError(UserError):
 
 class LocalServerError(UserError):
     pass
+
+
+class MetadataError(DynogenError, ValueError):
+    """One dataset's metadata is unusable: the source counts it as a skip and goes on."""
 
 
 class APIError(DynogenError):
@@ -154,6 +167,23 @@ class InvalidResponseError(RetryableError):
         return self.kind
 
 
+class RequestFailed(APIError):
+    """A request given up on: retries ran out (online) or batch rounds did (batch).
+
+    ``reason`` is the last error's report label; the unit it belongs to is
+    recorded as failed, so a resume tries it again.
+    """
+
+    def __init__(self, reason: str, last: BaseException | None = None) -> None:
+        super().__init__(f"{reason}: {last}" if last is not None else reason)
+        self._reason = reason
+        self.last = last
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+
 class FatalAPIError(APIError):
     """Retrying cannot help: the run stops and says why."""
 
@@ -181,3 +211,7 @@ class BudgetExceeded(DynogenError):
         self.spent = spent
         self.budget = budget
         self.needed = needed
+
+
+class Stopped(DynogenError):
+    """The run is stopping (signal, budget, fatal error); this request was not sent."""

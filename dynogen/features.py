@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dynogen.errors import MetadataError
 from dynogen.units import Field
 
 __all__ = ["FeaturesError", "fields_from_features"]
@@ -41,7 +42,7 @@ _ARRAYS = {"array2d": 2, "array3d": 3, "array4d": 4, "array5d": 5}
 _LISTS = ("sequence", "list", "largelist")
 
 
-class FeaturesError(ValueError):
+class FeaturesError(MetadataError):
     """Features we cannot read; the message says where (``answers.text``) and why."""
 
 

@@ -457,9 +457,19 @@ def test_bucket_admits_a_request_larger_than_its_burst_by_going_into_debt() -> N
 
 
 def test_public_api() -> None:
-    assert sorted(dynogen.testing.__all__) == sorted(dir(dynogen.testing))
-    for name in dynogen.testing.__all__:
-        assert getattr(dynogen.testing, name) is not None
+    # Each advertised name resolves lazily to the object its home module exports, and
+    # nothing else is reachable through the package.
+    import importlib
+
+    from dynogen.testing import _HOME
+
+    assert set(dynogen.testing.__all__) == set(_HOME)
+    for name, home in _HOME.items():
+        mod = importlib.import_module(f"dynogen.testing.{home}")
+        assert name in mod.__all__
+        assert getattr(dynogen.testing, name) is getattr(mod, name)
+    with pytest.raises(AttributeError):
+        _ = dynogen.testing.not_a_name
     assert "timeout" in FAULT_KINDS
 
 

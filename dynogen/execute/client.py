@@ -30,7 +30,9 @@ from dynogen.errors import (
 from dynogen.execute.transport import AiohttpTransport, RawResponse, Transport
 from dynogen.ratelimit.headers import retry_after_seconds
 
-__all__ = ["ChatClient", "Completion", "classify", "parse_completion"]
+__all__ = [
+    "ChatClient", "Completion", "classify", "parse_answer", "parse_completion", "parse_embeddings",
+]
 
 
 @dataclass(slots=True)
@@ -92,6 +94,26 @@ def classify(resp: RawResponse) -> APIError:
                            request_id=rid, body=excerpt)
 
 
+def parse_answer(resp: RawResponse, endpoint: str = "/chat/completions") -> Completion:
+    """A 2xx answer of either endpoint as a ``Completion``; embeddings keep their vectors
+    in ``raw`` (the embedder decodes them) and always finish with ``stop``."""
+    if endpoint == "/embeddings":
+        return parse_embeddings(resp)
+    return parse_completion(resp)
+
+
+def parse_embeddings(resp: RawResponse) -> Completion:
+    try:
+        obj = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        raise InvalidResponseError("the server's answer is not JSON", kind="body_not_json",
+                                   status=resp.status) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
+        raise InvalidResponseError("the answer has no data list", kind="wrong_shape")
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    return Completion(None, "stop", usage, resp.headers, resp.body)
+
+
 def parse_completion(resp: RawResponse) -> Completion:
     try:
         obj = orjson.loads(resp.body)
@@ -122,7 +144,7 @@ def parse_completion(resp: RawResponse) -> Completion:
 
 
 class ChatClient:
-    """Sends chat-completion bodies; raises ``dynogen.errors.APIError`` subclasses.
+    """Sends pre-serialised bodies to an OpenAI-compatible server's endpoints.
 
     >>> client = ChatClient("http://127.0.0.1:8080/v1", api_key=None)
     >>> completion = await client.complete(orjson.dumps(body))
@@ -130,7 +152,8 @@ class ChatClient:
 
     def __init__(self, base_url: str, api_key: str | None, *, transport: Transport | None = None,
                  timeout: float = 120.0) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.timeout = timeout
         self.transport: Transport = transport or AiohttpTransport()
         headers = {"Content-Type": "application/json"}
@@ -138,9 +161,10 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self._headers = headers
 
-    async def send(self, body: bytes) -> RawResponse:
+    async def send(self, body: bytes, endpoint: str = "/chat/completions") -> RawResponse:
         """One round trip; status is not interpreted (the limiter wants every answer's headers)."""
-        return await self.transport.post(self.url, body, self._headers, self.timeout)
+        url = self.url if endpoint == "/chat/completions" else self.base_url + endpoint
+        return await self.transport.post(url, body, self._headers, self.timeout)
 
     async def complete(self, body: bytes) -> Completion:
         resp = await self.send(body)

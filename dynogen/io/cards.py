@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from dynogen.errors import MetadataError
 from dynogen.features import FeaturesError, fields_from_features
 from dynogen.units import Skipped, SkipReason, Unit
 
@@ -65,7 +66,7 @@ _CardLoader.add_implicit_resolver(
 )
 
 
-class CardError(ValueError):
+class CardError(MetadataError):
     """A card we cannot read (invalid YAML, a header that is not a mapping)."""
 
 

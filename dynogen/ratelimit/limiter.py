@@ -276,6 +276,11 @@ class Limiter:
 
     # ------------------------------------------------------------------ state
     @property
+    def clock(self) -> Clock:
+        """The one clock every wait of a run reads (retry backoff included)."""
+        return self._clock
+
+    @property
     def rpm(self) -> float | None:
         """Requests per minute in force: ``min(user's, server's)``; ``None`` = no limit."""
         return self._rpm

@@ -40,16 +40,10 @@ class RequestCache:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, body BLOB NOT NULL)"
         )
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: bytes) -> bytes | None:
         row = self._db.execute("SELECT body FROM answers WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return bytes(row[0])
+        return None if row is None else bytes(row[0])
 
     def put(self, key: bytes, body: bytes) -> None:
         self._db.execute("INSERT OR REPLACE INTO answers (key, body) VALUES (?, ?)", (key, body))
