@@ -82,6 +82,9 @@ def run(
         "--cache", help="Request cache file to share across runs.")] = None,
     force_new: Annotated[bool, typer.Option(
         help="Discard an existing run in --out whose settings differ.")] = False,
+    judge: Annotated[bool, typer.Option(
+        "--judge", help="One more request per kept task: the model judges whether it is "
+        "valid; invalid tasks are dropped with its reason.")] = False,
     no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config_file: ConfigOpt = None,
@@ -95,6 +98,7 @@ def run(
             rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, budget_usd=budget_usd,
             price_in=price_in, price_out=price_out, free=free or None,
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
+            judge=judge or None,
             force_new=force_new or None, quiet=quiet or None,
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)

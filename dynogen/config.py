@@ -59,7 +59,7 @@ class Secret:
 # of any of these would mix two different runs in one directory.
 PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
-    "metadata_token_budget", "response_format", "encoding",
+    "metadata_token_budget", "response_format", "encoding", "judge",
 )
 
 
@@ -90,6 +90,8 @@ class Config:
     metadata_token_budget: int = 900
     response_format: str = "json_schema"  # json_schema | json_object | none
     encoding: str = "o200k_base"
+    # one more request per kept task asking the model whether it is valid (dynogen.judge)
+    judge: bool = False
     # instances
     rows_per_split: int = 200
     heldout_fraction: float = 0.0

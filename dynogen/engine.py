@@ -51,12 +51,15 @@ from dynogen.errors import (
 )
 from dynogen.execute.base import Accounting, Executor, Request
 from dynogen.execute.dialect import Dialect, adapt
+from dynogen.instances import Instance, build_instance
+from dynogen.judge import Judge, Verdict
 from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts import PromptBuilder, render_metadata
 from dynogen.report import Stats
 from dynogen.store.journal import JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
+from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, SkipReason, Unit, safe_text, skip_reason
 from dynogen.validate import TaskFilter
@@ -87,6 +90,12 @@ class _Job:
     key: str
     remaining: int
     results: dict[str, VariantResult] = field(default_factory=dict)
+    # Set once the job is filtered (in source order); written once its judging is done.
+    rec: dict[str, Any] | None = None
+    kept: list[Task] = field(default_factory=list)
+    judging: int = 0
+    verdicts: dict[int, Verdict | str | None] = field(default_factory=dict)
+    judge_acct: Accounting = field(default_factory=Accounting)
 
 
 @dataclass(slots=True)
@@ -140,6 +149,9 @@ class TaskEngine:
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
             maxsize=2 * self.workers)
         self._jobs: dict[int, _Job] = {}
+        self.judge = Judge(config, executor, counter) if config.judge else None
+        self._tg: asyncio.TaskGroup | None = None
+        self._next_filter = 0
         self._next_commit = 0
         self._committed = 0
         self._resumed = 0
@@ -188,6 +200,7 @@ class TaskEngine:
             self.executor.plan(self.first_requests(plan))
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 for _ in range(self.workers):
                     tg.create_task(self._worker())
                 tg.create_task(self._feed(source))
@@ -353,10 +366,18 @@ class TaskEngine:
 
     # ------------------------------------------------------------------ commit
     def _try_commit(self) -> None:
+        """Filter finished jobs in source order (so run-wide dedup is deterministic), send
+        their tasks to the judge if asked, and write them in source order once judged."""
+        while True:
+            job = self._jobs.get(self._next_filter)
+            if job is None or job.remaining:
+                break
+            self._next_filter += 1
+            self._prepare(job)
         advanced = False
         while True:
             job = self._jobs.get(self._next_commit)
-            if job is None or job.remaining:
+            if job is None or job.rec is None or job.judging:
                 break
             del self._jobs[self._next_commit]
             self._commit(job)
@@ -365,16 +386,52 @@ class TaskEngine:
         if advanced:
             self._advance.set()
 
-    def _commit(self, job: _Job) -> None:
+    def _prepare(self, job: _Job) -> None:
         rec: dict[str, Any] = {"key": safe_text(job.key)}
         if job.skip is not None:
             reason, dataset, config = job.skip
             rec.update(dataset=safe_text(dataset), config=safe_text(config), status="skipped",
                        reason=reason)
         else:
-            unit = job.unit
-            assert unit is not None
-            rec.update(self._filter(unit, job.results))
+            assert job.unit is not None
+            filtered, job.kept = self._filter(job.unit, job.results)
+            rec.update(filtered)
+            if self.judge is not None and job.kept and self._tg is not None:
+                job.judging = len(job.kept)
+                for i in range(len(job.kept)):
+                    self._tg.create_task(self._judge_one(job, i))
+        job.rec = rec
+
+    async def _judge_one(self, job: _Job, i: int) -> None:
+        assert self.judge is not None and job.unit is not None
+        unit, task = job.unit, job.kept[i]
+        try:
+            if not self.stopping:
+                meta = render_metadata(dataset=unit.dataset, config=unit.config,
+                                       description=unit.description, fields=unit.fields,
+                                       counter=self.counter, budget=self.cfg.metadata_token_budget)
+                job.verdicts[i] = await self.judge.verdict(
+                    meta, task, _sample_instances(unit, task), job.judge_acct, self.dialect)
+        except RequestFailed as e:
+            job.verdicts[i] = e.reason
+        except Stopped:
+            pass
+        except (FatalAPIError, UserError) as e:
+            self.stop("fatal", e)
+        except BudgetExceeded as e:
+            self.stop("budget", e)
+        finally:
+            job.judging -= 1
+            if self.stopping:
+                job.judging = max(job.judging, 1)  # never written: redone on resume
+            elif job.judging == 0:
+                self._try_commit()
+
+    def _commit(self, job: _Job) -> None:
+        rec = job.rec
+        assert rec is not None
+        if job.skip is None:
+            self._write_tasks(job, rec)
             rec["tasks_end"] = self._tasks.tell()
         self._units.write(rec)
         self._tasks.flush()
@@ -383,12 +440,44 @@ class TaskEngine:
         self._committed += 1
         self.progress.unit_done()
 
-    def _filter(self, unit: Unit, results: dict[str, VariantResult]) -> dict[str, Any]:
+    def _write_tasks(self, job: _Job, rec: dict[str, Any]) -> None:
+        """Kept tasks, less those the judge found invalid (each with the judge's reason)."""
+        invalid: list[dict[str, str]] = []
+        dropped: Counter[str] = Counter(rec.get("dropped") or {})
+        for i, task in enumerate(job.kept):
+            verdict = job.verdicts.get(i) if self.judge is not None else None
+            if isinstance(verdict, Verdict) and not verdict.valid:
+                dropped["judge_invalid"] += 1
+                invalid.append({"id": task.id, "reason": verdict.reason})
+                continue
+            if self.judge is not None and not isinstance(verdict, Verdict):
+                # No verdict (unreadable answer, or retries ran out): kept, and counted.
+                self.session["judge_no_verdict"] += 1
+                rec.setdefault("judge_no_verdict", 0)
+                rec["judge_no_verdict"] += 1
+            self._tasks.write(task.to_dict())
+        if invalid:
+            rec["judge_invalid"] = invalid
+            rec["tasks_kept"] = rec.get("tasks_kept", 0) - len(invalid)
+        if dropped:
+            rec["dropped"] = dict(dropped)
+        a = job.judge_acct
+        if a.requests or a.responses:
+            for k, v in (("requests", a.requests), ("responses", a.responses),
+                         ("tokens_in", a.tokens_in), ("tokens_out", a.tokens_out),
+                         ("tokens_cached", a.tokens_cached)):
+                rec[k] = rec.get(k, 0) + v
+            rec["cost_micro_usd"] = rec.get("cost_micro_usd", 0) + round(a.cost * 1e6)
+            rec["judge_requests"] = a.requests
+
+    def _filter(self, unit: Unit,
+                results: dict[str, VariantResult]) -> tuple[dict[str, Any], list[Task]]:
         unit_seen: set[int] = set()
         dropped: Counter[str] = Counter()
         invalid: Counter[str] = Counter()
         failed: Counter[str] = Counter()
         totals: Counter[str] = Counter()
+        kept_all: list[Task] = []
         for v in self.cfg.variants:
             r = results[v]
             a = r.acct
@@ -406,8 +495,7 @@ class TaskEngine:
             kept, drops = self.filter.filter(unit, v, r.records, unit_seen)
             dropped.update(drops)
             totals["tasks_kept"] += len(kept)
-            for t in kept:
-                self._tasks.write(t.to_dict())
+            kept_all.extend(kept)
         all_failed = len(failed) > 0 and sum(failed.values()) == len(self.cfg.variants)
         rec: dict[str, Any] = {
             "dataset": unit.dataset,
@@ -426,7 +514,7 @@ class TaskEngine:
             rec["invalid"] = dict(invalid)
         if failed:
             rec["failed"] = dict(failed)
-        return rec
+        return rec, kept_all
 
     def _flush(self) -> None:
         for w in (self._tasks, self._units):
@@ -435,3 +523,16 @@ class TaskEngine:
     def close(self) -> None:
         for w in (self._tasks, self._units):
             w.close()
+
+
+def _sample_instances(unit: Unit, task: Task, n: int = 3) -> list[dict[str, Any]]:
+    """Up to ``n`` instances of ``task`` built from the unit's sample rows, for the judge."""
+    labels = {f.name: f.labels for f in unit.fields if f.labels}
+    out: list[dict[str, Any]] = []
+    for row in unit.samples:
+        inst = build_instance(task, row, labels)
+        if isinstance(inst, Instance):
+            out.append({"input": inst.input, "output": inst.output})
+            if len(out) == n:
+                break
+    return out

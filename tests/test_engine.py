@@ -268,3 +268,35 @@ async def test_lone_surrogates_from_the_python_api_are_a_counted_skip(tmp_path: 
     assert outcome.exit_code == 0, outcome.message
     assert outcome.report["units"]["skipped_by_reason"] == {"invalid_metadata": 1}
     assert outcome.report["units"]["processed"] == 1
+
+
+async def test_judge_drops_the_tasks_it_finds_invalid_with_its_reason(tmp_path: Path) -> None:
+    # The same answers with and without the judge: the judged run keeps exactly the tasks
+    # the judge passed, records each drop's reason, and pays one request per kept task.
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        plain = await arun(cfg(tmp_path, server.url, free=True, out=str(tmp_path / "a")),
+                           source=units(8), build=False)
+        fake.history.clear()
+        judged = await arun(cfg(tmp_path, server.url, free=True, judge=True,
+                                out=str(tmp_path / "b")), source=units(8), build=False)
+    assert plain.exit_code == judged.exit_code == EXIT["ok"], judged.message
+    before = read(plain.out / "tasks.jsonl")
+    after = read(judged.out / "tasks.jsonl")
+    verdict_requests = [r for r in fake.history
+                        if r.body.get("response_format", {}).get("json_schema", {})
+                        .get("name") == "verdict"]
+    assert len(verdict_requests) == len(before) > 0
+    invalid = [i for rec in read(judged.out / "units.jsonl") for i in rec.get("judge_invalid", [])]
+    assert invalid, "the fake judges one task in four invalid"
+    assert all(i["reason"] for i in invalid)
+    assert {t["id"] for t in after} == {t["id"] for t in before} - {i["id"] for i in invalid}
+    assert judged.report["tasks"]["dropped_by_reason"]["judge_invalid"] == len(invalid)
+    assert judged.report["tasks"]["kept"] == len(after)
+    # The judge's answers are cached like any request: a second judged run pays nothing.
+    fake.history.clear()
+    async with serve(fake) as server:
+        again = await arun(cfg(tmp_path, server.url, free=True, judge=True, force_new=True,
+                               out=str(tmp_path / "b")), source=units(8), build=False)
+    assert fake.history == []
+    assert read(again.out / "tasks.jsonl") == after

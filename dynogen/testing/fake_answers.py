@@ -50,6 +50,8 @@ __all__ = [
     "Fault",
     "Latency",
     "OutputTokens",
+    "auto_verdict",
+    "is_verdict_request",
     "Reply",
     "TaskSpec",
     "auto_content",
@@ -455,6 +457,21 @@ class Reply:
 
 
 _JSON = "application/json"
+
+
+def is_verdict_request(body: Mapping[str, Any]) -> bool:
+    """A judge request (``dynogen.judge``): its response schema is named ``verdict``."""
+    return _get(body, "response_format", "json_schema", "name") == "verdict" or any(
+        isinstance(m, Mapping) and m.get("role") == "system"
+        and str(m.get("content", "")).startswith("You review instruction-tuning tasks")
+        for m in body.get("messages") or ())
+
+
+def auto_verdict(digest: int) -> str:
+    """A deterministic verdict: one task in four is judged invalid."""
+    if digest % 4 == 0:
+        return '{"valid": false, "reason": "The output field does not answer the instruction."}'
+    return '{"valid": true, "reason": "The task is clear and answerable from its input."}'
 
 
 def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:

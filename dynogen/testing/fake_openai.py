@@ -56,10 +56,12 @@ from dynogen.testing.fake_answers import (
     OutputTokens,
     Reply,
     auto_content,
+    auto_verdict,
     completion_reply,
     count_prompt_tokens,
     error_reply,
     fault_reply,
+    is_verdict_request,
     task_spec,
 )
 from dynogen.testing.fake_limits import RateLimiter, Stats, insufficient_quota_body
@@ -268,6 +270,8 @@ class FakeOpenAI:
 
     def _auto(self, body: dict[str, Any], raw: bytes) -> str:
         digest = xxhash.xxh3_64_intdigest(raw)
+        if is_verdict_request(body):
+            return auto_verdict(digest)
         target = self.output_tokens
         if target is not None and not isinstance(target, int):
             rng = random.Random(digest)
