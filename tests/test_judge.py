@@ -1,0 +1,49 @@
+"""The judge's pure parts: what it shows the model, and what counts as a verdict."""
+
+from __future__ import annotations
+
+import orjson
+
+from dynogen.config import Config
+from dynogen.execute.dialect import Dialect
+from dynogen.judge import JUDGE_MAX_TOKENS, JUDGE_SYSTEM, judge_body, judge_messages, parse_verdict
+from dynogen.tasks import Task
+
+TASK = Task("t1", "imdb", "plain_text", "description", "Classify the review's sentiment.",
+            ("text",), "label", "mit", ("neg", "pos"))
+
+
+def test_messages_share_one_system_prompt_and_show_task_and_at_most_three_examples() -> None:
+    insts = [{"input": f"review {i}", "output": "pos"} for i in range(5)]
+    a = judge_messages("Dataset: imdb\nFields: text, label", TASK, insts)
+    b = judge_messages("Dataset: other", TASK, [])
+    assert a[0] == b[0] == {"role": "system", "content": JUDGE_SYSTEM}
+    user = a[1]["content"]
+    assert "instruction: Classify the review's sentiment." in user
+    assert "output_field: label" in user and "review 2" in user and "review 3" not in user
+    assert "No rows" in b[1]["content"]
+
+
+def test_body_follows_the_runs_dialect() -> None:
+    cfg = Config(model="m", seed=3)
+    msgs = judge_messages("meta", TASK, [])
+    strict = judge_body(cfg, msgs, Dialect())
+    assert strict["max_tokens"] == JUDGE_MAX_TOKENS
+    assert strict["response_format"]["json_schema"]["name"] == "verdict"
+    reasoning = judge_body(cfg, msgs, Dialect(format="json_object",
+                                              token_param="max_completion_tokens",
+                                              temperature=False))
+    assert "max_tokens" not in reasoning and reasoning["max_completion_tokens"] == JUDGE_MAX_TOKENS
+    assert "temperature" not in reasoning and reasoning["response_format"] == {
+        "type": "json_object"}
+    assert orjson.dumps(judge_body(cfg, msgs, Dialect())) == orjson.dumps(strict)  # stable bytes
+
+
+def test_verdicts_are_read_strictly() -> None:
+    v = parse_verdict('{"valid": false, "reason": "  asks for a  question, output is a label "}')
+    assert v is not None and v.valid is False
+    assert v.reason == "asks for a question, output is a label"
+    fenced = parse_verdict('```json\n{"valid": true, "reason": ""}\n```')
+    assert fenced is not None and fenced.valid and fenced.reason == "no reason given"
+    for bad in (None, "", "yes", '{"valid": "yes"}', "[true]", '{"reason": "x"}'):
+        assert parse_verdict(bad) is None, bad
