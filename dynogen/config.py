@@ -23,7 +23,8 @@ import xxhash
 
 from dynogen.errors import ConfigError
 
-__all__ = ["Config", "Secret", "VARIANTS", "DEFAULT_BASE_URL", "load_config"]
+__all__ = ["BUILD_FIELDS", "Config", "DEFAULT_BASE_URL", "DURABILITY", "IDENTITY_FIELDS", "Secret",
+           "VARIANTS", "load_config"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 VARIANTS = ("description", "no_description")
@@ -61,6 +62,20 @@ PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
     "metadata_token_budget", "response_format", "encoding", "judge",
 )
+# A run's identity: every field that shapes its outputs (request bodies, filters and
+# data policies, instance building). A resume whose identity differs refuses and says
+# what differs. A new field that shapes outputs joins by adding its name here; a run
+# directory written before it existed is taken to have used its default.
+IDENTITY_FIELDS = (
+    *PROMPT_FIELDS,
+    "max_tokens_retry",
+    "heldout_fraction",
+    "rows_per_split",
+)
+# Identity fields that only shape instances: `dynogen build` may change them (it then
+# rebuilds every instance instead of mixing old and new).
+BUILD_FIELDS = ("rows_per_split",)
+DURABILITY = ("batched", "always")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +130,9 @@ class Config:
     cache_path: str | None = None
     force_new: bool = False
     quiet: bool = False
+    # safety (issue #12): sync policy, and the largest answer body read from a server
+    durability: str = "batched"  # batched | always
+    max_response_bytes: int = 8 * 2**20
 
     def with_(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -124,6 +142,11 @@ class Config:
 
     def prompt_settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in PROMPT_FIELDS}
+
+    def identity(self) -> dict[str, Any]:
+        """The config's share of the run identity (JSON-safe), see ``IDENTITY_FIELDS``."""
+        return {k: list(v) if isinstance(v := getattr(self, k), tuple) else v
+                for k in IDENTITY_FIELDS}
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON-safe data, without the secret (for manifests and reports)."""
@@ -162,6 +185,10 @@ class Config:
             raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
+        if self.durability not in DURABILITY:
+            raise ConfigError(f"--durability must be one of {', '.join(DURABILITY)}")
+        if self.max_response_bytes < 1024:
+            raise ConfigError("max_response_bytes must be at least 1024")
         return self
 
 

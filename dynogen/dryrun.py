@@ -76,7 +76,9 @@ def write_calibration(path: Path, *, model: str, requests: int, output_tokens: i
     data = {"model": model, "requests": requests,
             "mean_output_tokens": output_tokens / requests,
             "mean_input_tokens": input_tokens / requests}
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    from dynogen.store.storage import atomic_write  # StorageError on a full disk, not OSError
+
+    atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def cacheable_prefix(prefix_tokens: int) -> int:
