@@ -33,11 +33,13 @@ from dynogen.errors import (
     ConfigError,
     DynogenError,
     FatalAPIError,
+    StorageError,
 )
 from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
 from dynogen.io.sources import open_source
 from dynogen.ledger import Ledger
+from dynogen.prices import Price
 from dynogen.progress import make_progress
 from dynogen.report import Stats
 from dynogen.store.journal import iter_jsonl
@@ -46,11 +48,23 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "export",
+    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "exit_code", "export",
     "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
+# After a first SIGINT/SIGTERM, in-flight answers get this long to settle before the run
+# exits as if signalled twice (a stuck write or a long 429 pause must not hold it).
+SIGNAL_GRACE_SECONDS = 30.0
+
+
+def exit_code(err: BaseException | None) -> int:
+    """The one mapping from an error that ended a command to its exit code."""
+    if isinstance(err, StorageError):
+        return EXIT["interrupted"]  # a full disk stops a run like Ctrl-C: resume later
+    if isinstance(err, FatalAPIError | APIConnectionError):
+        return EXIT["fatal"]
+    return EXIT["error"]
 
 
 @dataclass
@@ -86,6 +100,7 @@ async def _signals(engine: TaskEngine) -> AsyncIterator[None]:
         hits += 1
         if hits == 1:
             engine.stop("interrupted")
+            loop.call_later(SIGNAL_GRACE_SECONDS, handler)
         else:
             # Files are line-complete up to the last flush; a restart repairs the rest.
             import os
@@ -132,7 +147,18 @@ async def arun(
     check_key(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
-    rundir = RunDir(cfg.out).open(cfg)
+    rundir = RunDir(cfg.out).open(cfg)  # takes the directory's write lock
+    try:
+        return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
+                                  plan=plan, counted=source is None)
+    finally:
+        rundir.close()  # the lock: the next writer may start
+
+
+async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], price: Price,
+                       transport: Transport | None, handle_signals: bool, build: bool,
+                       t0: float, *, plan: Iterable[Unit | Skipped] | None,
+                       counted: bool) -> RunOutcome:
     await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
@@ -142,7 +168,7 @@ async def arun(
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
     counting = None
-    if source is None and cfg.source != "hub" and not cfg.quiet:
+    if counted and cfg.source != "hub" and not cfg.quiet:
         # Units are counted on the other core while the run starts, for the bar's ETA.
         def count() -> None:
             progress.set_total(sum(1 for _ in open_source(cfg.source, limit=cfg.limit)))
@@ -165,12 +191,17 @@ async def arun(
                 engine.close()
             ledger = stack.ledger
             cache_entries = stack.cache_entries()
+            if stack.cache is not None and stack.cache.recovered:
+                rundir.repairs["cache"] = stack.cache.recovered
     finally:
         if counting is not None:
             counting.cancel()
         progress.close()
     if build and result.stop_reason is None:
-        await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
+        try:
+            await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
+        except StorageError as e:
+            result.stop_reason, result.error = "fatal", e
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
                    time.perf_counter() - t0)
 
@@ -216,10 +247,15 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
         "stop_reason": result.stop_reason,
     }
     report["config"] = cfg.public_dict()
-    rundir.write_report(report)
-    write_calibration(rundir.path / "calibration.json", model=cfg.model,
-                      requests=stats.flat["responses"], output_tokens=stats.flat["tokens_out"],
-                      input_tokens=stats.flat["tokens_in"])
+    try:
+        rundir.write_report(report)
+        write_calibration(rundir.path / "calibration.json", model=cfg.model,
+                          requests=stats.flat["responses"],
+                          output_tokens=stats.flat["tokens_out"],
+                          input_tokens=stats.flat["tokens_in"])
+    except StorageError as e:
+        first = result.error if isinstance(result.error, StorageError) else e
+        return RunOutcome(exit_code(first), rundir.path, report, str(first), "storage")
     reason = result.stop_reason
     if reason is None:
         t = report["tasks"]
@@ -240,6 +276,10 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
             msg += (f" Note: one request may cost up to ${err.needed:.4f}, over a tenth of the "
                     "budget, so a share of it could not be used.")
         return RunOutcome(EXIT["budget"], rundir.path, report, msg, reason)
+    if isinstance(result.error, StorageError):
+        # A full or failing disk: one line, and the exit code of an interrupted run.
+        return RunOutcome(exit_code(result.error), rundir.path, report, str(result.error),
+                          "storage")
     if reason == "interrupted":
         msg = (f"interrupted: {result.committed} units committed this session; outputs and "
                f"report written. Run the same command again to resume ({rundir.path}).")
@@ -247,8 +287,7 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     err = result.error
     text = str(err) if isinstance(err, DynogenError) else repr(err)
     msg = f"stopped: {text}. Outputs so far are in {rundir.path}; fix this and run again to resume."
-    code = EXIT["fatal"] if isinstance(err, FatalAPIError | APIConnectionError) else EXIT["error"]
-    return RunOutcome(code, rundir.path, report, msg, reason)
+    return RunOutcome(exit_code(err), rundir.path, report, msg, reason)
 
 
 def run(cfg: Config, **kwargs: Any) -> RunOutcome:
@@ -271,20 +310,25 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
     cfg = Config(**values).with_(quiet=quiet, force_new=False)
     if rows_per_split is not None:
         cfg = cfg.with_(rows_per_split=rows_per_split)
-    rundir.open(cfg)
-    stats = Stats()
-    for rec in iter_jsonl(rundir.units):
-        stats.add_unit(rec)
-    t0 = time.perf_counter()
-    build_instances(cfg, rundir, stats=stats)
-    report = stats.to_dict()
-    if rundir.report.exists():
-        old = orjson.loads(rundir.report.read_bytes())
-        for k in ("cost", "config"):
-            if k in old:
-                report[k] = old[k]
-    report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3), "command": "build"}
-    rundir.write_report(report)
+    rundir.open(cfg, stage="build")  # the write lock; a new --rows-per-split rebuilds
+    try:
+        stats = Stats()
+        for rec in iter_jsonl(rundir.units):
+            stats.add_unit(rec)
+        t0 = time.perf_counter()
+        build_instances(cfg, rundir, stats=stats)
+        report = stats.to_dict()
+        if rundir.report.exists():
+            with contextlib.suppress(ValueError):  # a spoiled old report: not needed
+                old = orjson.loads(rundir.report.read_bytes())
+                for k in ("cost", "config"):
+                    if k in old:
+                        report[k] = old[k]
+        report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
+                             "command": "build"}
+        rundir.write_report(report)
+    finally:
+        rundir.close()
     msg = f"built {report['instances']['written']} instances into {rundir.instances}"
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
 
@@ -337,6 +381,8 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
         msg = (f"budget reached: spent ${spent:.4f} of ${cfg.budget_usd:.4f}; {res.written} "
                f"lines written to {out}. Run again with a larger --budget-usd to continue.")
         return RunOutcome(EXIT["budget"], Path(out), report, msg, "budget")
+    if isinstance(res.error, StorageError):
+        return RunOutcome(exit_code(res.error), Path(out), report, str(res.error), "storage")
     if res.stop_reason == "fatal":
         msg = f"stopped: {res.error}. {res.written} lines written to {out}; run again to resume."
         return RunOutcome(EXIT["fatal"], Path(out), report, msg, "fatal")

@@ -3,8 +3,10 @@
 Reads ``tasks.jsonl`` as written (a unit's tasks are contiguous), loads each
 unit's rows once through ``datasets`` streaming (capped per split), applies
 every task to them, drops duplicate instances by xxhash, and journals each
-unit in ``builds.jsonl`` with the ``instances.jsonl`` offset after it, so a
-killed build resumes without duplicating or losing instances.
+unit in ``builds.jsonl`` with the ``instances.jsonl`` byte range it wrote
+and its line count, data synced before journal (``store.journal.Commits``),
+so a killed build, or one that lost writes, resumes without duplicating or
+losing instances.
 
 Label outputs that are not ClassLabel but take at most ``MAX_CLASSES``
 distinct short values over the rows read get the same deterministic
@@ -25,7 +27,7 @@ from dynogen.instances import Instance, build_instance, instance_hash
 from dynogen.io.rows import RowsUnavailable, open_rows
 from dynogen.progress import make_progress
 from dynogen.report import Stats
-from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
 from dynogen.validate import label_suffix
@@ -90,24 +92,25 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
         seen.add(_dict_hash(rec))
     out = JsonlWriter(rundir.instances)
     journal = JsonlWriter(rundir.builds)
+    commits = Commits(journal, data=[out], durability=cfg.durability)
     todo = sum(1 for k in units if k not in done)
     bar = make_progress(cfg.quiet, "instances", total=todo)
     try:
         for key, tasks in _task_groups(rundir):
             if key in done:
                 continue
+            start = out.tell()
             rec = _build_unit(cfg, key, tasks, units.get(key, {}), seen, out, opener,
                               str(rundir.path / ".hf-cache"))
+            rec["instances_start"] = start
             rec["instances_end"] = out.tell()
             journal.write(rec)
-            out.flush()
-            journal.flush()
+            commits.commit()  # StorageError (disk full) ends the build; resume redoes the rest
             stats.add_build(rec)
             bar.unit_done()
     finally:
         bar.close()
-        out.close()
-        journal.close()
+        commits.close()
     return stats
 
 

@@ -16,7 +16,7 @@ import typer
 
 from dynogen import api
 from dynogen.config import load_config
-from dynogen.errors import DynogenError, FatalAPIError
+from dynogen.errors import DynogenError
 
 __all__ = ["app", "main"]
 
@@ -42,8 +42,7 @@ ModeOpt = Annotated[str | None, typer.Option(
 
 def _fail(err: DynogenError) -> None:
     typer.echo(f"dynogen: error: {err}", err=True)
-    code = api.EXIT["fatal"] if isinstance(err, FatalAPIError) else api.EXIT["error"]
-    raise typer.Exit(code)
+    raise typer.Exit(api.exit_code(err))
 
 
 def _config(config_file: Path | None, **flags: Any) -> Any:
@@ -86,6 +85,9 @@ def run(
         "--judge", help="One more request per kept task: the model judges whether it is "
         "valid; invalid tasks are dropped with its reason.")] = False,
     no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
+    durability: Annotated[str | None, typer.Option(
+        help="batched (default: synced about once a second) or always (every commit synced).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config_file: ConfigOpt = None,
 ) -> None:
@@ -99,7 +101,7 @@ def run(
             price_in=price_in, price_out=price_out, free=free or None,
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
             judge=judge or None,
-            force_new=force_new or None, quiet=quiet or None,
+            force_new=force_new or None, quiet=quiet or None, durability=durability,
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
     except DynogenError as e:

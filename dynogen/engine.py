@@ -47,6 +47,7 @@ from dynogen.errors import (
     FatalAPIError,
     RequestFailed,
     Stopped,
+    StorageError,
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
@@ -57,7 +58,7 @@ from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder, render_metadata
 from dynogen.report import Stats
-from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
@@ -165,6 +166,11 @@ class TaskEngine:
         self._load_journal()
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
+        # Commit order on disk: the spend journal and tasks first, the unit's line last.
+        spend = getattr(executor, "spend", None)
+        self._journals = Commits(self._units, data=[self._tasks],
+                                 side=[spend] if isinstance(spend, JsonlWriter) else [],
+                                 durability=config.durability)
 
     # ----------------------------------------------------------------- resume
     def _load_journal(self) -> None:
@@ -431,11 +437,15 @@ class TaskEngine:
         rec = job.rec
         assert rec is not None
         if job.skip is None:
+            rec["tasks_start"] = self._tasks.tell()  # the journal line names its bytes
             self._write_tasks(job, rec)
             rec["tasks_end"] = self._tasks.tell()
         self._units.write(rec)
-        self._tasks.flush()
-        self._units.flush()
+        try:
+            self._journals.commit()
+        except StorageError as e:  # disk full or failing: stop; the unit is redone on resume
+            self.stop("fatal", e)
+            return
         self.stats.add_unit(rec)
         self._committed += 1
         self.progress.unit_done()
@@ -517,12 +527,13 @@ class TaskEngine:
         return rec, kept_all
 
     def _flush(self) -> None:
-        for w in (self._tasks, self._units):
-            w.flush(fsync=True)
+        try:
+            self._journals.sync()
+        except StorageError as e:
+            self.stop("fatal", e)
 
     def close(self) -> None:
-        for w in (self._tasks, self._units):
-            w.close()
+        self._journals.close()
 
 
 def _sample_instances(unit: Unit, task: Task, n: int = 3) -> list[dict[str, Any]]:
