@@ -21,6 +21,7 @@ A shared ``--cache`` has one writer at a time (``lock=True``).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -49,14 +50,21 @@ def _is_disk_error(e: sqlite3.Error) -> bool:
     return "disk is full" in text or "disk i/o error" in text or "readonly" in text
 
 
-def _as_oserror(e: sqlite3.Error) -> OSError:
+def _as_oserror(e: sqlite3.Error, path: Path) -> OSError:
+    """The OS error behind a SQLite disk error. SQLite reports a full disk as an I/O
+    error on some writes (WAL growth), so a disk with almost no room left counts as full."""
     import errno
 
     text = str(e).lower()
-    if "full" in text:
-        return OSError(errno.ENOSPC, "No space left on device")
     if "readonly" in text or "read-only" in text:
         return OSError(errno.EROFS, "Read-only file system")
+    try:
+        st = os.statvfs(path.parent)
+        nearly_full = st.f_bavail * st.f_frsize < 256 * 1024
+    except OSError:
+        nearly_full = False
+    if "full" in text or nearly_full:
+        return OSError(errno.ENOSPC, "No space left on device")
     return OSError(errno.EIO, str(e))
 
 
@@ -90,7 +98,7 @@ class RequestCache:
         except sqlite3.Error as e:
             if _is_disk_error(e):
                 self._release()
-                raise storage_error(_as_oserror(e), self.path) from None
+                raise storage_error(_as_oserror(e, self.path), self.path) from None
             self._db = self._move_aside(e)
 
     def _open(self) -> sqlite3.Connection:
@@ -139,7 +147,7 @@ class RequestCache:
                              (key, body))
         except sqlite3.Error as e:
             if _is_disk_error(e):
-                raise storage_error(_as_oserror(e), self.path) from None
+                raise storage_error(_as_oserror(e, self.path), self.path) from None
             self._break()
 
     def _break(self) -> None:
