@@ -16,9 +16,12 @@ never varies is degenerate and dropped.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from dynogen.config import Config
@@ -29,6 +32,7 @@ from dynogen.progress import make_progress
 from dynogen.report import Stats
 from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
+from dynogen.store.storage import storage_error
 from dynogen.tasks import Task
 from dynogen.validate import label_suffix
 
@@ -126,6 +130,7 @@ def _build_unit(cfg: Config, key: str, tasks: list[Task], unit: dict[str, Any], 
                           rows_per_split=cfg.rows_per_split, cache_dir=cache_dir)
         rows = list(rows_obj)
     except RowsUnavailable as e:
+        _raise_if_disk(e.detail, cache_dir)  # a full disk is not the dataset's fault
         rec.update(status="unavailable", reason=e.reason, detail=e.detail[:300])
         return rec
     labels = dict(rows_obj.info.labels)
@@ -142,6 +147,18 @@ def _build_unit(cfg: Config, key: str, tasks: list[Task], unit: dict[str, Any], 
     if skipped:
         rec["skipped"] = dict(skipped)
     return rec
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _raise_if_disk(detail: str, cache_dir: str) -> None:
+    """Rows that could not be read because the run's own disk is full (the ``datasets``
+    cache lives in the run directory) stop the build to be resumed, rather than being
+    journaled as an unavailable dataset for good."""
+    for code in _DISK_ERRNOS:
+        if f"[Errno {code}]" in detail or os.strerror(code) in detail:
+            raise storage_error(OSError(code, os.strerror(code)), Path(cache_dir))
 
 
 def _dict_hash(d: dict[str, Any]) -> int:

@@ -289,3 +289,29 @@ def test_a_real_full_filesystem_stops_in_one_line_and_the_same_command_resumes(
     assert r.returncode == 0, r.stderr
     same_output(out, reference)
     assert lines(out / "units.jsonl")
+
+
+def test_rows_unreadable_for_a_full_disk_stop_the_build_instead_of_being_journaled(
+        tmp_path: Path, reference: Path) -> None:
+    from dynogen.builder import build_instances
+    from dynogen.io.rows import RowsUnavailable
+    from dynogen.store.rundir import RunDir
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for name in ("builds.jsonl", "instances.jsonl"):
+        (out / name).unlink()
+
+    def opener(*args: Any, **kw: Any) -> Any:
+        # What `datasets` raises, through io.rows, when it cannot write its cache.
+        raise RowsUnavailable("load_error", "x: OSError: [Errno 28] No space left on device")
+
+    cfg = Config(**{k: v for k, v in orjson.loads((out / "manifest.json").read_bytes())[
+        "config"].items() if k != "variants"})
+    rundir = RunDir(out).open(cfg, stage="build")
+    try:
+        with pytest.raises(StorageError, match=f"no space left in {out}: free some"):
+            build_instances(cfg, rundir, opener=opener)
+    finally:
+        rundir.close()
+    assert not lines(out / "builds.jsonl")  # nothing journaled as unavailable
