@@ -24,6 +24,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,28 @@ class JsonlWriter:
         """Byte offset after everything written so far (flushed or not)."""
         return self._offset + self._pending
 
+    def take(self) -> bytes:
+        """Hand the queued lines over (for ``append_synced`` in another thread)."""
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._pending = 0
+        return data
+
+    def append_synced(self, data: bytes) -> None:
+        """Write and fsync ``data`` (lines from ``take``); on failure cut them back off.
+
+        Safe in a worker thread while the owner thread only queues (``write``)."""
+        if not data:
+            return
+        try:
+            write_all(self._fd, data, self.path)
+            fsync_fd(self._fd, self.path)
+        except StorageError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._offset)
+            raise
+        self._offset += len(data)
+
     def close(self) -> None:
         if self._fd < 0:
             return
@@ -189,7 +212,7 @@ class Commits:
 
     def __init__(self, journal: JsonlWriter, *, data: Sequence[JsonlWriter] = (),
                  side: Sequence[JsonlWriter] = (), durability: str = "batched",
-                 interval: float = SYNC_INTERVAL,
+                 interval: float = SYNC_INTERVAL, background: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.journal = journal
         self.first = (*side, *data)
@@ -199,6 +222,10 @@ class Commits:
         self._last_sync = clock()
         self.failed: StorageError | None = None
         self.syncs = 0
+        # Batched syncs run in one worker thread (fsync releases the GIL): an fsync can
+        # take tens of milliseconds on a busy disk, which the event loop must not wait out.
+        self._pool = ThreadPoolExecutor(1, "dynogen-sync") if background else None
+        self._job: Future[None] | None = None
 
     def commit(self) -> None:
         """Make the lines written since the last commit durable, data before journal.
@@ -213,21 +240,44 @@ class Commits:
             self._guarded(self._sync)
             return
         self._guarded(self._write_data)
-        if self.clock() - self._last_sync >= self.interval:
+        if self.clock() - self._last_sync < self.interval:
+            return
+        if self._pool is None:
             self._guarded(self._sync)
+        elif self._job is None or self._job.done():
+            self._guarded(self._collect)
+            # The journal lines queued so far point only at data written by now.
+            lines = self.journal.take()
+            self._job = self._pool.submit(self._sync_in_worker, lines)
+            self._last_sync = self.clock()
 
     def sync(self) -> None:
         """Sync everything written and write out the journal lines waiting for it."""
         if self.failed is None:
+            self._guarded(self._collect)
             self._guarded(self._sync)
 
     def close(self) -> None:
         try:
             self.sync()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             for w in (*self.first, self.journal):
                 with contextlib.suppress(StorageError):  # the first failure was raised already
                     w.close()
+
+    def _collect(self) -> None:
+        """Wait for the worker's sync, and raise what it met."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()
+
+    def _sync_in_worker(self, lines: bytes) -> None:
+        for w in self.first:
+            fsync_fd(w._fd, w.path)
+        self.journal.append_synced(lines)
+        self.syncs += 1
 
     def _write_data(self) -> None:
         for w in self.first:
