@@ -161,3 +161,16 @@ def test_build_with_another_rows_per_split_rebuilds_instead_of_mixing(
     assert outcome.report["instances"]["written"] == len(rows)
     with pytest.raises(RunDirError, match="rows_per_split: 2 -> 4"):
         api.run(config(src, out, fake.url))  # the run now holds rows_per_split=2
+
+
+def test_journals_without_a_manifest_are_not_adopted_silently(
+        tmp_path: Path, clean: tuple[Path, Path], fake: FakeProcess) -> None:
+    src, ref = clean
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(RunDirError, match=r"manifest.json cannot be read \(it is missing\)"):
+        api.run(config(src, out, fake.url))
+    outcome = api.run(config(src, out, fake.url, force_new=True))
+    assert outcome.exit_code == 0
+    same_output(out, ref)

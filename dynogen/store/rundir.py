@@ -140,7 +140,9 @@ class RunDir:
 
     def _open(self, config: Config, stage: str) -> None:
         identity = run_identity(config)
-        if self.manifest.exists():
+        orphaned = not self.manifest.exists() and any(
+            p.exists() and p.stat().st_size for p in (self.units, self.tasks, self.spend))
+        if self.manifest.exists() or orphaned:
             old = self._read_manifest(config)
             if old is None:  # spoiled, and force_new: start over
                 self._clear()
@@ -180,8 +182,9 @@ class RunDir:
         except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
             if config.force_new:
                 return None
-            what = getattr(e, "strerror", None) or ("not valid JSON" if isinstance(
-                e, orjson.JSONDecodeError) else str(e))
+            what = ("it is missing" if isinstance(e, FileNotFoundError)
+                    else getattr(e, "strerror", None) or (
+                        "not valid JSON" if isinstance(e, orjson.JSONDecodeError) else str(e)))
             raise RunDirError(
                 f"{self.manifest} cannot be read ({what}), so whether this run may be resumed "
                 f"is unknown; {self._at_stake()}. Restore manifest.json from a backup and run "
