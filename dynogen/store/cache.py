@@ -12,8 +12,9 @@ failure a long run meets — at ~20 µs per answer.
 Spoiled state: a file SQLite cannot open (garbage, a truncated header, a
 failed disk) is moved aside as ``cache.sqlite.corrupt-<time>`` and a new
 cache started; ``recovered`` says so, and how many answers may be paid for
-again, for the run to print. A cache that breaks later in the run turns into
-misses (counted in ``errors``), never a traceback. A full disk is not
+again (printed as a warning, and kept for the run's report). A cache that
+breaks later in the run turns into misses (counted in ``errors``), never a
+traceback. A full disk is not
 corruption: ``put`` raises ``StorageError`` and the run stops to be resumed.
 A shared ``--cache`` has one writer at a time (``lock=True``).
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import xxhash
 
 from dynogen.store.lock import RunLock
-from dynogen.store.storage import storage_error
+from dynogen.store.storage import storage_error, warn
 
 __all__ = ["RequestCache", "request_key"]
 
@@ -127,6 +128,7 @@ class RequestCache:
         self.recovered = (f"the request cache {self.path} could not be opened ({err}); moved "
                           f"aside to {aside.name} and started a new one: {lost} may be paid "
                           "for again if requested")
+        warn(self.recovered)
         return self._open()
 
     def get(self, key: bytes) -> bytes | None:

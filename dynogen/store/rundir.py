@@ -34,19 +34,13 @@ import xxhash
 from dynogen import __version__
 from dynogen.config import BUILD_FIELDS, Config
 from dynogen.errors import RunDirError
-from dynogen.store.cache import RequestCache
 from dynogen.store.journal import count_garbage, iter_jsonl, repair, verify_chain
 from dynogen.store.lock import RunLock
-from dynogen.store.storage import atomic_write, storage_error
+from dynogen.store.storage import atomic_write, storage_error, warn
 
-__all__ = ["RunDir", "identity_diff", "run_identity", "warn"]
+__all__ = ["RunDir", "identity_diff", "run_identity"]
 
 MANIFEST = "manifest.json"
-
-
-def warn(message: str) -> None:
-    """One line on stderr for something the user should know but need not act on now."""
-    print(f"dynogen: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _probe_digest(config: Config) -> str:
@@ -261,14 +255,6 @@ class RunDir:
                  "recorded is not counted against --budget-usd")
 
     # ------------------------------------------------------------------ output
-    def open_cache(self, path: str | Path | None = None) -> RequestCache:
-        """The run's request cache (``path``: a shared ``--cache``, locked while in use)."""
-        cache = RequestCache(path or self.path / "cache.sqlite", lock=path is not None)
-        if cache.recovered:
-            warn(cache.recovered)
-            self.repairs["cache"] = cache.recovered
-        return cache
-
     def write_report(self, report: dict[str, Any]) -> None:
         if self.repairs:
             report = {**report, "repairs": self.repairs}

@@ -25,17 +25,23 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 from dynogen.errors import StorageError
 
-__all__ = ["atomic_write", "fsync_fd", "os_fsync", "os_write", "storage_error",
+__all__ = ["warn", "atomic_write", "fsync_fd", "os_fsync", "os_write", "storage_error",
            "sync_dir", "write_all"]
 
 os_write = os.write
 os_fsync = os.fsync
 
 _SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something the user should know but need not act on now."""
+    print(f"dynogen: warning: {message}", file=sys.stderr, flush=True)
 
 
 def storage_error(exc: OSError, path: Path | str) -> StorageError:
