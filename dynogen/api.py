@@ -38,6 +38,7 @@ from dynogen.execute.stack import check_key, open_stack, preflight, resolve_pric
 from dynogen.execute.transport import Transport
 from dynogen.io.sources import open_source
 from dynogen.ledger import Ledger
+from dynogen.policy import Policies, gate
 from dynogen.progress import make_progress
 from dynogen.report import Stats
 from dynogen.store.journal import iter_jsonl
@@ -133,6 +134,12 @@ async def arun(
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
     rundir = RunDir(cfg.out).open(cfg)
+    # Data policies (licence, splits, language, readable rows) before any request is sent;
+    # a batch plan reads the same units, so it sees the same policies.
+    policies, hf_cache = Policies.from_config(cfg), str(rundir.path / ".hf-cache")
+    src = gate(src, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
+    if plan is not None:
+        plan = gate(plan, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
     await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
@@ -317,6 +324,7 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
     cfg = cfg.validate()
     price = resolve_price(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
 

@@ -60,7 +60,10 @@ class Secret:
 PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
     "metadata_token_budget", "response_format", "encoding", "judge",
+    # data policies: they decide which units are sent and which tasks and rows are kept
+    "licenses", "languages", "splits", "max_share",
 )
+POLICY_FIELDS = ("licenses", "languages", "splits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,11 @@ class Config:
     encoding: str = "o200k_base"
     # one more request per kept task asking the model whether it is valid (dynogen.judge)
     judge: bool = False
+    # data policies (issue #10): "any"/"all" lift them; see dynogen.policy
+    licenses: str = "permissive,share-alike"
+    languages: str = "en"
+    splits: str = "train,validation"
+    max_share: float | None = None
     # instances
     rows_per_split: int = 200
     heldout_fraction: float = 0.0
@@ -162,6 +170,11 @@ class Config:
             raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
+        if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
+            raise ConfigError("--max-share must be in (0, 1]")
+        from dynogen.policy import Policies
+
+        Policies.from_config(self)  # raises ConfigError on an empty or odd list
         return self
 
 
@@ -194,6 +207,9 @@ def load_config(
     if "variants" in values and isinstance(values["variants"], (list, str)):
         v = values["variants"]
         values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)
+    for name in POLICY_FIELDS:  # TOML lists and comma strings alike
+        if isinstance(values.get(name), list):
+            values[name] = ",".join(str(x) for x in values[name])
     if isinstance(values.get("api_key"), str):
         key = values.pop("api_key")
     return Config(api_key=Secret(key), **values).validate()
