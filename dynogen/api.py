@@ -47,7 +47,7 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "export",
+    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "export", "inspect",
     "resolve_price", "run",
 ]
 
@@ -316,6 +316,17 @@ def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = N
     target = Path(dest) if dest else rundir.path / "export" / default
     export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
     return target
+
+
+def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
+    """What the filters did in a run: kept and dropped tasks with instances, shares per source.
+
+    Returns an ``Inspection`` (``to_dict()`` for data, ``dynogen.quality.format_inspection``
+    for the text ``dynogen inspect`` prints).
+    """
+    from dynogen.quality import inspect_run
+
+    return inspect_run(out, kept=kept, per_reason=per_reason)
 
 
 def estimate(cfg: Config, *, calibration: str | Path | None = None,

@@ -26,13 +26,13 @@ from dynogen.config import Config
 from dynogen.dedup import HashSet
 from dynogen.instances import Instance, build_instance, instance_hash
 from dynogen.io.rows import RowsUnavailable, open_rows
+from dynogen.policy.share import share_caps
+from dynogen.policy.splits import SplitPolicy
 from dynogen.progress import make_progress
 from dynogen.report import Stats
 from dynogen.store.journal import JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
-from dynogen.policy.share import share_caps
-from dynogen.policy.splits import SplitPolicy
 
 __all__ = ["build_instances"]
 

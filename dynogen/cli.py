@@ -230,6 +230,26 @@ def call(
     raise typer.Exit(outcome.exit_code)
 
 
+@app.command("inspect")
+def inspect_cmd(
+    out: Annotated[Path, typer.Argument(help="A run directory (the --out of `dynogen run`).")],
+    kept: Annotated[int, typer.Option(help="Kept tasks to show.")] = 10,
+    per_reason: Annotated[int, typer.Option(help="Dropped tasks to show per reason.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show what the filters did: kept and dropped tasks with instances, shares per source."""
+    import orjson
+
+    from dynogen.quality import format_inspection
+
+    try:
+        ins = api.inspect(out, kept=kept, per_reason=per_reason)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(orjson.dumps(ins.to_dict()).decode() if as_json else format_inspection(ins))
+
+
 @app.command("serve-local")
 def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,

@@ -79,20 +79,25 @@ class TaskRule:
     ID_LIKE = "id_like_output"
 
 
-_IMPERATIVES = frozenset("""
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_IMPERATIVES = _wordset("""
 answer analyze analyse annotate assign categorize categorise check choose classify compare
 complete compose compute convert correct count create decide describe detect determine
-estimate evaluate explain extract fill find generate give guess identify indicate infer judge
-label list locate map match name output paraphrase pick predict produce provide rank rate read
-recognize recommend rewrite score select simplify solve spot state suggest summarize summarise
-tag tell transcribe transform translate use verify write return mark reply respond restate
-recover reconstruct retrieve tokenize segment parse split sort flag estimate
-""".split())
-_OTHER_VERBS = frozenset("""
-is are was were be does do did can could should would will has have may might must
-given contains contain says say asks ask means mean refers refer belongs belong expresses
+estimate evaluate explain extract fill find generate give guess identify indicate infer
+judge label list locate map match name output paraphrase pick predict produce provide rank
+rate read recognize recommend rewrite score select simplify solve spot state suggest
+summarize summarise tag tell transcribe transform translate use verify write return mark
+reply respond restate recover reconstruct retrieve tokenize segment parse split sort flag
+estimate
+""")
+_OTHER_VERBS = _wordset("""
+is are was were be does do did can could should would will has have may might must given
+contains contain says say asks ask means mean refers refer belongs belong expresses
 express conveys convey entails entail follows follow implies imply supports support
-""".split())
+""")
 _VERB_SUFFIX = ("ify", "ize", "ise", "ate")
 _WORD = re.compile(r"[a-z]+")
 _DATASET_PROSE = re.compile(

@@ -76,6 +76,19 @@ def task_signature(instruction: str, inputs: tuple[str, ...] | list[str],
     return h.intdigest()
 
 
+def _examples(facts: Facts | None, inputs: list[str], output: str,
+              n: int = 2) -> list[dict[str, str]]:
+    """What the dropped task's first rows would have been (inputs and output, shortened)."""
+    if not facts or output not in facts or not all(i in facts for i in inputs):
+        return []
+    out = []
+    for i in range(min(n, len(facts[output]))):
+        shown = {name: facts[name][i][:200] for name in inputs}
+        out.append({"input": "\n".join(f"{k}: {v}" for k, v in shown.items()),
+                    "output": facts[output][i][:200]})
+    return out
+
+
 class TaskFilter:
     """Keeps the run-wide dedup state; ``filter`` is called once per unit and variant."""
 
@@ -127,12 +140,15 @@ class TaskFilter:
         if self.sample_path is None or self._sampled[reason] >= SAMPLE_PER_REASON:
             return
         self._sampled[reason] += 1
-        line = {"reason": reason, "dataset": safe_text(unit.dataset),
+        inputs = [safe_text(str(x)) for x in rec.get("input_fields") or () if isinstance(x, str)]
+        output = safe_text(str(rec.get("output_field", "")))
+        line: dict[str, Any] = {"reason": reason, "dataset": safe_text(unit.dataset),
                 "config": safe_text(unit.config), "variant": variant,
                 "instruction": safe_text(str(rec.get("instruction", ""))[:1000]),
-                "input_fields": [safe_text(str(x)) for x in rec.get("input_fields") or ()
-                                 if isinstance(x, str)],
-                "output_field": safe_text(str(rec.get("output_field", "")))}
+                "input_fields": inputs, "output_field": output}
+        examples = _examples(unit.extra.get("facts"), inputs, output)
+        if examples:
+            line["examples"] = examples
         with open(self.sample_path, "ab") as f:
             f.write(orjson.dumps(line) + b"\n")
 

@@ -88,8 +88,8 @@ def test_duplicates_across_the_run_need_the_same_fields(unit: Unit) -> None:
 
 def test_resumed_dedup_remembers_written_tasks(unit: Unit) -> None:
     first = TaskFilter(3)
-    (t,), _ = first.filter(unit, "description",
-                           [rec("Predict the topic of the sentence.", ["sentence"], "topic")], set())
+    task = rec("Predict the topic of the sentence.", ["sentence"], "topic")
+    (t,), _ = first.filter(unit, "description", [task], set())
     again = TaskFilter(3)
     again.remember(orjson.loads(orjson.dumps(t.to_dict())))
     kept, drops = again.filter(Unit("x", "y", "", unit.fields), "description",

@@ -90,16 +90,17 @@ def _with_rows(unit: Unit, policies: Policies, rows_per_split: int, opener: Open
     from dynogen.rules import row_facts
 
     open_ = opener or open_rows
+    data_ref = unit.data_ref or ""
     n = max(1, min(CHECK_ROWS, rows_per_split))
     try:
-        rows = open_(unit.data_ref, unit.config, splits=unit.splits or None, rows_per_split=n,
+        rows = open_(data_ref, unit.config, splits=unit.splits or None, rows_per_split=n,
                      allow=policies.splits.allows, cache_dir=cache_dir)
         sample = [row for _, row in rows]
     except RowsUnavailable as e:
-        reason = e.reason if e.reason == NO_TRAINING_SPLIT else "rows_" + e.reason
-        return Skipped(unit.dataset, unit.config, reason, e.detail[:300])
+        why = e.reason if e.reason == NO_TRAINING_SPLIT else "rows_" + e.reason
+        return Skipped(unit.dataset, unit.config, why, e.detail[:300])
     if not sample:
-        return Skipped(unit.dataset, unit.config, "rows_empty", f"{unit.data_ref}: no rows")
+        return Skipped(unit.dataset, unit.config, "rows_empty", f"{data_ref}: no rows")
     types = " ".join(f.type for f in unit.fields)
     reason = policies.languages.refusal(unit.tags, unit.config, types, sample)
     if reason:

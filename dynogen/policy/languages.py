@@ -34,10 +34,12 @@ MIN_WORDS = 40
 MIN_ENGLISH_SHARE = 0.12
 _LANG_KEYS = ("language:", "languages:", "language_bcp47:")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_STOP = frozenset(
-    "the of and to a in is that for it was on with as are be this by at from or an not "
-    "have has but they you he she his her we which their what there been were will would "
-    "can all one if more when who about into than its do does did so no how".split())
+_STOP_WORDS = """
+the of and to a in is that for it was on with as are be this by at from or an not have has
+but they you he she his her we which their what there been were will would can all one if
+more when who about into than its do does did so no how
+"""
+_STOP = frozenset(_STOP_WORDS.split())
 _NON_LANG = {"unknown", "other", "multilingual", "und", "mul", "none"}
 
 
