@@ -143,11 +143,6 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
               facts: Facts | None) -> str | None:
     """The first text rule ``instruction`` fails, or ``None``."""
     words = _words(instruction)
-    if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
-        return TaskRule.TOO_SHORT
-    if not any(w in _IMPERATIVES or w in _OTHER_VERBS or (len(w) > 5 and w.endswith(_VERB_SUFFIX))
-               for w in words):
-        return TaskRule.NO_VERB
     if _DATASET_PROSE.match(instruction.strip()):
         return TaskRule.COPIES_DESCRIPTION
     g6 = _grams(words, 6)
@@ -161,10 +156,16 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     for text, ex_fields, ex_words in _fewshot():
         if ex_fields == fields:
             continue
-        if norm == text or (g4 and len(g4 & _grams(ex_words, 4)) >= 0.6 * len(g4)):
+        ex4 = _grams(ex_words, 4)  # nearly verbatim: most of both texts' 4-grams shared
+        if norm == text or (g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4))):
             return TaskRule.COPIES_FEWSHOT
     if _copies_values(norm, words, unit, facts):
         return TaskRule.COPIES_VALUES
+    if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
+        return TaskRule.TOO_SHORT
+    if not any(w in _IMPERATIVES or w in _OTHER_VERBS or (len(w) > 5 and w.endswith(_VERB_SUFFIX))
+               for w in words):
+        return TaskRule.NO_VERB
     label_like = is_label_like(output, facts)
     if label_like and _GENERATE.search(instruction):
         return TaskRule.GENERATION_LABEL
@@ -183,8 +184,11 @@ def _copies_values(norm: str, words: list[str], unit: Unit, facts: Facts | None)
     values.discard("")
     if norm in labels or norm in values:
         return True
-    label_words = {w for lab in labels for w in lab.split()}
-    if len(words) >= 2 and label_words and sum(w in label_words for w in words) >= 0.8 * len(words):
+    # Label names, and the short values of columns that hold them, listed as an "instruction".
+    short = {v for v in values if len(v.split()) <= 3}
+    label_words = {w for lab in labels | short for w in lab.split()}
+    if (2 <= len(words) <= 12 and label_words
+            and sum(w in label_words for w in words) >= 0.8 * len(words)):
         return True
     g5 = _grams(words, 5)
     if g5:
@@ -256,7 +260,7 @@ def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str |
             same += any(normalize_text(o) == normalize_text(x) for x in ins if x)
     if both >= 3 and same >= 0.5 * both:
         return TaskRule.OUTPUT_IS_INPUT
-    if (len(vals) >= MIN_ROWS_CONSTANT and len(set(vals)) == len(vals)
+    if (not output.labels and len(vals) >= MIN_ROWS_CONSTANT and len(set(vals)) == len(vals)
             and all(_ID_VALUE.match(v) for v in vals)
             and sum(any(c.isdigit() for c in v) and len(v) >= 6 for v in vals) >= 0.8 * len(vals)):
         return TaskRule.ID_LIKE
