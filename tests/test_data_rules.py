@@ -75,7 +75,8 @@ def corpus(tmp_path: Path) -> Path:
             {"train": [{"utterance": text(i), "intent": i % 77} for i in range(30)]})
     dataset(root, "ner", [{"name": "tokens", "dtype": {"sequence": "string"}},
                           {"name": "tags", "dtype": {"sequence": label(["O", "B-PER", "I-PER"])}}],
-            {"train": [{"tokens": text(i).split(), "tags": [(i + j) % 3 for j in range(12)]} for i in range(10)]})
+            {"train": [{"tokens": text(i).split(), "tags": [(i + j) % 3 for j in range(12)]}
+                       for i in range(10)]})
     dataset(root, "skewed", [{"name": "review", "dtype": "string"},
                              {"name": "verdict", "dtype": "string"}],
             {"train": [{"review": text(i), "verdict": "good" if i < 38 else "bad"}
@@ -121,7 +122,8 @@ def test_policies_skip_units_before_any_request(corpus: Path) -> None:
 def test_label_suffixes_list_every_answer_or_none(corpus: Path) -> None:
     items = gated(corpus)
     (t,), _ = one(items["with_test"], "Classify the sentiment of the text.", ["text"], "label")
-    assert t.instruction.endswith("Answers must be one of: neg, pos.") and t.labels == ("neg", "pos")
+    assert t.instruction.endswith("Answers must be one of: neg, pos.")
+    assert t.labels == ("neg", "pos")
     (t,), _ = one(items["intents"], "Identify the intent of the utterance.", ["utterance"],
                   "intent")
     assert "Answers must be one of" not in t.instruction and t.labels == ()
