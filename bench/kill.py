@@ -117,7 +117,8 @@ def progress(out: Path) -> int:
 
 def run_argv(source: Path, out: Path, url: str, max_in_flight: int) -> list[str]:
     return [sys.executable, "-m", "dynogen", "run", "--source", str(source), "--out", str(out),
-            "--base-url", url, "--free", "--quiet", "--max-in-flight", str(max_in_flight)]
+            "--base-url", url, "--free", "--quiet", "--max-in-flight", str(max_in_flight),
+            "--licenses", "any", "--languages", "any", "--splits", "all"]  # engine, not policies
 
 
 def _env() -> dict[str, str]:

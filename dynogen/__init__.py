@@ -5,13 +5,24 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``.
+``build``, ``collect``, ``export``, ``call``, ``inspect``.
 """
 
 # Set before the imports below: modules read it while the package initialises.
 __version__ = "0.1.0"
 
-from dynogen.api import EXIT, RunOutcome, arun, build, call, collect, estimate, export, run
+from dynogen.api import (
+    EXIT,
+    RunOutcome,
+    arun,
+    build,
+    call,
+    collect,
+    estimate,
+    export,
+    inspect,
+    run,
+)
 from dynogen.config import Config, Secret, load_config
 from dynogen.errors import (
     APIError,
@@ -48,6 +59,7 @@ __all__ = [
     "collect",
     "estimate",
     "export",
+    "inspect",
     "load_config",
     "run",
 ]

@@ -39,6 +39,7 @@ from dynogen.execute.stack import check_key, open_stack, preflight, resolve_pric
 from dynogen.execute.transport import Transport
 from dynogen.io.sources import open_source
 from dynogen.ledger import Ledger
+from dynogen.policy import Policies, gate
 from dynogen.prices import Price
 from dynogen.progress import make_progress
 from dynogen.report import Stats
@@ -49,6 +50,7 @@ from dynogen.units import Skipped, Unit
 
 __all__ = [
     "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "exit_code", "export",
+    "inspect",
     "resolve_price", "run",
 ]
 
@@ -148,6 +150,12 @@ async def arun(
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
     rundir = RunDir(cfg.out).open(cfg)  # takes the directory's write lock
+    # Data policies (licence, splits, language, readable rows) before any request is sent;
+    # a batch plan reads the same units, so it sees the same policies.
+    policies, hf_cache = Policies.from_config(cfg), str(rundir.path / ".hf-cache")
+    src = gate(src, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
+    if plan is not None:
+        plan = gate(plan, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
     try:
         return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
                                   plan=plan, counted=source is None)
@@ -355,12 +363,24 @@ def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = N
     return target
 
 
+def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
+    """What the filters did in a run: kept and dropped tasks with instances, shares per source.
+
+    Returns an ``Inspection`` (``to_dict()`` for data, ``dynogen.quality.format_inspection``
+    for the text ``dynogen inspect`` prints).
+    """
+    from dynogen.quality import inspect_run
+
+    return inspect_run(out, kept=kept, per_reason=per_reason)
+
+
 def estimate(cfg: Config, *, calibration: str | Path | None = None,
              source: Iterable[Unit | Skipped] | None = None) -> Estimate:
     """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call."""
     cfg = cfg.validate()
     price = resolve_price(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
 

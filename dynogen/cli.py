@@ -38,6 +38,18 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config fi
 ModeOpt = Annotated[str | None, typer.Option(
     "--mode", help="online (rate-limited calls, default) or batch (OpenAI Batch API jobs: "
     "half the price, answers within 24h).")]
+# Data policies (issue #10): the same names as Config fields and TOML keys.
+LicensesOpt = Annotated[str | None, typer.Option(
+    "--licenses", help="Licence allow-list: classes (permissive, share-alike, non-commercial, "
+    "unknown, other) and SPDX ids, comma-separated, or 'any' "
+    "(default permissive,share-alike).")]
+LanguagesOpt = Annotated[str | None, typer.Option(
+    "--languages", help="Language codes to keep (default en), or 'any'.")]
+SplitsOpt = Annotated[str | None, typer.Option(
+    "--splits", help="Splits rows are read from: train, validation (default both), split names, "
+    "or 'all' (test splits included).")]
+MaxShareOpt = Annotated[float | None, typer.Option(
+    "--max-share", help="Largest share of kept tasks one source dataset may have (0-1].")]
 
 
 def _fail(err: DynogenError) -> None:
@@ -77,6 +89,10 @@ def run(
     free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
     heldout_fraction: Annotated[float | None, typer.Option(
         help="Fraction of tasks held out (by task, not row).")] = None,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
+    max_share: MaxShareOpt = None,
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Request cache file to share across runs.")] = None,
     force_new: Annotated[bool, typer.Option(
@@ -101,6 +117,7 @@ def run(
             price_in=price_in, price_out=price_out, free=free or None,
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
             judge=judge or None,
+            licenses=licenses, languages=languages, splits=splits, max_share=max_share,
             force_new=force_new or None, quiet=quiet or None, durability=durability,
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
@@ -157,6 +174,9 @@ def estimate(
     calibration: Annotated[Path | None, typer.Option(
         help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
@@ -167,7 +187,8 @@ def estimate(
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
-                      price_out=price_out)
+                      price_out=price_out, licenses=licenses, languages=languages,
+                      splits=splits)
         est = api.estimate(cfg, calibration=calibration)
     except DynogenError as e:
         _fail(e)
@@ -209,6 +230,26 @@ def call(
         return
     typer.echo(outcome.message, err=outcome.exit_code != 0)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    out: Annotated[Path, typer.Argument(help="A run directory (the --out of `dynogen run`).")],
+    kept: Annotated[int, typer.Option(help="Kept tasks to show.")] = 10,
+    per_reason: Annotated[int, typer.Option(help="Dropped tasks to show per reason.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show what the filters did: kept and dropped tasks with instances, shares per source."""
+    import orjson
+
+    from dynogen.quality import format_inspection
+
+    try:
+        ins = api.inspect(out, kept=kept, per_reason=per_reason)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(orjson.dumps(ins.to_dict()).decode() if as_json else format_inspection(ins))
 
 
 @app.command("serve-local")

@@ -61,6 +61,8 @@ class Secret:
 PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
     "metadata_token_budget", "response_format", "encoding", "judge",
+    # data policies: they decide which units are sent and which tasks and rows are kept
+    "licenses", "languages", "splits", "max_share",
 )
 # A run's identity: every field that shapes its outputs (request bodies, filters and
 # data policies, instance building). A resume whose identity differs refuses and says
@@ -76,6 +78,7 @@ IDENTITY_FIELDS = (
 # rebuilds every instance instead of mixing old and new).
 BUILD_FIELDS = ("rows_per_split",)
 DURABILITY = ("batched", "always")
+POLICY_FIELDS = ("licenses", "languages", "splits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,11 @@ class Config:
     encoding: str = "o200k_base"
     # one more request per kept task asking the model whether it is valid (dynogen.judge)
     judge: bool = False
+    # data policies (issue #10): "any"/"all" lift them; see dynogen.policy
+    licenses: str = "permissive,share-alike"
+    languages: str = "en"
+    splits: str = "train,validation"
+    max_share: float | None = None
     # instances
     rows_per_split: int = 200
     heldout_fraction: float = 0.0
@@ -189,6 +197,11 @@ class Config:
             raise ConfigError(f"--durability must be one of {', '.join(DURABILITY)}")
         if self.max_response_bytes < 1024:
             raise ConfigError("max_response_bytes must be at least 1024")
+        if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
+            raise ConfigError("--max-share must be in (0, 1]")
+        from dynogen.policy import Policies
+
+        Policies.from_config(self)  # raises ConfigError on an empty or odd list
         return self
 
 
@@ -221,6 +234,9 @@ def load_config(
     if "variants" in values and isinstance(values["variants"], (list, str)):
         v = values["variants"]
         values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)
+    for name in POLICY_FIELDS:  # TOML lists and comma strings alike
+        if isinstance(values.get(name), list):
+            values[name] = ",".join(str(x) for x in values[name])
     if isinstance(values.get("api_key"), str):
         key = values.pop("api_key")
     return Config(api_key=Secret(key), **values).validate()

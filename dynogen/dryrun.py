@@ -108,6 +108,8 @@ class Estimate:
             "model": self.model,
             "units": self.units,
             "units_skipped": self.units_skipped,
+            "units_left_out_by_policy": {k: v for k, v in self.units_skipped.items()
+                                         if k.startswith(_POLICY_PREFIXES)},
             "requests": self.requests,
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
@@ -170,6 +172,17 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
                     cached, outs, cost, minutes, calibration.source, prefix)
 
 
+_POLICY_PREFIXES = ("license_", "language_", "no_training_split", "rows_")
+
+
+def _policy_line(skipped: dict[str, int]) -> str:
+    """Units each data policy leaves out (licence, language, splits, unreadable rows)."""
+    by = {k: v for k, v in skipped.items() if k.startswith(_POLICY_PREFIXES)}
+    if not by:
+        return "none"
+    return f"{sum(by.values()):,} (" + ", ".join(f"{k} {v}" for k, v in by.items()) + ")"
+
+
 def format_estimate(e: Estimate) -> str:
     """A short human-readable table."""
     c = e.cost_usd
@@ -177,6 +190,7 @@ def format_estimate(e: Estimate) -> str:
         f"model              {e.model}",
         f"units              {e.units:,} (skipped {sum(e.units_skipped.values()):,}: "
         + ", ".join(f"{k} {v}" for k, v in e.units_skipped.items()) + ")",
+        f"left out by policy {_policy_line(e.units_skipped)}",
         f"requests           {e.requests:,}",
         f"input tokens       {e.input_tokens:,} exact ({e.cached_input_tokens:,} at cached price)",
         f"output tokens      low {e.output_tokens['low']:,} / expected "

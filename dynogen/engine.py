@@ -40,7 +40,7 @@ import orjson
 from xxhash import xxh3_64_intdigest
 
 from dynogen.config import Config
-from dynogen.dedup import HashSet, text_hash
+from dynogen.dedup import HashSet
 from dynogen.errors import (
     BadRequestError,
     BudgetExceeded,
@@ -143,7 +143,8 @@ class TaskEngine:
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
-        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
+        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction,
+                                 sample_path=rundir.path / "dropped_tasks.jsonl")
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
         self.window = max(256, 4 * self.workers)
@@ -179,9 +180,7 @@ class TaskEngine:
             if rec.get("status") in ("done", "skipped"):
                 self._done_keys.add(_key_hash(str(rec.get("key"))))
         for rec in iter_jsonl(self.rundir.tasks):
-            text = rec.get("instruction")
-            if isinstance(text, str):
-                self.filter.seen.add(text_hash(text))
+            self.filter.remember(rec)
 
     # ------------------------------------------------------------------ control
     def stop(self, reason: str, error: BaseException | None = None) -> None:
