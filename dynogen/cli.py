@@ -39,6 +39,34 @@ ModeOpt = Annotated[str | None, typer.Option(
     "--mode", help="online (rate-limited calls, default) or batch (OpenAI Batch API jobs: "
     "half the price, answers within 24h).")]
 
+# --- Hub listing options (for --source hub; see dynogen.io.hub_options) ----------------
+HubSearchOpt = Annotated[str | None, typer.Option(
+    "--hub-search", help="Hub: only datasets whose id contains this text.")]
+HubTasksOpt = Annotated[str | None, typer.Option(
+    "--hub-task-categories", help="Hub: comma-separated task categories, e.g. "
+    "text-classification,question-answering.")]
+HubSinceOpt = Annotated[str | None, typer.Option(
+    "--hub-modified-since", help="Hub: only datasets modified since this ISO date/time "
+    "(incremental listing).")]
+HubDatasetsOpt = Annotated[int | None, typer.Option(
+    "--hub-datasets", help="Hub: list at most N datasets.")]
+HubSortOpt = Annotated[str | None, typer.Option(
+    "--hub-sort", help="Hub: downloads or last_modified (newest first).")]
+HubRpmOpt = Annotated[float | None, typer.Option(
+    "--hub-rpm", help="Hub and viewer calls per minute (default 300).")]
+HubConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--hub-concurrency", help="Hub and viewer calls in flight (default 8).")]
+HubViewerOpt = Annotated[str | None, typer.Option(
+    "--hub-viewer-url", help="Dataset viewer API base URL.")]
+
+
+def _hub_flags(search: str | None, tasks: str | None, since: str | None, datasets: int | None,
+               sort: str | None, rpm: float | None, concurrency: int | None,
+               viewer: str | None) -> dict[str, Any]:
+    return dict(hub_search=search, hub_task_categories=tasks, hub_modified_since=since,
+                hub_datasets=datasets, hub_sort=sort, hub_rpm=rpm,
+                hub_concurrency=concurrency, hub_viewer_url=viewer)
+
 
 def _fail(err: DynogenError) -> None:
     typer.echo(f"dynogen: error: {err}", err=True)
@@ -87,6 +115,14 @@ def run(
         "valid; invalid tasks are dropped with its reason.")] = False,
     no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Generate tasks from metadata with an LLM, then build instances from rows."""
@@ -100,6 +136,8 @@ def run(
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
             judge=judge or None,
             force_new=force_new or None, quiet=quiet or None,
+            **_hub_flags(hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                         hub_sort, hub_rpm, hub_concurrency, hub_viewer_url),
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
     except DynogenError as e:
@@ -131,10 +169,29 @@ def collect(
         "metadata"),
     limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
     shard_size: Annotated[int, typer.Option(help="Units per shard file.")] = 1000,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
+    config_file: ConfigOpt = None,
 ) -> None:
-    """Read metadata from a source and write it as JSONL shards (input to `run`)."""
+    """Read metadata from a source and write it as JSONL shards (input to `run`).
+
+    With --source hub, also writes source.json (what was listed, and when), so a
+    later incremental listing can start from --hub-modified-since.
+    """
+    from dynogen.io.hub_options import HubOptions
+
     try:
-        stats = api.collect(source, out, limit=limit, shard_size=shard_size)
+        cfg = _config(config_file, source=source, **_hub_flags(
+            hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
+            hub_rpm, hub_concurrency, hub_viewer_url))
+        hub = HubOptions.from_config(cfg) if source == "hub" else None
+        stats = api.collect(source, out, limit=limit, shard_size=shard_size, hub=hub)
     except DynogenError as e:
         _fail(e)
         return
@@ -155,6 +212,14 @@ def estimate(
     calibration: Annotated[Path | None, typer.Option(
         help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
@@ -165,7 +230,9 @@ def estimate(
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
-                      price_out=price_out)
+                      price_out=price_out, **_hub_flags(
+                          hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                          hub_sort, hub_rpm, hub_concurrency, hub_viewer_url))
         est = api.estimate(cfg, calibration=calibration)
     except DynogenError as e:
         _fail(e)

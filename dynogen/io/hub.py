@@ -126,6 +126,7 @@ class HubSource:
         self.retry = retry
         self.clock = clock
         self.stats = HubStats()
+        self.listed_at: datetime | None = None
 
     def describe(self) -> str:
         o = self.options
@@ -144,8 +145,30 @@ class HubSource:
         ]
         return "Hugging Face Hub datasets" + (f" ({', '.join(parts)})" if parts else "")
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the last iteration listed and when (``source.json`` beside collected shards).
+
+        ``listed_at`` is taken before the listing starts, so a later incremental
+        listing with ``modified_since=listed_at`` misses nothing changed meanwhile.
+        """
+        o = self.options
+        return {
+            "source": "hub",
+            "listed_at": self.listed_at.isoformat() if self.listed_at else None,
+            "options": {
+                "search": o.search, "task_categories": list(o.task_categories),
+                "filter": list(o.filter), "author": o.author,
+                "modified_since": o.modified_since.isoformat() if o.modified_since else None,
+                "datasets": o.datasets, "sort": o.effective_sort,
+                "viewer_url": o.viewer_url, "sample_rows": o.sample_rows,
+            },
+            "stats": self.stats.to_dict(),
+        }
+
     def __iter__(self) -> Iterator[Unit | Skipped]:
         from huggingface_hub import constants
+
+        self.listed_at = datetime.now(UTC)
 
         if constants.is_offline_mode():
             raise SourceError(f"the Hugging Face Hub is offline (HF_HUB_OFFLINE): {OFFLINE_HINT}")
@@ -222,16 +245,14 @@ class _HubJob:
             while True:
                 permit = await self.limiter.acquire(0)
                 try:
-                    batch = await loop.run_in_executor(pool, _take, listing, _LISTING_BATCH)
+                    batch, more = await loop.run_in_executor(
+                        pool, _take, listing, _LISTING_BATCH, since if stop_at_older else None)
                 finally:
                     self.limiter.release(permit)
                 for info in batch:
-                    modified = _last_modified(info)
-                    if stop_at_older and modified is not None and since and modified < since:
-                        return
                     self.source.stats.listed += 1
                     yield info
-                if len(batch) < _LISTING_BATCH:
+                if not more:
                     return
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -354,9 +375,26 @@ async def _none() -> None:
     return None
 
 
-def _take(it: Iterator[Any], n: int) -> list[Any]:
-    batch: list[Any] = _listing_call(lambda: [x for _, x in zip(range(n), it, strict=False)])
-    return batch
+def _take(it: Iterator[Any], n: int, older_than: datetime | None) -> tuple[list[Any], bool]:
+    """Up to ``n`` listing entries, and whether more may follow.
+
+    With ``older_than``, the first entry modified before it ends the listing (it
+    is sorted newest first), so no further page is fetched.
+    """
+
+    def pull() -> tuple[list[Any], bool]:
+        batch: list[Any] = []
+        for info in it:
+            modified = _last_modified(info)
+            if older_than is not None and modified is not None and modified < older_than:
+                return batch, False
+            batch.append(info)
+            if len(batch) >= n:
+                return batch, True
+        return batch, False
+
+    result: tuple[list[Any], bool] = _listing_call(pull)
+    return result
 
 
 def _last_modified(info: Any) -> datetime | None:

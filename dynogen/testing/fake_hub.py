@@ -165,8 +165,7 @@ def make_hub_app(fake: FakeHub) -> web.Application:
                 status = queued.pop(0)
                 response: web.StreamResponse = _error(
                     status, "", "rate limited" if status == 429 else "try again")
-                if status == 429:
-                    response.headers["Retry-After"] = "0"
+                response.headers["Retry-After"] = "0"  # as the Hub does on 429 and 503
             else:
                 response = await handler(request)
             fake.statuses[response.status] += 1
