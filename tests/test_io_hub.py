@@ -154,7 +154,7 @@ def test_modified_since_stops_the_listing_at_the_first_older_dataset(online: Non
     fake = FakeHub.from_recorded(RECORDED)
     fake.page_size = 3
     with fake.running() as server:
-        src = source(server, modified_since=parse_since("2026-11-14"))
+        src = source(server, modified_since="2026-11-14")  # as grow passes it: an ISO string
         got = list(src)
     # sorted newest first: 2026-11-18 .. 2026-11-14 are listed, the rest never fetched
     assert [d for d in dict.fromkeys(i.dataset for i in got)] == [

@@ -111,7 +111,8 @@ def test_near_copies_under_another_name_are_skipped_once_and_counted() -> None:
     ]
     out = list(skip_near_copies(units))
     assert len(out) == len(units)
-    skipped = [(i.dataset, i.detail) for i in out if isinstance(i, Skipped) and i.reason == NEAR_COPY]
+    skipped = [(i.dataset, i.detail) for i in out
+               if isinstance(i, Skipped) and i.reason == NEAR_COPY]
     assert skipped == [("mirror/reviews-copy",
                         "same features and card text as org/reviews::default; processed once")]
     seen = NearCopies()

@@ -49,7 +49,7 @@ class HubOptions:
     task_categories: tuple[str, ...] = ()
     filter: tuple[str, ...] = ()
     author: str | None = None
-    modified_since: datetime | None = None
+    modified_since: datetime | None = None  # an ISO string is accepted and parsed
     datasets: int | None = None
     sort: str | None = None
     rpm: float | None = 300.0
@@ -72,8 +72,9 @@ class HubOptions:
             raise ConfigError("--hub-datasets must be 0 or more")
         if self.sample_rows < 0:
             raise ConfigError("hub sample rows must be 0 or more")
-        if self.modified_since is not None and self.modified_since.tzinfo is None:
-            object.__setattr__(self, "modified_since", self.modified_since.replace(tzinfo=UTC))
+        since: Any = self.modified_since
+        if since is not None:  # an ISO string or a naive time is read as UTC
+            object.__setattr__(self, "modified_since", parse_since(since))
 
     @property
     def effective_sort(self) -> str | None:
