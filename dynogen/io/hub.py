@@ -340,7 +340,7 @@ class _HubJob:
         """The card's text, ``None`` if the repository has none (any other failure raises)."""
         try:
             url = f"{self.endpoint}/datasets/{repo_id}/resolve/main/README.md"
-            answer = await self.http.get(url)
+            answer = await self.http.get(url, what="README.md")
         except HubHTTPError as err:
             if err.status == 404 and err.code == "EntryNotFound":
                 return None
@@ -348,7 +348,7 @@ class _HubJob:
         try:
             return answer.body.decode("utf-8")
         except UnicodeDecodeError:
-            raise HubHTTPError(200, "NotUtf8", "README.md is not UTF-8") from None
+            raise HubHTTPError(200, "NotUtf8", "README.md: not UTF-8") from None
 
     def _listing_skip(self, repo_id: str, info: Any) -> Skipped | None:
         if getattr(info, "private", None):

@@ -50,7 +50,7 @@ class HubHTTPError(Exception):
     """A non-2xx answer after the retries; ``code`` is the Hub's ``X-Error-Code`` if any."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"HTTP {status}{f' {code}' if code else ''}: {message}")
+        super().__init__(f"{message} (HTTP {status}{f' {code}' if code else ''})")
         self.status = status
         self.code = code
         self.message = message
@@ -142,8 +142,13 @@ class HubHttp:
             await self._session.close()
             self._session = None
 
-    async def get(self, url: str, params: Mapping[str, str] | None = None) -> HubAnswer:
-        """The 2xx answer to ``GET url?params``, or a typed failure after the retries."""
+    async def get(self, url: str, params: Mapping[str, str] | None = None, *,
+                  what: str = "") -> HubAnswer:
+        """The 2xx answer to ``GET url?params``, or a typed failure after the retries.
+
+        ``what`` names the call in error messages (``README.md``, ``viewer /info``).
+        """
+        prefix = f"{what}: " if what else ""
         attempt = 0
         while True:
             try:
@@ -153,7 +158,7 @@ class HubHttp:
                 if not self.retry.should_retry(attempt):
                     if isinstance(err, aiohttp.ClientConnectorError):
                         raise HubUnreachable(_describe(err)) from None
-                    raise HubHTTPError(0, "NoAnswer", _describe(err)) from None
+                    raise HubHTTPError(0, "NoAnswer", prefix + _describe(err)) from None
                 self.stats.retries += 1
                 await self.clock.sleep(self.retry.delay(attempt, rng=self._rng))
                 continue
@@ -169,7 +174,7 @@ class HubHttp:
                 await self.clock.sleep(delay)
                 continue
             raise HubHTTPError(answer.status, answer.headers.get("X-Error-Code", ""),
-                               _error_message(answer))
+                               prefix + _error_message(answer))
 
     async def _once(self, url: str, params: Mapping[str, str] | None) -> HubAnswer:
         permit = await self.limiter.acquire(0)

@@ -84,12 +84,12 @@ def viewer_skip(err: HubHTTPError) -> tuple[str, str]:
     Any other refusal is the viewer not handling this dataset (``viewer_invalid``),
     except 5xx answers without an error code, which are outages (``hub_error``).
     """
-    detail = f"viewer: {err}"
+    detail = str(err)
     if "script" in err.code.lower():
         return "script_only", detail
     if err.status in (401, 403, 404):
         return "viewer_invalid", detail
-    if err.status >= 500 and not err.code or err.status == 0:
+    if (err.status >= 500 and not err.code) or err.status == 0:
         return "hub_error", detail
     return "viewer_invalid", detail
 
@@ -102,17 +102,20 @@ class Viewer:
         self.base_url = base_url.rstrip("/")
 
     async def is_valid(self, dataset: str) -> bool:
-        answer = await self.http.get(f"{self.base_url}/is-valid", {"dataset": dataset})
+        answer = await self.http.get(f"{self.base_url}/is-valid", {"dataset": dataset},
+                                     what="viewer /is-valid")
         return preview_ok(answer.json())
 
     async def info(self, dataset: str) -> dict[str, Any]:
-        answer = await self.http.get(f"{self.base_url}/info", {"dataset": dataset})
+        answer = await self.http.get(f"{self.base_url}/info", {"dataset": dataset},
+                                     what="viewer /info")
         return infos_from_info(answer.json())
 
     async def first_rows(
         self, dataset: str, config: str, split: str, n: int
     ) -> tuple[dict[str, Any], ...]:
         answer = await self.http.get(
-            f"{self.base_url}/first-rows", {"dataset": dataset, "config": config, "split": split}
+            f"{self.base_url}/first-rows", {"dataset": dataset, "config": config, "split": split},
+            what="viewer /first-rows",
         )
         return rows_from_first_rows(answer.json(), n)
