@@ -37,7 +37,7 @@ from dynogen.errors import (
 )
 from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
-from dynogen.io.sources import open_source
+from dynogen.io.sources import open_source, source_for
 from dynogen.ledger import Ledger
 from dynogen.policy import Policies, gate
 from dynogen.prices import Price
@@ -147,7 +147,7 @@ async def arun(
                               handle_signals=handle_signals, build=build)
     price = resolve_price(cfg)
     check_key(cfg)
-    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = source if source is not None else source_for(cfg)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
     rundir = RunDir(cfg.out).open(cfg)  # takes the directory's write lock
     # Data policies (licence, splits, language, readable rows) before any request is sent;
@@ -219,7 +219,7 @@ def _plan_source(cfg: Config,
     """A second, independent pass over the run's source, for a batch executor to read
     ahead. A one-shot iterator cannot be read twice, so batch mode refuses it."""
     if source is None:
-        return open_source(cfg.source, limit=cfg.limit)
+        return source_for(cfg)
     if iter(source) is source:
         raise ConfigError("--mode batch needs a source it can read twice (a list, or a "
                           "--source path), not a one-shot iterator")
@@ -342,11 +342,11 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
 
 
 def collect(source: str, out: str | Path, *, limit: int | None = None,
-            shard_size: int = 1000) -> Any:
+            shard_size: int = 1000, hub: Any = None) -> Any:
     """Read a metadata source and write JSONL shards that ``run --source`` accepts."""
     from dynogen.io.shards import collect as _collect
 
-    return _collect(open_source(source, limit=limit), Path(out), shard_size=shard_size)
+    return _collect(open_source(source, limit=limit, hub=hub), Path(out), shard_size=shard_size)
 
 
 def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
@@ -379,7 +379,7 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
     """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call."""
     cfg = cfg.validate()
     price = resolve_price(cfg)
-    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = source if source is not None else source_for(cfg)
     src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))

@@ -51,6 +51,34 @@ SplitsOpt = Annotated[str | None, typer.Option(
 MaxShareOpt = Annotated[float | None, typer.Option(
     "--max-share", help="Largest share of kept tasks one source dataset may have (0-1].")]
 
+# --- Hub listing options (for --source hub; see dynogen.io.hub_options) ----------------
+HubSearchOpt = Annotated[str | None, typer.Option(
+    "--hub-search", help="Hub: only datasets whose id contains this text.")]
+HubTasksOpt = Annotated[str | None, typer.Option(
+    "--hub-task-categories", help="Hub: comma-separated task categories, e.g. "
+    "text-classification,question-answering.")]
+HubSinceOpt = Annotated[str | None, typer.Option(
+    "--hub-modified-since", help="Hub: only datasets modified since this ISO date/time "
+    "(incremental listing).")]
+HubDatasetsOpt = Annotated[int | None, typer.Option(
+    "--hub-datasets", help="Hub: list at most N datasets.")]
+HubSortOpt = Annotated[str | None, typer.Option(
+    "--hub-sort", help="Hub: downloads or last_modified (newest first).")]
+HubRpmOpt = Annotated[float | None, typer.Option(
+    "--hub-rpm", help="Hub and viewer calls per minute (default 300).")]
+HubConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--hub-concurrency", help="Hub and viewer calls in flight (default 8).")]
+HubViewerOpt = Annotated[str | None, typer.Option(
+    "--hub-viewer-url", help="Dataset viewer API base URL.")]
+
+
+def _hub_flags(search: str | None, tasks: str | None, since: str | None, datasets: int | None,
+               sort: str | None, rpm: float | None, concurrency: int | None,
+               viewer: str | None) -> dict[str, Any]:
+    return dict(hub_search=search, hub_task_categories=tasks, hub_modified_since=since,
+                hub_datasets=datasets, hub_sort=sort, hub_rpm=rpm,
+                hub_concurrency=concurrency, hub_viewer_url=viewer)
+
 
 def _fail(err: DynogenError) -> None:
     typer.echo(f"dynogen: error: {err}", err=True)
@@ -105,6 +133,14 @@ def run(
         help="batched (default: synced about once a second) or always (every commit synced).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Generate tasks from metadata with an LLM, then build instances from rows."""
@@ -119,6 +155,8 @@ def run(
             judge=judge or None,
             licenses=licenses, languages=languages, splits=splits, max_share=max_share,
             force_new=force_new or None, quiet=quiet or None, durability=durability,
+            **_hub_flags(hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                         hub_sort, hub_rpm, hub_concurrency, hub_viewer_url),
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
     except DynogenError as e:
@@ -150,10 +188,29 @@ def collect(
         "metadata"),
     limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
     shard_size: Annotated[int, typer.Option(help="Units per shard file.")] = 1000,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
+    config_file: ConfigOpt = None,
 ) -> None:
-    """Read metadata from a source and write it as JSONL shards (input to `run`)."""
+    """Read metadata from a source and write it as JSONL shards (input to `run`).
+
+    With --source hub, also writes source.json (what was listed, and when), so a
+    later incremental listing can start from --hub-modified-since.
+    """
+    from dynogen.io.hub_options import HubOptions
+
     try:
-        stats = api.collect(source, out, limit=limit, shard_size=shard_size)
+        cfg = _config(config_file, source=source, **_hub_flags(
+            hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
+            hub_rpm, hub_concurrency, hub_viewer_url))
+        hub = HubOptions.from_config(cfg) if source == "hub" else None
+        stats = api.collect(source, out, limit=limit, shard_size=shard_size, hub=hub)
     except DynogenError as e:
         _fail(e)
         return
@@ -177,6 +234,14 @@ def estimate(
     licenses: LicensesOpt = None,
     languages: LanguagesOpt = None,
     splits: SplitsOpt = None,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
@@ -188,7 +253,9 @@ def estimate(
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
                       price_out=price_out, licenses=licenses, languages=languages,
-                      splits=splits)
+                      splits=splits, **_hub_flags(
+                          hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                          hub_sort, hub_rpm, hub_concurrency, hub_viewer_url))
         est = api.estimate(cfg, calibration=calibration)
     except DynogenError as e:
         _fail(e)

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,15 @@ class Config:
     price_out: float | None = None
     free: bool = False
     prices_file: str | None = None
+    # the Hugging Face Hub as a source (--source hub); see dynogen.io.hub_options
+    hub_search: str | None = None
+    hub_task_categories: tuple[str, ...] = ()
+    hub_modified_since: str | None = None  # ISO date/time: only datasets modified since
+    hub_datasets: int | None = None  # how many datasets to list
+    hub_sort: str | None = None  # downloads | last_modified
+    hub_rpm: float | None = 300.0
+    hub_concurrency: int = 8
+    hub_viewer_url: str = "https://datasets-server.huggingface.co"
     # output
     out: str = "runs/latest"
     cache_path: str | None = None
@@ -202,6 +212,20 @@ class Config:
         from dynogen.policy import Policies
 
         Policies.from_config(self)  # raises ConfigError on an empty or odd list
+        if self.hub_sort not in (None, "downloads", "last_modified"):
+            raise ConfigError("--hub-sort must be downloads or last_modified")
+        if self.hub_concurrency < 1 or (self.hub_rpm is not None and self.hub_rpm <= 0):
+            raise ConfigError("--hub-concurrency must be at least 1 and --hub-rpm positive")
+        if self.hub_datasets is not None and self.hub_datasets < 0:
+            raise ConfigError("--hub-datasets must be 0 or more")
+        if self.hub_modified_since is not None:
+            try:
+                datetime.fromisoformat(self.hub_modified_since.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigError(
+                    f"--hub-modified-since {self.hub_modified_since!r} is not an ISO date: "
+                    "use 2026-11-01 or 2026-11-01T12:00:00Z"
+                ) from None
         return self
 
 
@@ -231,6 +255,11 @@ def load_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    if isinstance(values.get("hub_task_categories"), (list, str)):
+        v = values["hub_task_categories"]
+        values["hub_task_categories"] = tuple(
+            x.strip() for x in (v.split(",") if isinstance(v, str) else v) if x.strip()
+        )
     if "variants" in values and isinstance(values["variants"], (list, str)):
         v = values["variants"]
         values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)
