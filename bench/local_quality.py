@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=40)
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared/hf-metadata-2022/datasets"))
     ap.add_argument("--tasks", help="judge this tasks.jsonl instead of running")
+    ap.add_argument("--out", help="keep the run directory here (default: a temporary one)")
+    ap.add_argument("--request-timeout", type=float, default=120.0,
+                    help="seconds; raise it on a loaded machine, where answers queue in llama.cpp")
     args = ap.parse_args()
     units = []
     for u in open_source(args.corpus):
@@ -76,10 +79,11 @@ def main() -> None:
         print(json.dumps(rules_check(tasks, by_key), indent=2))
         return
     fields = {u.key: {f.name for f in u.fields} for u in units}
-    with TemporaryDirectory() as tmp:
+    with TemporaryDirectory() as scratch:
+        tmp = args.out or scratch
         t0 = time.perf_counter()
         cfg = Config(out=tmp, local=True, quiet=True, licenses="any", languages="any",
-                     splits="all")
+                     splits="all", request_timeout=args.request_timeout)
         outcome = asyncio.run(arun(cfg, source=units, build=False))
         wall = time.perf_counter() - t0
         tasks = list(iter_jsonl(Path(tmp) / "tasks.jsonl"))

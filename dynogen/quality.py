@@ -123,7 +123,7 @@ def format_inspection(ins: Inspection) -> str:
         for inst in t["instances"]:
             lines.append(f"    instance ({inst.get('split')}):")
             lines.append(_indent(str(inst.get("input"))))
-            lines.append("      => " + str(inst.get("output"))[:200])
+            lines.append(_indent(str(inst.get("output")), "      => ", 200))
     lines += ["", "dropped tasks (a sample per reason):"]
     for reason, items in ins.dropped_sample.items():
         lines.append(f"* {reason} ({ins.tasks_dropped.get(reason, len(items))} in all)")
@@ -133,5 +133,5 @@ def format_inspection(ins: Inspection) -> str:
             lines.append(_indent(str(d.get("instruction")), "    "))
             for ex in d.get("examples") or []:
                 lines.append(_indent(str(ex.get("input")), "      row: ", 200))
-                lines.append("      => " + str(ex.get("output"))[:200])
+                lines.append(_indent(str(ex.get("output")), "      => ", 200))
     return "\n".join(lines)

@@ -21,7 +21,8 @@ Rows (when rows or card samples are known, see ``row_facts``)
     - ``constant_output``: one value over every sampled row;
     - ``imbalanced_output``: the top label holds ``IMBALANCE`` of the sampled rows;
     - ``output_equals_input``: the output repeats an input in most rows;
-    - ``id_like_output``: an id, index, hash or URL column, by name or values.
+    - ``id_like_output``: an id, index, hash or URL column, by name or values;
+    - ``id_like_inputs_only``: every input is such a column (nothing to read).
 
 Word lists stand in for a tagger, which would need model data offline.
 """
@@ -77,6 +78,7 @@ class TaskRule:
     IMBALANCED = "imbalanced_output"
     OUTPUT_IS_INPUT = "output_equals_input"
     ID_LIKE = "id_like_output"
+    ID_INPUT = "id_like_inputs_only"
 
 
 def _wordset(text: str) -> frozenset[str]:
@@ -242,6 +244,8 @@ def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str |
     """The first row rule the task fails on the sampled rows, or ``None``."""
     if ID_NAME.search(output.name):
         return TaskRule.ID_LIKE
+    if inputs and all(ID_NAME.search(n) for n in inputs):
+        return TaskRule.ID_INPUT
     if not facts or output.name not in facts:
         return None
     outs = list(facts[output.name])

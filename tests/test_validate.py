@@ -51,6 +51,7 @@ def test_every_drop_reason(unit: Unit, tmp_path: object) -> None:
         rec("Predict the topic of the sentence.", ["sentence"], "topic"),
         rec("predict the TOPIC of the sentence!", ["sentence"], "topic"),
         rec("Predict the index of the sentence.", ["sentence"], "idx"),
+        rec("Predict the topic from the index.", ["idx"], "topic"),
     ]
     kept, drops = f.filter(unit, "description", records, set())
     assert [t.instruction for t in kept] == ["Predict the topic of the sentence."]
@@ -63,6 +64,7 @@ def test_every_drop_reason(unit: Unit, tmp_path: object) -> None:
         DropReason.OUTPUT_IN_INPUTS: 1,
         DropReason.DUPLICATE_IN_UNIT: 1,
         TaskRule.ID_LIKE: 1,
+        TaskRule.ID_INPUT: 1,
     }
     lines = [orjson.loads(x) for x in sample.read_bytes().splitlines()]
     assert sorted(x["reason"] for x in lines) == sorted(drops)  # one sample per reason here
