@@ -19,6 +19,7 @@ from dynogen.io.hub_options import HubOptions
 from dynogen.io.nearcopy import NEAR_COPY, NearCopies, skip_near_copies
 from dynogen.io.prefetch import ordered_prefetch
 from dynogen.io.shards import JsonlSource
+from dynogen.io.sources import open_source
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
@@ -175,6 +176,7 @@ def test_hf_token_is_sent_and_never_written(monkeypatch: pytest.MonkeyPatch,
     assert CANARY.encode() not in written and CANARY not in text
     assert stats.total >= len(fake.listing)
     # the snapshot replays offline: the same units and counted skips, in order
+    assert isinstance(open_source(str(out)), JsonlSource)  # source.json beside the shards
     replayed = list(JsonlSource(out))
     assert len(replayed) == stats.total
     assert (out / "source.json").is_file()
