@@ -19,6 +19,7 @@ from dynogen.io.hub_options import HubOptions
 from dynogen.io.nearcopy import NEAR_COPY, NearCopies, skip_near_copies
 from dynogen.io.prefetch import ordered_prefetch
 from dynogen.io.shards import JsonlSource
+from dynogen.io.sources import open_source
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
@@ -175,6 +176,7 @@ def test_hf_token_is_sent_and_never_written(monkeypatch: pytest.MonkeyPatch,
     assert CANARY.encode() not in written and CANARY not in text
     assert stats.total >= len(fake.listing)
     # the snapshot replays offline: the same units and counted skips, in order
+    assert isinstance(open_source(str(out)), JsonlSource)  # source.json beside the shards
     replayed = list(JsonlSource(out))
     assert len(replayed) == stats.total
     assert (out / "source.json").is_file()
@@ -201,3 +203,21 @@ def test_cli_collect_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     datasets = {i.dataset for i in JsonlSource(tmp_path / "s")}
     assert len(datasets) == 25 and datasets <= set(expected)
     assert fake.peak_in_flight <= 3  # listing pages count against the same limiter
+
+
+# ------------------------------------------------------------- viewer answers
+def test_viewer_answers_and_errors_map_to_reasons() -> None:
+    from dynogen.io.hub_http import HubHTTPError
+    from dynogen.io.hub_viewer import infos_from_info, pick_split, preview_ok, viewer_skip
+
+    assert preview_ok({"preview": True, "viewer": False}) and not preview_ok({"preview": False})
+    one = {"dataset_info": {"config_name": "en", "features": {"a": {}}, "splits": {}}}
+    assert list(infos_from_info(one)) == ["en"]  # a config-level answer
+    with pytest.raises(ValueError, match="dataset_info"):
+        infos_from_info({"error": "nope"})
+    assert pick_split(["test", "validation"]) == "validation" and pick_split([]) is None
+    script = HubHTTPError(501, "DatasetWithScriptNotSupportedError", "viewer /info: scripts")
+    assert viewer_skip(script)[0] == "script_only"
+    assert viewer_skip(HubHTTPError(404, "ResponseNotFound", "x"))[0] == "viewer_invalid"
+    assert viewer_skip(HubHTTPError(500, "ConfigNamesError", "x"))[0] == "viewer_invalid"
+    assert viewer_skip(HubHTTPError(503, "", "x"))[0] == "hub_error"

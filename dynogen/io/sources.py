@@ -121,5 +121,7 @@ def _resolve(spec: str, hub: HubOptions | None = None) -> Source:
 
 
 def _only_shards(folder: Path) -> bool:
-    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    """Only ``*.jsonl`` files (and the ``source.json`` that ``collect`` writes beside them)."""
+    entries = [e for e in os.scandir(folder)
+               if not e.name.startswith(".") and e.name != "source.json"]
     return bool(entries) and all(e.is_file() and e.name.endswith(".jsonl") for e in entries)
