@@ -27,7 +27,9 @@ async def test_a_run_over_the_fake_hub_accounts_for_every_listed_dataset(
         async with serve(FakeOpenAI()) as llm:
             cfg = Config(source="hub", out=str(tmp_path / "run"), base_url=llm.url, free=True,
                          quiet=True, max_in_flight=16, hub_viewer_url=hub.viewer_url,
-                         hub_rpm=None, hub_concurrency=6, hub_sort="downloads")
+                         hub_rpm=None, hub_concurrency=6, hub_sort="downloads",
+                         # what is measured is the Hub source, not the data policies
+                         licenses="any", languages="any", splits="all")
             outcome = await arun(cfg, build=False)
     assert outcome.exit_code == EXIT["ok"], outcome.message
     # every listed dataset has a journal line; its outcome is the expected one

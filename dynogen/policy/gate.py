@@ -92,19 +92,26 @@ def _with_rows(unit: Unit, policies: Policies, rows_per_split: int, opener: Open
     open_ = opener or open_rows
     data_ref = unit.data_ref or ""
     n = max(1, min(CHECK_ROWS, rows_per_split))
-    try:
-        rows = open_(data_ref, unit.config, splits=unit.splits or None, rows_per_split=n,
-                     allow=policies.splits.allows, cache_dir=cache_dir)
-        sample = [row for _, row in rows]
-    except RowsUnavailable as e:
-        why = e.reason if e.reason == NO_TRAINING_SPLIT else "rows_" + e.reason
-        return Skipped(unit.dataset, unit.config, why, e.detail[:300])
+    labels: dict[str, tuple[str, ...]]
+    if unit.origin == "hub" and unit.samples:
+        # The Hub source read these rows from the dataset viewer, which also said the
+        # dataset is valid: they are proof of readable rows without downloading data files.
+        sample = list(unit.samples)
+        labels = {f.name: f.labels for f in unit.fields if f.labels}
+    else:
+        try:
+            rows = open_(data_ref, unit.config, splits=unit.splits or None, rows_per_split=n,
+                         allow=policies.splits.allows, cache_dir=cache_dir)
+            sample = [row for _, row in rows]
+        except RowsUnavailable as e:
+            why = e.reason if e.reason == NO_TRAINING_SPLIT else "rows_" + e.reason
+            return Skipped(unit.dataset, unit.config, why, e.detail[:300])
+        labels = dict(rows.info.labels)
     if not sample:
         return Skipped(unit.dataset, unit.config, "rows_empty", f"{data_ref}: no rows")
     types = " ".join(f.type for f in unit.fields)
     reason = policies.languages.refusal(unit.tags, unit.config, types, sample)
     if reason:
         return Skipped(unit.dataset, unit.config, reason, "from the rows' text")
-    labels = dict(rows.info.labels)
     extra = {**unit.extra, "facts": row_facts(sample, labels), "row_labels": labels}
     return dataclasses.replace(unit, extra=extra)
