@@ -231,6 +231,8 @@ def estimate(
     calibration: Annotated[Path | None, typer.Option(
         help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    judge: Annotated[bool, typer.Option(
+        "--judge", help="Include the judge's request per kept task.")] = False,
     licenses: LicensesOpt = None,
     languages: LanguagesOpt = None,
     splits: SplitsOpt = None,
@@ -253,7 +255,7 @@ def estimate(
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
                       price_out=price_out, licenses=licenses, languages=languages,
-                      splits=splits, **_hub_flags(
+                      splits=splits, judge=judge or None, **_hub_flags(
                           hub_search, hub_task_categories, hub_modified_since, hub_datasets,
                           hub_sort, hub_rpm, hub_concurrency, hub_viewer_url))
         est = api.estimate(cfg, calibration=calibration)
