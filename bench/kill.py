@@ -147,6 +147,8 @@ def tear(out: Path, rng: random.Random, max_bytes: int) -> dict[str, int]:
             continue
         size = p.stat().st_size
         n = min(size, rng.randrange(1, max_bytes + 1))
+        if n == 0:
+            continue
         with p.open("rb+") as f:
             f.truncate(size - n)
             if rng.random() < 0.33:

@@ -92,18 +92,23 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder_and_readers_still_
         holder.wait()
 
 
-def test_two_identical_runs_started_together_write_each_task_once(
+def test_the_same_command_started_twice_writes_each_task_once(
         tmp_path: Path, finished: tuple[Path, Path]) -> None:
     src, _ = finished
     out = tmp_path / "out"
-    with start_fake_process(latency_median=0.2, seed=3) as slow:
+    with start_fake_process(latency_median=4.0, latency_sigma=0.01, seed=3) as slow:
         argv = [sys.executable, "-m", "dynogen", "run", "--source", str(src), "--out", str(out),
                 "--base-url", slow.url, "--free", "--quiet", "--max-in-flight", "2"]
-        procs = [subprocess.Popen(argv, env=env(tmp_path), stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
-        results = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in procs]
-    codes = sorted(c for c, _ in results)
-    assert codes == [0, 1], results
+        first = subprocess.Popen(argv, env=env(tmp_path), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not read_holder(out / LOCK_NAME):  # the first one is writing (4 s a request)
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = subprocess.run(argv, env=env(tmp_path), capture_output=True, text=True,
+                                timeout=120)
+        assert first.poll() is None, "the first run ended before the second started"
+        assert first.wait(120) == 0
+    assert second.returncode == 1 and f"pid {first.pid}" in second.stderr, second.stderr
     tasks = lines(out / "tasks.jsonl")
     assert tasks and not [t for t, n in Counter(tasks).items() if n > 1]
 
