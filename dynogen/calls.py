@@ -259,23 +259,24 @@ async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
             emit(_out_line(item.custom_id, comp, None))
 
     async def feed() -> None:
-        try:
-            lines = read_batch_lines(src)
-            while not ex.stopping:
-                chunk = await asyncio.to_thread(lambda: list(itertools.islice(lines, 256)))
-                if not chunk:
+        lines = read_batch_lines(src)
+        while not ex.stopping:
+            chunk = await asyncio.to_thread(lambda: list(itertools.islice(lines, 256)))
+            if not chunk:
+                break
+            for line in chunk:
+                if ex.stopping:
                     break
-                for line in chunk:
-                    if ex.stopping:
-                        break
-                    if line.custom_id in done:
-                        result.already_done += 1
-                        continue
-                    done.add(line.custom_id)
-                    await queue.put(line)
-        finally:
-            for _ in range(ex.concurrency):
-                await queue.put(None)
+                if line.custom_id in done:
+                    result.already_done += 1
+                    continue
+                done.add(line.custom_id)
+                await queue.put(line)
+        # Only a feeder that ran out of work releases the workers; one that failed or was
+        # cancelled leaves that to the TaskGroup, which cancels them (a put into a full
+        # queue nobody drains would hang there).
+        for _ in range(ex.concurrency):
+            await queue.put(None)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(ex.concurrency):

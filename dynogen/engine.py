@@ -221,35 +221,36 @@ class TaskEngine:
         # Chunks grow 1, 2, 4, ... 64: reading a unit may open its rows (the data
         # policies' check), so the first requests go out after one unit, not 64.
         size = 1
-        try:
-            while not self.stopping:
-                chunk = await asyncio.to_thread(_take, it, size)
-                size = min(64, 2 * size)
-                if not chunk:
+        while not self.stopping:
+            chunk = await asyncio.to_thread(_take, it, size)
+            size = min(64, 2 * size)
+            if not chunk:
+                break
+            for item in chunk:
+                if self.stopping:
                     break
-                for item in chunk:
-                    if self.stopping:
-                        break
-                    key = self._journal_key(item)
-                    if _key_hash(key) in self._done_keys:
-                        self._resumed += 1
-                        self.progress.unit_done()
-                        continue
-                    while seq - self._next_commit >= self.window and not self.stopping:
-                        self._advance.clear()
-                        await self._advance.wait()
-                    if self.stopping:
-                        break
-                    job = self._admit(seq, item, key)
-                    seq += 1
-                    if job.remaining == 0:
-                        self._try_commit()
-                    else:
-                        for v in self.cfg.variants:
-                            await self._queue.put((job, v))
-        finally:
-            for _ in range(self.workers):
-                await self._queue.put(None)
+                key = self._journal_key(item)
+                if _key_hash(key) in self._done_keys:
+                    self._resumed += 1
+                    self.progress.unit_done()
+                    continue
+                while seq - self._next_commit >= self.window and not self.stopping:
+                    self._advance.clear()
+                    await self._advance.wait()
+                if self.stopping:
+                    break
+                job = self._admit(seq, item, key)
+                seq += 1
+                if job.remaining == 0:
+                    self._try_commit()
+                else:
+                    for v in self.cfg.variants:
+                        await self._queue.put((job, v))
+        # Only a feeder that ran out of work releases the workers; one that failed or was
+        # cancelled leaves that to the TaskGroup, which cancels them (a put into a full
+        # queue nobody drains would hang there).
+        for _ in range(self.workers):
+            await self._queue.put(None)
 
     def _journal_key(self, item: Unit | Skipped) -> str:
         """One journal key per source item, the same on every resume.

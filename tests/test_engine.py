@@ -300,3 +300,24 @@ async def test_judge_drops_the_tasks_it_finds_invalid_with_its_reason(tmp_path: 
                                out=str(tmp_path / "b")), source=units(8), build=False)
     assert fake.history == []
     assert read(again.out / "tasks.jsonl") == after
+
+
+async def test_a_worker_that_crashes_ends_the_run_instead_of_hanging_it(tmp_path: Path) -> None:
+    # A bug (here: the transport raising a plain ValueError) must surface, not leave the
+    # feeder blocked on a full queue that no cancelled worker will ever drain.
+    import asyncio
+
+    from dynogen.execute.transport import MockTransport, SentRequest
+
+    async def broken(req: SentRequest) -> Any:
+        await asyncio.sleep(0.2)  # the feeder fills the queue meanwhile and waits on it
+        raise ValueError("a bug, not a network fault")
+
+    config = cfg(tmp_path, "http://fake.invalid/v1", free=True, max_in_flight=2)
+    with pytest.raises(BaseException) as info:  # noqa: B017,PT011 - the bug's own exception
+        await asyncio.wait_for(arun(config, source=units(40), transport=MockTransport(broken),
+                                    build=False), timeout=60)
+    assert not isinstance(info.value, TimeoutError)
+    assert "a bug, not a network fault" in repr(info.value.exceptions[0]
+                                                if isinstance(info.value, BaseExceptionGroup)
+                                                else info.value)
