@@ -145,7 +145,7 @@ class TaskEngine:
         self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction)
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
-        self.window = max(256, 4 * self.workers)
+        self.window = max(256, 2 * self.workers)  # workers = limiter.max_senders: up to 4,096
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
             maxsize=2 * self.workers)
         self._jobs: dict[int, _Job] = {}

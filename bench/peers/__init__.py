@@ -135,8 +135,7 @@ def _limits(job: Job) -> list[str]:
 def _dynogen(job: Job) -> list[str]:
     exe = Path(sys.executable).with_name("dynogen")
     return [str(exe), "call", str(job.requests), "--out", str(job.out), "--base-url",
-            job.base_url, "--free", "--quiet", "--max-in-flight", str(job.concurrency),
-            *_limits(job)]
+            job.base_url, "--free", "--quiet", *_limits(job)]  # in flight: dynogen's own
 
 
 def _script(name: str) -> Callable[[Job], list[str]]:

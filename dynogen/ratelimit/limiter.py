@@ -1,10 +1,11 @@
 """Run at an API's limits and never past them.
 
 ``Limiter`` enforces, together: requests per minute, tokens per minute, and a
-cap on requests in flight that follows the limits (Little's law, see below). We do not use ``aiolimiter`` or ``asyncio-throttle``
-directly: each is one bucket of one resource, and neither can refund the unused
-part of a reservation, hold every sender back after a 429, or follow what the
-server's headers say about its limits. The shape (``__slots__``, FIFO waiters,
+cap on requests in flight that follows the limits (Little's law, see below).
+We do not use ``aiolimiter`` or ``asyncio-throttle`` directly: each is one
+bucket of one resource, and neither can refund the unused part of a
+reservation, hold every sender back after a 429, or follow what the server's
+headers say about its limits. The shape (``__slots__``, FIFO waiters,
 time from one injected clock, refusing an amount that can never fit) is
 aiolimiter's.
 
