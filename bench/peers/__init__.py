@@ -102,7 +102,7 @@ def peer_env(work: Path) -> dict[str, str]:
     if peer_python().exists():
         _seed_tiktoken(cache)
     keep = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM")}
+            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "PYTHONPATH")}
     return {**keep, "OPENAI_API_KEY": "sk-bench", "HF_HUB_OFFLINE": "1",
             "TELEMETRY_ENABLED": "false", "BESPOKE_CURATOR_TRACKER_DISABLED": "1",
             "CURATOR_DISABLE_CACHE": "true", "CURATOR_DISABLE_RICH_DISPLAY": "1",

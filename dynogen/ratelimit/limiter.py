@@ -646,10 +646,11 @@ class Limiter:
         self._in_flight += 1
         self._req60 += 1
         self._tok60 += tokens
+        # _wait_time(now) just refilled both buckets to ``now``: take from them directly.
         if self._rpm is not None:
-            self._rb_level = self._rb_refill(now) - 1.0
+            self._rb_level -= 1.0
         if self._tpm is not None:
-            self._tb_level = self._tb_refill(now) - tokens
+            self._tb_level -= tokens
         self._charged_r += 1
         self._charged_t += tokens
         self._grants += 1
@@ -829,11 +830,16 @@ class Limiter:
         rpm = self._rpm
         if rpm is None:
             return _INF
-        if self._rb_time == -_INF:
-            self._rb_level = self._cap_r  # starts full: the server's burst from the first second
-        elif now > self._rb_time:
-            self._rb_level = min(self._cap_r, self._rb_level + (now - self._rb_time) * rpm / WINDOW)
-        self._rb_time = max(self._rb_time, now)
+        last = self._rb_time
+        if now > last:
+            if last == -_INF:
+                level = self._cap_r  # starts full: the server's burst from the first second
+            else:
+                level = self._rb_level + (now - last) * rpm / WINDOW
+                if level > self._cap_r:
+                    level = self._cap_r
+            self._rb_level = level
+            self._rb_time = now
         return self._rb_level
 
     def _tb_refill(self, now: float) -> float:
@@ -841,11 +847,16 @@ class Limiter:
         tpm = self._tpm
         if tpm is None:
             return _INF
-        if self._tb_time == -_INF:
-            self._tb_level = self._cap_t  # starts full: full speed from the first second
-        elif now > self._tb_time:
-            self._tb_level = min(self._cap_t, self._tb_level + (now - self._tb_time) * tpm / WINDOW)
-        self._tb_time = max(self._tb_time, now)
+        last = self._tb_time
+        if now > last:
+            if last == -_INF:
+                level = self._cap_t  # starts full: full speed from the first second
+            else:
+                level = self._tb_level + (now - last) * tpm / WINDOW
+                if level > self._cap_t:
+                    level = self._cap_t
+            self._tb_level = level
+            self._tb_time = now
         return self._tb_level
 
     def _charge_correction(self, until: float, req: int, tok: int) -> None:
