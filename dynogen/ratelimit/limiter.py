@@ -85,8 +85,9 @@ Following the server's headers (``observe_headers``)
     ``pause(seconds, kind)`` holds back every sender until then; afterwards the
     windows alone decide, so sending resumes at full speed. A tokens 429 also
     empties our token bucket (the server's is empty, so ours cannot be fuller),
-    and a requests 429 makes request pacing smooth — one per ``60/rpm`` seconds,
-    still the full rate — so a pause is not followed by a burst refused again.
+    and a requests 429 makes request pacing smooth — bursts of a quarter of the
+    server's (at least 2), still the full rate — so a pause is not followed by a
+    burst refused again.
 
 Cost
     ``acquire`` with room available creates no future and takes no lock; only
@@ -120,7 +121,7 @@ KINDS: Final = ("requests", "tokens", "unknown")
 DEADBAND: Final = 0.01  # header corrections below this fraction of the limit are noise
 _MIN_SLEEP: Final = 1e-6  # never arm a timer shorter than this (float rounding at wake-up)
 _INF: Final = math.inf
-SMOOTH: Final = 0.1  # after a requests 429, bursts are this share of the server's
+SMOOTH: Final = 0.25  # after a requests 429, bursts are this share of the server's
 _TINY: Final = 1e-7  # added to a bucket's wait so float rounding never wakes us just short
 _REQUESTED: Final = re.compile(rb"Requested (\d+)")
 AUTO_MAX_SENDERS: Final = 4096  # hard cap on requests in flight when the user sets none
@@ -876,7 +877,10 @@ class Limiter:
         b = self._burst_seconds
         if rpm is not None:
             burst = rpm / WINDOW * b
-            self._cap_r = max(1, math.floor(burst * SMOOTH if self._smooth_r else burst))
+            # Smooth (after a requests 429): a quarter of the burst, but at least 2, so
+            # a late timer is still made up by the next request (a bucket of 1 cannot).
+            self._cap_r = (max(2, math.floor(burst * SMOOTH)) if self._smooth_r
+                           else max(1, math.floor(burst)))
             self._long_r = max(1.0, rpm)
         else:
             self._cap_r, self._long_r = _INF, _INF
