@@ -176,6 +176,28 @@ def run_one(name: str, client: str, wl: Workload, work: Path, env: dict[str, str
     return row
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The README's table for one saved result."""
+    head = ("| client | steady (5-90 % of work) | API span | 429s | done / lost | wall s "
+            "| CPU ms/req | peak RSS MB | load avg (1 min) before → after |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    rows = [head]
+    for r in doc["clients"]:
+        if "completed" not in r:
+            rows.append(f"| {r['label']} | error: {r.get('error')} |||||||")
+            continue
+        span = r.get("api_span", {})
+        extra = (f" (ideal wall: {100 * r['fraction_of_ideal_wall']:.1f} %)"
+                 if "fraction_of_ideal_wall" in r else "")
+        rows.append(
+            f"| {r['label']} | {100 * r.get('steady', {}).get('fraction', 0):.1f} %{extra} "
+            f"| {100 * span.get('fraction', 0):.1f} % of {span.get('seconds', 0):.0f} s "
+            f"| {r['answered_429']} ({r['pct_429']:.2f} %) | {r['completed']:,} / {r['lost']} "
+            f"| {r['wall_seconds']:.1f} | {r['cpu_ms_per_request']:.2f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.realistic",
                                 description=__doc__.splitlines()[0])
@@ -185,7 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix for the result files (e.g. -before)")
     p.add_argument("--client-pythonpath", default=None,
                    help="PYTHONPATH for the clients only (e.g. an export of another commit)")
+    p.add_argument("--tables", action="store_true", help="print the saved results as markdown")
     args = p.parse_args(argv)
+    if args.tables:
+        for path in sorted(RESULTS.glob("realistic-*.json")):
+            doc = orjson.loads(path.read_bytes())
+            print(f"\n### {path.stem}: {doc['title']} ({doc['requests']:,} requests)\n")
+            print(markdown(doc))
+        return 0
     clients = [c for c in args.clients.split(",") if c]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = new_workdir()
