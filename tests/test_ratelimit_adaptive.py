@@ -235,3 +235,22 @@ async def test_tpm_bound_run_reserves_what_the_server_charges() -> None:
     # Reserving our count (schema included) would use about 83 % of the TPM.
     assert charged / 90.0 * 60.0 >= 0.97 * tpm
     assert len(res["refused"]) <= 0.005 * len(res["times"])
+
+
+def test_a_saturated_process_does_not_grow_the_target() -> None:
+    """A limit far above what the process can do: the hold time is our own queue."""
+    cpu = [0.0]
+    c = Concurrency(hard=4096, cpu=lambda: cpu[0])
+    now = 0.0
+    c.step(now, 64, False)
+    for _ in range(100):  # each release 10 ms apart, 64 in flight, CPU busy all along
+        now += 0.01
+        cpu[0] += 0.01
+        c.step(now, 64, True)
+    assert c.saturated and c.hold is not None
+    assert c.target(16_667.0, 64) == 64  # Little's law alone would say the hard cap
+    for _ in range(100):  # the same with the CPU mostly idle: waiting on a slow server
+        now += 0.01
+        cpu[0] += 0.001
+        c.step(now, 64, True)
+    assert not c.saturated and c.target(16_667.0, 64) == 4096

@@ -42,11 +42,19 @@ anyone's documentation:
     the safe side. Target = ``rate * W * HEADROOM + SLACK``, bounded by the hard
     cap. Before anything came back, the target doubles each time it is reached
     (the pacer, not the cap, decides how fast requests go out).
+
+    One regime fools Little's law: a limit far above what the process can do
+    (a fast local server, a huge account). Then the hold time is our own event
+    loop's queue and grows with the requests in flight, so the target would run
+    up to the hard cap for nothing. When the process used >= ``CPU_BUSY`` of a
+    core over the period (``cpu``, real clocks only) the target may shrink but
+    not grow: more requests in flight cannot make a saturated loop faster.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Final
 
 __all__ = ["ChargeModel", "Concurrency"]
@@ -165,6 +173,7 @@ MAX_PERIOD: Final = 10.0  # ...and a period ends after this long whatever came b
 START: Final = 64  # first target when a rate is known, before anything came back
 ALPHA_UP: Final = 0.5  # the hold-time estimate follows rises fast...
 ALPHA_DOWN: Final = 0.2  # ...and falls slowly
+CPU_BUSY: Final = 0.85  # share of a core above which the process is its own bottleneck
 
 
 class Concurrency:
@@ -176,10 +185,13 @@ class Concurrency:
     """
 
     __slots__ = ("hard", "hold", "_area", "_last_t", "_period_start", "_done", "done_total",
-                 "_started")
+                 "_started", "_cpu", "_cpu_start", "saturated")
 
-    def __init__(self, hard: int) -> None:
+    def __init__(self, hard: int, cpu: Callable[[], float] | None = None) -> None:
         self.hard = hard
+        self._cpu = cpu  # process CPU seconds (time.process_time); None: not measured
+        self._cpu_start = cpu() if cpu is not None else 0.0
+        self.saturated = False  # the last period kept a core >= CPU_BUSY busy
         self.hold: float | None = None  # seconds a permit is held, smoothed
         self._area = 0.0  # integral of in-flight over the current period
         self._last_t = 0.0
@@ -194,7 +206,10 @@ class Concurrency:
             return min(self.hard, START)
         if self.hold is None:
             return min(self.hard, max(START, current or 0))
-        return max(1, min(self.hard, math.ceil(rate * self.hold * HEADROOM) + SLACK))
+        little = max(1, min(self.hard, math.ceil(rate * self.hold * HEADROOM) + SLACK))
+        if self.saturated and current is not None:
+            return min(little, max(current, START))
+        return little
 
     def step(self, now: float, in_flight: int, released: bool) -> bool:
         """Account ``in_flight`` up to ``now`` (before a change); True when a period closed."""
@@ -220,6 +235,10 @@ class Concurrency:
         else:
             alpha = ALPHA_UP if w > self.hold else ALPHA_DOWN
             self.hold += alpha * (w - self.hold)
+        if self._cpu is not None:
+            cpu = self._cpu()
+            self.saturated = cpu - self._cpu_start >= CPU_BUSY * elapsed
+            self._cpu_start = cpu
         self._area = 0.0
         self._done = 0
         self._period_start = now

@@ -102,6 +102,7 @@ import bisect
 import heapq
 import math
 import re
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -292,7 +293,10 @@ class Limiter:
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._burst_seconds = float(burst_seconds)
         self._user_cap: int | None = None
-        self._conc = Concurrency(auto_max_senders())
+        # The CPU guard reads the process's CPU time against the clock: real clocks only.
+        self._conc = Concurrency(auto_max_senders(),
+                                 time.process_time if isinstance(self._clock, MonotonicClock)
+                                 else None)
         self._target = 1
         self._rate: float | None = None  # binding requests/s (None: no limit known)
         self._mean_tok = 0.0  # tokens reserved per request, smoothed (for a TPM-bound rate)
