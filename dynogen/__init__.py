@@ -8,7 +8,7 @@ Every CLI command is a function here with the same name: ``run``, ``estimate``,
 ``build``, ``collect``, ``export``, ``call``.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 # Set before anything else: modules read it while the package initialises.
 __version__ = "0.1.0"
@@ -27,7 +27,7 @@ _LAZY = {
     "Skipped": "dynogen.units", "Unit": "dynogen.units",
 }
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from dynogen.api import EXIT, RunOutcome, arun, build, call, collect, estimate, export, run
     from dynogen.config import Config, Secret, load_config
     from dynogen.errors import (
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from dynogen.units import Field, Skipped, Unit
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dynogen' has no attribute {name!r}")
