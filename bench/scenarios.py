@@ -234,7 +234,7 @@ def _run_client(name: str, sc: Scenario, wl: Workload, work: Path, env: dict[str
     out = work / f"{sc.name}-{name}.out.jsonl"
     out.unlink(missing_ok=True)
     opts = {**sc.fake, **(fake_overrides or {}), "seed": 7}
-    with start_fake_process(**opts) as fake:
+    with start_fake_process(ready_timeout=90, **opts) as fake:
         limits = job_limits if job_limits is not None else {
             "rpm": sc.fake.get("rpm"), "tpm": sc.fake.get("tpm")}
         job = Job(wl.path, out, fake.url, **limits)
@@ -469,7 +469,7 @@ def run_ceiling(wl: Workload, corpus: Path, work: Path, clients: Sequence[str], 
     for name in clients:
         out = work / f"ceiling-{name}.out.jsonl"
         out.unlink(missing_ok=True)
-        with start_fake_process(seed=7) as fake:
+        with start_fake_process(seed=7, ready_timeout=90) as fake:
             job = Job(wl.path, out, fake.url, rpm=HUGE["rpm"], tpm=HUGE["tpm"])
             m = run_measured(CLIENTS[name].argv(job), env=env, timeout=420, log_dir=work / "logs")
             stats, cpu = fake.stats(), _fake_cpu(fake)
@@ -482,7 +482,7 @@ def run_ceiling(wl: Workload, corpus: Path, work: Path, clients: Sequence[str], 
             f"{rows[-1]['cpu_ms_per_request']} CPU ms/req")
     run_dir = work / "ceiling-run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    with start_fake_process(seed=7) as fake:
+    with start_fake_process(seed=7, ready_timeout=90) as fake:
         argv = [str(Path(sys.executable).with_name("dynogen")), "run", "--source", str(corpus),
                 "--out", str(run_dir), "--base-url", fake.url, "--free", "--quiet",
                 "--rpm", str(HUGE["rpm"]), "--tpm", str(HUGE["tpm"]),

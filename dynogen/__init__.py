@@ -8,33 +8,67 @@ Every CLI command is a function here with the same name: ``run``, ``estimate``,
 ``build``, ``collect``, ``export``, ``call``, ``inspect``.
 """
 
-# Set before the imports below: modules read it while the package initialises.
+import typing as _typing
+
+# Set before anything else: modules read it while the package initialises.
 __version__ = "0.1.0"
 
-from dynogen.api import (
-    EXIT,
-    RunOutcome,
-    arun,
-    build,
-    call,
-    collect,
-    estimate,
-    export,
-    inspect,
-    run,
-)
-from dynogen.config import Config, Secret, load_config
-from dynogen.errors import (
-    APIError,
-    BudgetExceeded,
-    ConfigError,
-    DynogenError,
-    FatalAPIError,
-    RetryableError,
-    UserError,
-)
-from dynogen.tasks import Task
-from dynogen.units import Field, Skipped, Unit
+# Every name below is imported on first use (PEP 562), so ``import dynogen`` and
+# ``dynogen --help`` do not pay for aiohttp, the tokenizer and the engine.
+_LAZY = {
+    "EXIT": "dynogen.api", "RunOutcome": "dynogen.api", "arun": "dynogen.api",
+    "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
+    "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
+    "run": "dynogen.api",
+    "Config": "dynogen.config", "Secret": "dynogen.config", "load_config": "dynogen.config",
+    "APIError": "dynogen.errors", "BudgetExceeded": "dynogen.errors",
+    "ConfigError": "dynogen.errors", "DynogenError": "dynogen.errors",
+    "FatalAPIError": "dynogen.errors", "RetryableError": "dynogen.errors",
+    "UserError": "dynogen.errors", "Task": "dynogen.tasks", "Field": "dynogen.units",
+    "Skipped": "dynogen.units", "Unit": "dynogen.units",
+}
+
+if _typing.TYPE_CHECKING:
+    from dynogen.api import (
+        EXIT,
+        RunOutcome,
+        arun,
+        build,
+        call,
+        collect,
+        estimate,
+        export,
+        inspect,
+        run,
+    )
+    from dynogen.config import Config, Secret, load_config
+    from dynogen.errors import (
+        APIError,
+        BudgetExceeded,
+        ConfigError,
+        DynogenError,
+        FatalAPIError,
+        RetryableError,
+        UserError,
+    )
+    from dynogen.tasks import Task
+    from dynogen.units import Field, Skipped, Unit
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dynogen' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "EXIT",

@@ -142,7 +142,8 @@ async def arun(
             # More requests in flight than the server has slots only queue inside
             # llama.cpp, where they run into the request timeout and are re-sent.
             local_cfg = cfg.with_(base_url=server.base_url, model=server.model, free=True,
-                                  max_in_flight=min(cfg.max_in_flight, server.n_parallel))
+                                  max_in_flight=min(cfg.max_in_flight or server.n_parallel,
+                                                    server.n_parallel))
             return await arun(local_cfg.with_(local=False), source=source, transport=transport,
                               handle_signals=handle_signals, build=build)
     price = resolve_price(cfg)

@@ -8,22 +8,34 @@ a code from ``dynogen.api.EXIT``: 0 done, 1 error, 3 budget reached,
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dynogen import api
 from dynogen.config import load_config
 from dynogen.errors import DynogenError
 
 __all__ = ["app", "main"]
 
+if TYPE_CHECKING:
+    from dynogen import api
+else:
+    class _Lazy:
+        """``dynogen.api`` imported when a command runs, not for ``--help`` (a light start)."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(importlib.import_module("dynogen.api"), name)
+
+    api = _Lazy()
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rendering it with rich costs ~0.3 s of CPU
     help="Grow instruction-tuning data from dataset metadata (after Dynosaur).",
 )
 
@@ -109,7 +121,8 @@ def run(
         help="json_schema (default), json_object or none.")] = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(
+        help="Cap on requests in flight (default: from the limits and answer times).")] = None,
     budget_usd: Annotated[float | None, typer.Option(
         help="Hard budget in dollars for the whole run (across resumes).")] = None,
     price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
@@ -277,7 +290,8 @@ def call(
     mode: ModeOpt = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(
+        help="Cap on requests in flight (default: from the limits and answer times).")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Hard budget in dollars.")] = None,
     price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
     price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,

@@ -124,7 +124,7 @@ class Config:
     # limits and cost
     rpm: float | None = None
     tpm: float | None = None
-    max_in_flight: int = 64
+    max_in_flight: int | None = None  # None: from the limits and answer times (Limiter)
     max_retries: int = 6
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
@@ -189,7 +189,7 @@ class Config:
             raise ConfigError("--response-format must be json_schema, json_object or none")
         if self.max_tasks_per_unit < 1:
             raise ConfigError("--max-tasks-per-unit must be at least 1")
-        if self.max_in_flight < 1:
+        if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ConfigError("--max-in-flight must be at least 1")
         for name in ("rpm", "tpm", "budget_usd"):
             v = getattr(self, name)

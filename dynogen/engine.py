@@ -147,7 +147,7 @@ class TaskEngine:
                                  sample_path=rundir.path / "dropped_tasks.jsonl")
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
-        self.window = max(256, 4 * self.workers)
+        self.window = max(256, 2 * self.workers)  # workers = limiter.max_senders: up to 4,096
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
             maxsize=2 * self.workers)
         self._jobs: dict[int, _Job] = {}

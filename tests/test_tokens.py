@@ -123,7 +123,7 @@ def test_unknown_encoding_lists_known_ones() -> None:
 
 
 def test_encoder_is_shared() -> None:
-    assert TokenCounter("o200k_base")._enc is TokenCounter("o200k_base")._enc
+    assert TokenCounter("o200k_base").enc is TokenCounter("o200k_base").enc
 
 
 def test_special_token_text_and_surrogates_are_ordinary_text() -> None:
@@ -162,8 +162,8 @@ def _prose(n_chars: int, seed: int) -> str:
 @pytest.mark.parametrize("counter", [O200K, CL100K], ids=lambda c: c.encoding)
 def test_long_text_count_matches_one_shot_encoding(counter: TokenCounter) -> None:
     text = _prose(300_000, seed=1)  # pieces of 40,000 chars; one shot is still allowed
-    assert counter.count(text) == len(counter._enc.encode_ordinary(text))
-    assert counter.encode(text) == counter._enc.encode_ordinary(text)
+    assert counter.count(text) == len(counter.enc.encode_ordinary(text))
+    assert counter.encode(text) == counter.enc.encode_ordinary(text)
 
 
 def test_text_beyond_the_library_limit_is_counted() -> None:
@@ -175,7 +175,7 @@ def test_text_beyond_the_library_limit_is_counted() -> None:
 def test_minified_blob_is_counted_nearly_exactly() -> None:
     rng = random.Random(3)
     blob = "".join(rng.choice(string.ascii_letters + string.digits + "{}:,") for _ in range(90_000))
-    assert abs(O200K.count(blob) - len(O200K._enc.encode_ordinary(blob))) <= 4
+    assert abs(O200K.count(blob) - len(O200K.enc.encode_ordinary(blob))) <= 4
 
 
 letters = st.characters(categories=["Lu", "Ll", "Lt", "Lm", "Lo"])
@@ -230,3 +230,34 @@ def test_truncate_huge_text_reads_only_its_head() -> None:
     text = _prose(3_000_000, seed=5)
     out = O200K.truncate(text, 900)
     assert text.startswith(out) and 890 <= O200K.count(out) <= 900
+
+
+# -- the light loader ---------------------------------------------------------------------
+
+
+def test_counting_never_imports_the_bpe_openai_package() -> None:
+    """The package's __init__ decodes three vocabularies into dicts (~1 s, ~75 MB);
+    the Rust tokenizer alone is what counting needs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dynogen.tokens as t; n = t.TokenCounter().count('hello world'); "
+            "print(n, 'bpe_openai' in sys.modules, 'bpe_openai.compat' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["2", "False", "False"]
+
+
+def test_the_light_loader_counts_as_the_package_does() -> None:
+    import bpe_openai
+
+    rng = random.Random(8)
+    alphabet = string.printable + "éü日本語🦕\u00a0’"
+    for name in KNOWN_ENCODINGS:
+        ref = bpe_openai.get_encoding(name)
+        assert max(len(b) for b in ref.token_byte_values()) == 128  # _LONGEST_TOKEN_BYTES
+        ours = TokenCounter(name)
+        for _ in range(200):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))
+            assert ours.encode(text) == ref.encode_ordinary(text)
+            assert ours.count(text) == len(ref.encode_ordinary(text))

@@ -102,7 +102,7 @@ def peer_env(work: Path) -> dict[str, str]:
     if peer_python().exists():
         _seed_tiktoken(cache)
     keep = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM")}
+            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "PYTHONPATH")}
     return {**keep, "OPENAI_API_KEY": "sk-bench", "HF_HUB_OFFLINE": "1",
             "TELEMETRY_ENABLED": "false", "BESPOKE_CURATOR_TRACKER_DISABLED": "1",
             "CURATOR_DISABLE_CACHE": "true", "CURATOR_DISABLE_RICH_DISPLAY": "1",
@@ -135,8 +135,7 @@ def _limits(job: Job) -> list[str]:
 def _dynogen(job: Job) -> list[str]:
     exe = Path(sys.executable).with_name("dynogen")
     return [str(exe), "call", str(job.requests), "--out", str(job.out), "--base-url",
-            job.base_url, "--free", "--quiet", "--max-in-flight", str(job.concurrency),
-            *_limits(job)]
+            job.base_url, "--free", "--quiet", *_limits(job)]  # in flight: dynogen's own
 
 
 def _script(name: str) -> Callable[[Job], list[str]]:

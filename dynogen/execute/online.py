@@ -142,7 +142,7 @@ class OnlineExecutor:
     # ------------------------------------------------------------ one try
     async def _send_once(self, req: Request, acct: Accounting) -> Completion:
         worst = req.prompt_tokens + req.max_tokens
-        permit = await self.limiter.acquire(worst)
+        permit = await self.limiter.acquire(worst, req.max_tokens)
         while True:
             try:
                 reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
@@ -170,6 +170,8 @@ class OnlineExecutor:
             self.limiter.release(permit, worst)
             raise
         self.limiter.observe_headers(raw.headers, permit)
+        if raw.status == 429:
+            self.limiter.observe_refusal(permit, raw.body)
         if raw.status >= 300:
             self._release(reservation)
             self.limiter.release(permit, 0 if raw.status == 429 else None)

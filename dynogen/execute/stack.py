@@ -121,13 +121,13 @@ async def open_stack(
         else:
             client = ChatClient(cfg.base_url, cfg.api_key.get(),
                                 transport=transport or AiohttpTransport(
-                                    limit=cfg.max_in_flight, max_body=cfg.max_response_bytes),
+                                    limit=limiter.max_senders, max_body=cfg.max_response_bytes),
                                 timeout=cfg.request_timeout)
             policy = RetryPolicy(max_retries=cfg.max_retries, base=cfg.retry_base_delay,
                                  cap=cfg.retry_max_delay)
             executor = OnlineExecutor(client, limiter, ledger, cache, policy, spend=spend,
                                       meter=meter, stage=stage, secret=cfg.api_key.get(),
-                                      concurrency=cfg.max_in_flight)
+                                      concurrency=limiter.max_senders)
     except BaseException:
         _close_files(cache, spend)
         raise

@@ -1,35 +1,56 @@
 """Run at an API's limits and never past them.
 
 ``Limiter`` enforces, together: requests per minute, tokens per minute, and a
-cap on requests in flight. We do not use ``aiolimiter`` or ``asyncio-throttle``
-directly: each is one bucket of one resource, and neither can refund the unused
-part of a reservation, hold every sender back after a 429, or follow what the
-server's headers say about its limits. The shape (``__slots__``, FIFO waiters,
+cap on requests in flight that follows the limits (Little's law, see below).
+We do not use ``aiolimiter`` or ``asyncio-throttle`` directly: each is one
+bucket of one resource, and neither can refund the unused part of a
+reservation, hold every sender back after a 429, or follow what the server's
+headers say about its limits. The shape (``__slots__``, FIFO waiters,
 time from one injected clock, refusing an amount that can never fit) is
 aiolimiter's.
 
 How pacing works
     Every granted request is logged with its time, its one request and its
-    reserved tokens (prompt + max_tokens). A request may go when both *sliding
-    windows* still have room:
+    reserved tokens (prompt + max_tokens, or the server's learned charge). A
+    request may go when there is room in both:
 
     * the minute window: at most ``rpm`` requests and ``tpm`` tokens in any 60 s;
-    * the burst: at most about ``burst_seconds`` worth of the rate at once, so a
-      minute's allowance is never fired at once (providers enforce per-minute
-      limits at a finer grain). For requests it is a whole number
-      ``floor(rpm/60 * burst_seconds)`` (at least 1) over a window stretched to
-      keep the full rate. For tokens it is a bucket of ``tpm/60 * burst_seconds``
-      refilled continuously at ``tpm/60`` per second — the way providers enforce
-      it, so a client that follows it is never refused: a request waits until the
-      bucket holds its tokens, and one bigger than the bucket waits until it is
-      full and leaves it in debt. (A sliding window that let a request start while
-      not yet full gained rate against itself but overdrew a provider's bucket:
-      half the requests of a TPM-bound run were answered 429.)
+    * the burst buckets, one for requests (``floor(rpm/60 * burst_seconds)``, at
+      least 1) and one for tokens (``tpm/60 * burst_seconds``), each refilled
+      continuously at the limit's rate — the way providers enforce per-minute
+      limits, so a client that follows them is never refused. A request waits
+      until the bucket holds what it needs; one bigger than the token bucket waits
+      until it is full and leaves it in debt.
 
-    Windows start empty and the bucket full, so a run goes at full speed from its
-    first second, and the counts can be checked by anyone: no 60 s window ever
-    holds more than the limit, no request burst window more than the burst, and
-    no second more tokens than a full bucket plus a second of refill.
+    Pacing is scheduled against absolute times: a bucket's level is computed from
+    the clock, so a timer that fires late (a busy event loop, at 500 requests/s a
+    timer is due every 2 ms) loses nothing — the refill it slept through is spent
+    at once by the requests behind it. (The sliding burst window this replaced
+    measured each slot from the previous *grant*, so every late wake-up pushed all
+    later ones back and a few percent of the rate was lost at 50 requests/s.)
+    The buckets start full, so the burst the server allows is used at the start
+    and after idle, never more; windows start empty. Anyone can check the counts:
+    no 60 s window holds more than the limit, and the grants fit the server's
+    bucket.
+
+How many requests in flight
+    ``max_senders`` is the hard cap — ``--max-in-flight`` if given, else what the
+    open-files limit allows (``auto_max_senders``) — and sizes the callers'
+    worker and connection pools. Within it the limiter keeps a target from
+    Little's law: binding request rate (RPM, or TPM / tokens per request) x the
+    measured time a request is held x 2, plus a little (``calibrate.Concurrency``).
+    So a 10,000 RPM account with 3 s answers keeps about 1,000 in flight, and a
+    300 ms server a few dozen. Before anything came back the target doubles each
+    time it is reached (the pacer, not the cap, decides how fast requests go).
+    With no rate known it is the user's cap, or 64.
+
+What the server charges (``calibrate.ChargeModel``)
+    Our reservation counts the response schema and adds ``max_tokens``; a server
+    may count neither. The deficits its ``x-ratelimit-remaining-tokens`` reports
+    are fitted to what we granted, and once the fit is sound the server's charge
+    (plus 1 %) is what is reserved. Pass ``max_tokens`` to ``acquire`` so the two
+    parts can be told apart. Dollars are not the limiter's: the ledger keeps the
+    worst case.
 
 Refunds
     ``release(permit, used_tokens)`` replaces the reservation by what was used,
@@ -64,14 +85,14 @@ Following the server's headers (``observe_headers``)
     ``pause(seconds, kind)`` holds back every sender until then; afterwards the
     windows alone decide, so sending resumes at full speed. A tokens 429 also
     empties our token bucket (the server's is empty, so ours cannot be fuller),
-    and a requests 429 makes request pacing smooth — one per ``60/rpm`` seconds,
-    still the full rate — so a pause is not followed by a burst refused again.
+    and a requests 429 makes request pacing smooth — bursts of a quarter of the
+    server's (at least 2), still the full rate — so a pause is not followed by a
+    burst refused again.
 
 Cost
     ``acquire`` with room available creates no future and takes no lock; only
     waiters create futures. With no rpm/tpm it only counts in-flight requests.
-    Measured (CPython 3.11, 2 cores): an acquire+release pair costs about
-    0.6 us without limits and 2.3 us with them; a grant that had to wait, 7 us.
+    Measured (CPython 3.11, 2 cores): see bench/README.md ("limiter cost").
 """
 
 from __future__ import annotations
@@ -80,22 +101,57 @@ import asyncio
 import bisect
 import heapq
 import math
+import re
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final
 
 from dynogen.errors import ConfigError, UserError
+from dynogen.ratelimit.calibrate import START as CONC_START
+from dynogen.ratelimit.calibrate import ChargeModel, Concurrency
 from dynogen.ratelimit.clock import Clock, MonotonicClock
 from dynogen.ratelimit.headers import RateLimitHeaders, parse_rate_limit_headers
 
-__all__ = ["KINDS", "WINDOW", "Limiter", "Permit", "RequestTooLarge"]
+__all__ = ["AUTO_MAX_SENDERS", "KINDS", "WINDOW", "Limiter", "Permit", "RequestTooLarge",
+           "auto_max_senders"]
 
 WINDOW: Final = 60.0  # seconds: the "per minute" of rpm and tpm
 KINDS: Final = ("requests", "tokens", "unknown")
 DEADBAND: Final = 0.01  # header corrections below this fraction of the limit are noise
 _MIN_SLEEP: Final = 1e-6  # never arm a timer shorter than this (float rounding at wake-up)
 _INF: Final = math.inf
+SMOOTH: Final = 0.25  # after a requests 429, bursts are this share of the server's
+_TINY: Final = 1e-7  # added to a bucket's wait so float rounding never wakes us just short
+_REQUESTED: Final = re.compile(rb"Requested (\d+)")
+AUTO_MAX_SENDERS: Final = 4096  # hard cap on requests in flight when the user sets none
+_FD_RESERVE: Final = 256  # open files kept for everything but sockets (journals, cache...)
+
+
+def auto_max_senders() -> int:
+    """The hard in-flight cap without ``--max-in-flight``: what the open-files limit allows.
+
+    Each request in flight holds a socket. Enough for 30,000 RPM at several
+    seconds an answer; the rate limits, not this cap, decide how many are used.
+    A soft open-files limit below what we could use is raised towards the hard
+    one (many systems default to a soft 1,024).
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = AUTO_MAX_SENDERS + _FD_RESERVE
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            if new > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return AUTO_MAX_SENDERS
+    return max(16, min(AUTO_MAX_SENDERS, soft - _FD_RESERVE))
 
 
 class RequestTooLarge(UserError, ValueError):
@@ -119,10 +175,15 @@ class Permit:
     """
 
     __slots__ = ("tokens", "at", "used_tokens", "_req", "_tok", "_used_r", "_used_t",
-                 "_charged_r", "_charged_t", "_released")
+                 "_charged_r", "_charged_t", "_released", "_seq", "_p", "_m", "_psum", "_msum")
 
-    def __init__(self, tokens: int) -> None:
+    def __init__(self, tokens: int, asked: int = 0, max_tokens: int = 0) -> None:
         self.tokens = tokens  # reserved at acquire
+        self._seq = 0  # grant order (logged permits), and our parts of what was asked
+        self._p = asked - max_tokens
+        self._m = max_tokens
+        self._psum = 0.0  # running sums of those parts over every grant, just after it
+        self._msum = 0.0
         self.at: float | None = None  # when granted, if logged (some limit was set)
         self.used_tokens: int | None = None  # for ``async with limiter.reserve(...)``
         self._req = 1  # what the windows hold for it now
@@ -212,10 +273,12 @@ class Limiter:
     """
 
     __slots__ = (
-        "_clock", "_burst_seconds", "_max_in_flight", "_in_flight", "_unlogged_r", "_unlogged_t",
+        "_clock", "_burst_seconds", "_user_cap", "_target", "_conc", "_in_flight",
+        "_unlogged_r", "_unlogged_t",
         "_user_rpm", "_user_tpm", "_server_rpm", "_server_tpm", "_rpm", "_tpm", "_limited",
-        "_cap_r", "_cap_t", "_long_r", "_win_r", "_win_t",
-        "_log", "_seen", "_h_long", "_h_r", "_h_t", "_req60", "_tok60", "_req_burst", "_tok_burst",
+        "_cap_r", "_cap_t", "_long_r", "_rb_level", "_rb_time", "_rate", "_mean_tok",
+        "_charge", "_grants", "_psum", "_msum", "_slot_waits",
+        "_log", "_seen", "_h_long", "_req60", "_tok60",
         "_corrections", "_charged_r", "_charged_t", "_held",
         "_waiters", "_paused_until", "_pauses", "_paused_seconds",
         "_n_corrections", "_corrected_r", "_corrected_t", "_invalid_headers", "_last_headers",
@@ -223,15 +286,27 @@ class Limiter:
     )
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
-                 max_in_flight: int = 64, *, burst_seconds: float = 1.0,
+                 max_in_flight: int | None = None, *, burst_seconds: float = 1.0,
                  clock: Clock | None = None) -> None:
         if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
             raise ConfigError(f"burst_seconds must be a positive number (got {burst_seconds})")
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._burst_seconds = float(burst_seconds)
-        self._max_in_flight = 1
-        self.max_in_flight = max_in_flight
+        self._user_cap: int | None = None
+        # The CPU guard reads the process's CPU time against the clock: real clocks only.
+        self._conc = Concurrency(auto_max_senders(),
+                                 time.process_time if isinstance(self._clock, MonotonicClock)
+                                 else None)
+        self._target = 1
+        self._rate: float | None = None  # binding requests/s (None: no limit known)
+        self._mean_tok = 0.0  # tokens reserved per request, smoothed (for a TPM-bound rate)
+        self._charge = ChargeModel()
+        self._grants = 0
+        self._psum = 0.0
+        self._msum = 0.0
+        self._slot_waits = 0
         self._in_flight = 0
+        self.max_in_flight = max_in_flight
         self._unlogged_r = 0  # in flight, granted while no limit was known
         self._unlogged_t = 0
         self._user_rpm = _check_limit("rpm", rpm)
@@ -241,10 +316,10 @@ class Limiter:
         self._rpm: float | None = None
         self._tpm: float | None = None
         self._limited = False
-        self._cap_r = _INF  # burst capacity (requests) and its window
-        self._win_r = 0.0
-        self._cap_t = _INF  # burst capacity (tokens) and its window
-        self._win_t = 0.0
+        self._cap_r = _INF  # burst capacity (requests): a bucket refilled at rpm/60 per second
+        self._rb_level = 0.0
+        self._rb_time = -_INF
+        self._cap_t = _INF  # burst capacity (tokens): a bucket refilled at tpm/60 per second
         self._long_r = _INF  # minute capacity in requests (at least one)
         self._log: list[Permit] = []
         self._floor = -_INF  # grants before this no longer count in the minute window
@@ -253,12 +328,8 @@ class Limiter:
         self._tb_time = -_INF
         self._seen = -_INF  # clock time the window heads and sums are current for
         self._h_long = 0  # first log entry still in the minute window
-        self._h_r = 0  # ... in the requests burst window
-        self._h_t = 0  # ... in the tokens burst window
         self._req60 = 0
         self._tok60 = 0
-        self._req_burst = 0
-        self._tok_burst = 0
         self._corrections: list[_Correction] = []  # sorted by expiry
         self._charged_r = 0  # running totals: every grant and correction ever charged
         self._charged_t = 0
@@ -300,15 +371,26 @@ class Limiter:
 
     @property
     def max_in_flight(self) -> int:
-        return self._max_in_flight
+        """Requests allowed in flight now: the adaptive target (see ``calibrate.Concurrency``)."""
+        return self._target
 
     @max_in_flight.setter
-    def max_in_flight(self, value: int) -> None:
-        if not (isinstance(value, int) and value >= 1):
+    def max_in_flight(self, value: int | None) -> None:
+        """The user's cap (``--max-in-flight``); ``None``: only the automatic one."""
+        if value is not None and not (isinstance(value, int) and value >= 1):
             raise ConfigError(f"--max-in-flight must be a whole number of at least 1 (got {value})")
-        self._max_in_flight = value
-        if getattr(self, "_waiters", None):
-            self._wake_head()
+        self._user_cap = value
+        self._conc.hard = value if value is not None else auto_max_senders()
+        self._retarget()
+
+    @property
+    def max_senders(self) -> int:
+        """The most requests that can ever be in flight: size worker and connection pools by it.
+
+        The user's ``--max-in-flight`` if given, else a cap from the open-files limit
+        (each request in flight holds a socket), at most ``AUTO_MAX_SENDERS``.
+        """
+        return self._conc.hard
 
     @property
     def paused_until(self) -> float | None:
@@ -318,20 +400,26 @@ class Limiter:
         return None
 
     # ---------------------------------------------------------------- acquire
-    async def acquire(self, tokens: int) -> Permit:
-        """Wait for an in-flight slot, one request and ``tokens`` tokens of room; FIFO."""
+    async def acquire(self, tokens: int, max_tokens: int = 0) -> Permit:
+        """Wait for an in-flight slot, one request and room for ``tokens`` tokens; FIFO.
+
+        ``tokens`` is our conservative count (prompt + ``max_tokens``); pass
+        ``max_tokens`` too, so that once the server's own charge has been learned
+        from its headers (``ChargeModel``) that charge is what is reserved.
+        """
         if not tokens >= 0:
             raise ValueError(f"a request cannot reserve a negative number of tokens ({tokens})")
+        charge = self._charge.charge(tokens, max_tokens) if self._charge.ready else tokens
         tpm = self._tpm
-        if tpm is not None and tokens > tpm:
-            raise self._too_large(tokens, tpm)
-        if not self._waiters and self._in_flight < self._max_in_flight:
+        if tpm is not None and charge > tpm:
+            raise self._too_large(charge, tpm)
+        if not self._waiters and self._in_flight < self._target:
             if not self._limited and not self._paused_until:
-                return self._grant_unlogged(tokens)
+                return self._grant_unlogged(charge)
             now = self._clock.now()
-            if self._wait_time(now, tokens) == 0.0:
-                return self._grant(now, tokens)
-        return await self._wait(tokens)
+            if self._wait_time(now, charge) == 0.0:
+                return self._grant(now, charge, tokens, max_tokens)
+        return await self._wait(charge, tokens, max_tokens)
 
     def reserve(self, tokens: int) -> _Reservation:
         """``async with limiter.reserve(n) as permit:`` acquire, then release on exit.
@@ -353,11 +441,14 @@ class Limiter:
         if used_tokens is not None and not used_tokens >= 0:
             raise ValueError(f"used_tokens must be 0 or more (got {used_tokens})")
         permit._released = True
-        self._in_flight -= 1
         if permit.at is None:
+            self._in_flight -= 1
             self._unlogged_r -= 1
             self._unlogged_t -= permit.tokens
         else:
+            if self._conc.step(self._clock.now(), self._in_flight, True):
+                self._period()
+            self._in_flight -= 1
             del self._held[permit]
             if used_tokens is not None:
                 if used_tokens == 0:
@@ -400,6 +491,12 @@ class Limiter:
             self._apply_limits(now)
         if not self._limited:
             return
+        if (permit is not None and permit.at is not None and info.limit_tokens is not None
+                and info.remaining_tokens is not None):
+            # What the server took for it, as of just after admitting it (ChargeModel).
+            self._charge.observe(permit._seq, permit.at,
+                                 info.limit_tokens - info.remaining_tokens, permit._psum,
+                                 permit._msum, info.limit_tokens / WINDOW, permit._p, permit._m)
         # The request this answer is about, as we saw things when granting it.
         ref = permit if permit is not None and permit.at is not None else None
         if ref is None and self._held:
@@ -442,6 +539,12 @@ class Limiter:
             since = unlogged
         return max(0, math.ceil(server_used + since - unlogged))
 
+    def observe_refusal(self, permit: Permit, body: bytes) -> None:
+        """A 429's body: OpenAI's says what this request is charged (``Requested N``)."""
+        m = _REQUESTED.search(body)
+        if m is not None and b"tokens per min" in body:
+            self._charge.observe_exact(float(m.group(1)), permit._p, permit._m)
+
     def pause(self, seconds: float, kind: str = "unknown") -> None:
         """After a 429: hold back every sender for ``seconds``; then the windows alone decide."""
         if kind not in KINDS:
@@ -455,11 +558,14 @@ class Limiter:
             # tokens refunded before we learnt the server does not refund would stay
             # in our bucket for good (it never fills up under load to shed them).
             self._tb_level = min(self._tb_refill(now), 0.0)
-        elif kind == "requests" and self._rpm is not None and not self._smooth_r:
-            # The server refuses even our short bursts: pace requests one at a time
-            # from now on. That is still the full rate, only without bunching.
-            self._smooth_r = True
-            self._apply_limits(now)
+        elif kind == "requests" and self._rpm is not None:
+            # The server's request bucket is empty: ours cannot be fuller either.
+            self._rb_level = min(self._rb_refill(now), 0.0)
+            if not self._smooth_r:
+                # The server refuses even our short bursts: pace requests one at a time
+                # from now on. That is still the full rate, only without bunching.
+                self._smooth_r = True
+                self._apply_limits(now)
         until = now + seconds
         if until > self._paused_until:
             self._paused_seconds += until - max(now, self._paused_until)
@@ -487,7 +593,11 @@ class Limiter:
             "tpm_source": _source(self._user_tpm, self._server_tpm),
             "burst_requests": None if rpm is None else self._cap_r,
             "burst_tokens": None if tpm is None else self._cap_t,
-            "max_in_flight": self._max_in_flight,
+            "max_in_flight": self._target,
+            "max_senders": self._conc.hard,
+            "hold_seconds": None if self._conc.hold is None else round(self._conc.hold, 4),
+            "request_rate": self._rate,
+            "charge_model": self._charge.snapshot(),
             "in_flight": self._in_flight,
             "waiting": len(self._waiters),
             "requests_in_window": self._req60,
@@ -529,22 +639,33 @@ class Limiter:
         p._charged_t = self._charged_t
         return p
 
-    def _grant(self, now: float, tokens: int) -> Permit:
+    def _grant(self, now: float, tokens: int, asked: int, max_tokens: int) -> Permit:
         if not self._limited:
             return self._grant_unlogged(tokens)
-        p = Permit(tokens)
+        if self._conc.step(now, self._in_flight, False):
+            self._period()
+        p = Permit(tokens, asked, max_tokens)
         p.at = now
         self._log.append(p)
         self._held[p] = None
         self._in_flight += 1
         self._req60 += 1
         self._tok60 += tokens
-        self._req_burst += 1
-        self._tok_burst += tokens
+        # _wait_time(now) just refilled both buckets to ``now``: take from them directly.
+        if self._rpm is not None:
+            self._rb_level -= 1.0
         if self._tpm is not None:
-            self._tb_level = self._tb_refill(now) - tokens
+            self._tb_level -= tokens
         self._charged_r += 1
         self._charged_t += tokens
+        self._grants += 1
+        self._psum += p._p
+        self._msum += max_tokens
+        self._mean_tok += (tokens - self._mean_tok) * (0.02 if self._grants > 50 else
+                                                      1.0 / self._grants)
+        p._seq = self._grants
+        p._psum = self._psum
+        p._msum = self._msum
         p._used_r = self._req60
         p._used_t = self._tok60
         p._charged_r = self._charged_r
@@ -553,7 +674,7 @@ class Limiter:
 
     def _wait_time(self, now: float, tokens: int) -> float:
         """0.0 if ``tokens`` may go now, else seconds until it might (inf: until a release)."""
-        if self._in_flight >= self._max_in_flight:
+        if self._in_flight >= self._target and not self._slow_start():
             return _INF
         if self._paused_until:
             if now < self._paused_until:
@@ -567,21 +688,55 @@ class Limiter:
             over = self._req60 + 1 - self._long_r
             if over > 0:
                 wait = self._minute_wait(now, over, requests=True)
-            over = self._req_burst + 1 - self._cap_r
-            if over > 0:
-                wait = max(wait, self._burst_wait(now, over, self._h_r, self._win_r, True))
+            # Request burst: a bucket, as providers enforce it. Its level is computed
+            # from absolute times, so a timer that fires late loses nothing: the
+            # refill it slept through is there for the next requests.
+            level = self._rb_refill(now)
+            if level < 1.0:
+                wait = max(wait, (1.0 - level) * WINDOW / self._rpm + _TINY)
         if self._tpm is not None:
             over = self._tok60 + tokens - self._tpm
             if over > 0:
                 wait = max(wait, self._minute_wait(now, over, requests=False))
-            # Token burst: a bucket, as providers enforce it. A request waits until
-            # the bucket holds its tokens (one bigger than the bucket waits until it
-            # is full and goes alone), so the burst is never overdrawn.
+            # Token burst: a bucket too. A request waits until the bucket holds its
+            # tokens (one bigger than the bucket waits until it is full and goes
+            # alone), so the burst is never overdrawn.
             level = self._tb_refill(now)
             need = min(float(tokens), self._cap_t)
             if level < need:
-                wait = max(wait, (need - level) * WINDOW / self._tpm)
+                wait = max(wait, (need - level) * WINDOW / self._tpm + _TINY)
         return wait if wait == 0.0 else max(wait, _MIN_SLEEP)
+
+    def _slow_start(self) -> bool:
+        """In-flight cap reached before any hold time was measured: double it (if allowed)."""
+        if self._rate is None or self._conc.hold is not None or self._target >= self._conc.hard:
+            self._slot_waits += 1
+            return False
+        self._target = min(self._conc.hard, 2 * self._target)
+        return self._in_flight < self._target
+
+    def _period(self) -> None:
+        """A measuring period closed: new binding rate, new in-flight target."""
+        self._update_rate()
+        self._retarget()
+
+    def _update_rate(self) -> None:
+        rates = []
+        if self._rpm is not None:
+            rates.append(self._rpm / WINDOW)
+        if self._tpm is not None and self._mean_tok > 0:
+            rates.append(self._tpm / WINDOW / self._mean_tok)
+        self._rate = min(rates) if rates else None
+
+    def _retarget(self) -> None:
+        old = self._target
+        if self._rate is None:
+            cap = self._user_cap
+            self._target = cap if cap is not None else min(self._conc.hard, CONC_START)
+        else:
+            self._target = self._conc.target(self._rate, old)
+        if self._target > old and getattr(self, "_waiters", None):
+            self._wake_head()
 
     def _minute_wait(self, now: float, over: float, *, requests: bool) -> float:
         """Seconds until ``over`` units have left the minute window (log and corrections)."""
@@ -596,19 +751,7 @@ class Limiter:
                 return when - now
         return _INF
 
-    def _burst_wait(self, now: float, over: float, head: int, window: float,
-                    requests: bool) -> float:
-        """Seconds until more than ``over`` (requests: at least ``over``) has left the window."""
-        log = self._log
-        freed = 0
-        for i in range(head, len(log)):
-            p = log[i]
-            freed += p._req if requests else p._tok
-            if freed > over or (requests and freed >= over):
-                return p.at + window - now  # type: ignore[operator]
-        return _INF
-
-    async def _wait(self, tokens: int) -> Permit:
+    async def _wait(self, tokens: int, asked: int, max_tokens: int) -> Permit:
         loop = asyncio.get_running_loop()
         w = _Waiter(tokens)
         self._waiters.append(w)
@@ -616,12 +759,18 @@ class Limiter:
             while True:
                 w.fut = loop.create_future()
                 if self._waiters[0] is w:
+                    if self._charge.ready:
+                        # The charge as known now: a request queued before the server's
+                        # charge was learned must not go on reserving the old count.
+                        w.tokens = self._charge.charge(asked, max_tokens)
+                        if self._tpm is not None and w.tokens > self._tpm:
+                            w.tokens = math.floor(self._tpm)  # goes alone, a full bucket
                     now = self._clock.now()
-                    delay = self._wait_time(now, tokens)
+                    delay = self._wait_time(now, w.tokens)
                     if delay == 0.0:
                         self._waiters.popleft()
                         w.disarm()
-                        permit = self._grant(now, tokens)
+                        permit = self._grant(now, w.tokens, asked, max_tokens)
                         if self._waiters:
                             self._wake_head()
                         return permit
@@ -653,29 +802,18 @@ class Limiter:
             i += 1
         if i != start:
             self._h_long = i
-        i, w = self._h_r, self._win_r
-        while i < n and log[i].at + w <= now:  # type: ignore[operator]
-            self._req_burst -= log[i]._req
-            i += 1
-        self._h_r = i
-        i, w = self._h_t, self._win_t
-        while i < n and log[i].at + w <= now:  # type: ignore[operator]
-            self._tok_burst -= log[i]._tok
-            i += 1
-        self._h_t = i
         fixes = self._corrections
         while fixes and fixes[0].until <= now:
             c = fixes.pop(0)
             self._req60 -= c.req
             self._tok60 -= c.tok
-        if self._h_long > 4096 and (head := min(self._h_long, self._h_r, self._h_t)) * 2 > n:
-            del log[:head]
-            self._h_long -= head
-            self._h_r -= head
-            self._h_t -= head
+        if i > 4096 and i * 2 > n:
+            del log[:i]
+            self._h_long = 0
 
     def _adjust(self, p: Permit, dr: int, dt: int) -> None:
-        """Change what a logged request holds, in each window it still counts in.
+        """Change what a logged request holds, in the minute window (if it still counts
+        there) and in the burst buckets.
 
         Membership is judged at the time the heads were last moved to, which is
         exactly "at or after the head"; no need to read the clock.
@@ -685,25 +823,45 @@ class Limiter:
         if at + WINDOW > now and at >= self._floor:
             self._req60 += dr
             self._tok60 += dt
-        if at + self._win_r > now:
-            self._req_burst += dr
-        if at + self._win_t > now:
-            self._tok_burst += dt
+        if dr and self._rpm is not None:
+            self._rb_level = min(self._cap_r, self._rb_refill(now) - dr)
         if dt and self._tpm is not None:
             self._tb_level = min(self._cap_t, self._tb_refill(now) - dt)
         p._req += dr
         p._tok += dt
+
+    def _rb_refill(self, now: float) -> float:
+        """The request bucket's level at ``now`` (refilled since it was last read)."""
+        rpm = self._rpm
+        if rpm is None:
+            return _INF
+        last = self._rb_time
+        if now > last:
+            if last == -_INF:
+                level = self._cap_r  # starts full: the server's burst from the first second
+            else:
+                level = self._rb_level + (now - last) * rpm / WINDOW
+                if level > self._cap_r:
+                    level = self._cap_r
+            self._rb_level = level
+            self._rb_time = now
+        return self._rb_level
 
     def _tb_refill(self, now: float) -> float:
         """The token bucket's level at ``now`` (refilled since it was last read)."""
         tpm = self._tpm
         if tpm is None:
             return _INF
-        if self._tb_time == -_INF:
-            self._tb_level = self._cap_t  # starts full: full speed from the first second
-        elif now > self._tb_time:
-            self._tb_level = min(self._cap_t, self._tb_level + (now - self._tb_time) * tpm / WINDOW)
-        self._tb_time = max(self._tb_time, now)
+        last = self._tb_time
+        if now > last:
+            if last == -_INF:
+                level = self._cap_t  # starts full: full speed from the first second
+            else:
+                level = self._tb_level + (now - last) * tpm / WINDOW
+                if level > self._cap_t:
+                    level = self._cap_t
+            self._tb_level = level
+            self._tb_time = now
         return self._tb_level
 
     def _charge_correction(self, until: float, req: int, tok: int) -> None:
@@ -722,17 +880,15 @@ class Limiter:
         self._limited = rpm is not None or tpm is not None
         b = self._burst_seconds
         if rpm is not None:
-            rate = rpm / WINDOW
-            self._cap_r = 1 if self._smooth_r else max(1, math.floor(rate * b))
-            self._win_r = self._cap_r / rate
+            burst = rpm / WINDOW * b
+            # Smooth (after a requests 429): a quarter of the burst, but at least 2, so
+            # a late timer is still made up by the next request (a bucket of 1 cannot).
+            self._cap_r = (max(2, math.floor(burst * SMOOTH)) if self._smooth_r
+                           else max(1, math.floor(burst)))
             self._long_r = max(1.0, rpm)
         else:
-            self._cap_r, self._win_r, self._long_r = _INF, 0.0, _INF
-        if tpm is not None:
-            self._cap_t = tpm / WINDOW * b
-            self._win_t = b
-        else:
-            self._cap_t, self._win_t = _INF, 0.0
+            self._cap_r, self._long_r = _INF, _INF
+        self._cap_t = tpm / WINDOW * b if tpm is not None else _INF
         self._rebuild(now)
         if newly and (self._unlogged_r or self._unlogged_t):
             # Requests granted before any limit was known are in flight unlogged:
@@ -744,29 +900,27 @@ class Limiter:
                 w.disarm()
                 if w.fut is not None and not w.fut.done():
                     w.fut.set_exception(self._too_large(w.tokens, tpm))
+        self._update_rate()
+        self._retarget()
         self._wake_head()
 
     def _rebuild(self, now: float) -> None:
-        """Recount every window from the log (limits changed, so burst windows may have too)."""
+        """Recount the minute window from the log; fit the buckets to their new sizes."""
         log = self._log
         self._seen = now
-
-        def head(window: float) -> int:
-            return bisect.bisect_right([p.at + window for p in log], now)  # type: ignore[operator]
-
         floor = bisect.bisect_left([p.at for p in log], self._floor)  # type: ignore[type-var]
-        self._h_long = max(head(WINDOW), floor)
-        self._h_r, self._h_t = head(self._win_r), head(self._win_t)
+        head = bisect.bisect_right([p.at + WINDOW for p in log], now)  # type: ignore[operator]
+        self._h_long = max(head, floor)
         fixes = [c for c in self._corrections if c.until > now]
         self._corrections = fixes
         self._req60 = sum(p._req for p in _tail(log, self._h_long)) + sum(c.req for c in fixes)
         self._tok60 = sum(p._tok for p in _tail(log, self._h_long)) + sum(c.tok for c in fixes)
-        self._req_burst = sum(p._req for p in _tail(log, self._h_r))
-        self._tok_burst = sum(p._tok for p in _tail(log, self._h_t))
+        # New limits, new buckets: never fuller than they now hold, and a debt run up
+        # under the old limit is not carried over whole (the minute window still
+        # counts those requests and tokens).
+        if self._rpm is not None and self._rb_time != -_INF:
+            self._rb_level = max(-self._cap_r, min(self._rb_level, self._cap_r))
         if self._tpm is not None and self._tb_time != -_INF:
-            # New limits, new bucket: never fuller than it now holds, and a debt run
-            # up under the old limit is not carried over whole (the minute window
-            # still counts those tokens).
             self._tb_level = max(-self._cap_t, min(self._tb_level, self._cap_t))
 
 

@@ -252,7 +252,8 @@ class Stats:
     """
 
     __slots__ = ("started", "requests", "by_status", "faults", "rate_limited", "prompt_tokens",
-                 "completion_tokens", "completions", "tokens", "limited")
+                 "completion_tokens", "completions", "tokens", "limited", "first_request",
+                 "last_answer")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -265,6 +266,14 @@ class Stats:
         self.completions: list[int] = []
         self.tokens: list[int] = []
         self.limited: list[int] = []
+        self.first_request: float | None = None  # seconds since start: the API span's ends
+        self.last_answer: float | None = None
+
+    def arrived(self, now: float) -> None:
+        """A request came in (counted before it is judged)."""
+        self.requests += 1
+        if self.first_request is None:
+            self.first_request = now - self.started
 
     def record(self, now: float, status: int, tokens: tuple[int, int], fault: str | None,
                limited: str | None) -> None:
@@ -280,6 +289,7 @@ class Stats:
             self.rate_limited[limited] = self.rate_limited.get(limited, 0) + 1
             self.limited[second] += 1
         elif status == 200 and (tokens[0] or tokens[1]):
+            self.last_answer = now - self.started
             self.prompt_tokens += tokens[0]
             self.completion_tokens += tokens[1]
             self.completions[second] += 1
@@ -289,6 +299,8 @@ class Stats:
         ok = sum(n for s, n in self.by_status.items() if 200 <= s < 300)
         return {
             "uptime": round(now - self.started, 3),
+            "first_request": None if self.first_request is None else round(self.first_request, 4),
+            "last_answer": None if self.last_answer is None else round(self.last_answer, 4),
             "totals": {
                 "requests": self.requests,
                 "2xx": ok,

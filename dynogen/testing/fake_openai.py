@@ -204,7 +204,7 @@ class FakeOpenAI:
 
     def reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
         """Decide the answer to one ``POST /v1/chat/completions``."""
-        self.stats.requests += 1
+        self.stats.arrived(self.clock())
         self._seq += 1
         try:
             body = orjson.loads(raw)
