@@ -202,8 +202,9 @@ class FakeOpenAI:
 
     # ---- deciding an answer (no I/O) -------------------------------------------------------
 
-    def reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
-        """Decide the answer to one ``POST /v1/chat/completions``."""
+    def reply(self, raw: bytes, headers: Mapping[str, str], *, limited: bool = True) -> Reply:
+        """Decide the answer to one ``POST /v1/chat/completions``; a batch line is not rate
+        limited (``limited=False``): OpenAI queues batches apart from the per-minute limits."""
         self.stats.requests += 1
         self._seq += 1
         try:
@@ -235,7 +236,8 @@ class FakeOpenAI:
         ids = self.exact.prompt_ids(body) if self.exact is not None else None
         prompt_tokens = len(ids) if ids is not None else count_prompt_tokens(body)
         now = self.clock()
-        refusal = self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now)
+        refusal = (self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now) if limited
+                   else None)
         out_headers = {"content-type": _JSON, "x-request-id": f"req_{self._seq:024x}",
                        **self.limiter.headers(now)}
         if refusal is not None:
@@ -297,7 +299,8 @@ def _encoding_of(model: str) -> str:
 # ---- the aiohttp app --------------------------------------------------------------------------
 
 def make_app(fake: FakeOpenAI) -> web.Application:
-    """Routes: chat completions, health, models, stats and two admin endpoints."""
+    """Routes: chat completions, health, models, stats, two admin endpoints, and the Batch API
+    (files and batches, see ``fake_batches``)."""
     closing = asyncio.Event()
 
     async def pause(seconds: float) -> None:
@@ -355,6 +358,8 @@ def make_app(fake: FakeOpenAI) -> web.Application:
     app.router.add_post("/admin/limits", limits)
     app.router.add_post("/admin/reset", reset)
     app.on_shutdown.append(on_shutdown)
+    from dynogen.testing.fake_batches import add_batch_routes  # it imports this module
+    add_batch_routes(app, fake)
     return app
 
 
