@@ -42,8 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dynogen.config import Config
 from dynogen.dedup import HashSet
-from dynogen.errors import APIError, BudgetExceeded, DynogenError, FatalAPIError
+from dynogen.errors import (
+    APIError,
+    BudgetExceeded,
+    ConfigError,
+    DynogenError,
+    FatalAPIError,
+    RequestFailed,
+    Stopped,
+)
+from dynogen.execute.base import Accounting, Request, usage_counts
 from dynogen.execute.batch_files import (
     MAX_RESULT_LINE,
     Caps,
@@ -55,8 +65,7 @@ from dynogen.execute.batch_files import (
 )
 from dynogen.execute.batch_remote import BatchRemote
 from dynogen.execute.batch_state import TERMINAL, BatchJournal, FileState
-from dynogen.execute.client import Completion, parse_completion
-from dynogen.execute.online import Accounting, RequestFailed, Stopped, usage_counts
+from dynogen.execute.client import Completion, parse_answer
 from dynogen.execute.transport import RawResponse
 from dynogen.ledger import Ledger, Reservation
 from dynogen.store.cache import RequestCache, request_key
@@ -66,13 +75,6 @@ __all__ = ["BatchExecutor", "BatchOptions"]
 
 # Line failures worth another round: the server's fault or the batch's, not the request's.
 _RETRYABLE_HTTP = ("http_408", "http_409", "http_429", "http_5")
-
-
-class _Request(Protocol):
-    body: bytes
-    prompt_tokens: int
-    max_tokens: int
-    endpoint: str
 
 
 class _Meter(Protocol):
@@ -126,30 +128,42 @@ def _take(it: Iterator[Any], n: int) -> list[Any]:
 class BatchExecutor:
     """Answers requests from Batch API jobs; see the module docstring.
 
-    >>> ex = BatchExecutor(remote, run_dir=out, cache=cache, ledger=Ledger(price, 5.0, batch=True))
-    >>> await ex.plan(requests); comp = await ex.complete(requests[0], Accounting())
+    >>> ex = BatchExecutor(cfg, ledger=Ledger(price, 5.0, batch=True), cache=cache, state_dir=out)
+    >>> ex.plan(requests); comp = await ex.complete(requests[0], Accounting())
     """
 
-    def __init__(self, *, base_url: str, api_key: str | None, run_dir: str | Path,
-                 cache: RequestCache | None, ledger: Ledger,
-                 options: BatchOptions | None = None, spend: JsonlWriter | None = None,
-                 meter: _Meter | None = None, stage: str = "tasks",
-                 client: Any = None) -> None:
-        opts = options or BatchOptions()
+    def __init__(self, cfg: Config, *, ledger: Ledger, cache: RequestCache | None,
+                 state_dir: Path | None, concurrency: int = 1024,
+                 spend: JsonlWriter | None = None, meter: _Meter | None = None,
+                 stage: str = "tasks", options: BatchOptions | None = None, client: Any = None,
+                 limiter: Any = None, transport: Any = None) -> None:
+        # ``limiter`` and ``transport`` belong to online sending: a batch job has no
+        # per-minute pacing here, and it reaches the server through the openai SDK.
+        if state_dir is None:
+            raise ConfigError("--mode batch needs a directory for its input files and journal")
+        opts = options or BatchOptions(
+            poll_seconds=cfg.poll_seconds, rounds=cfg.batch_rounds,
+            caps=Caps(requests=cfg.batch_max_requests), enqueued_tokens=cfg.batch_enqueued_tokens,
+            quiet=cfg.quiet)
         if opts.enqueued_tokens is not None and opts.caps.tokens is None:
             # A file must fit under the enqueued cap on its own.
             opts = dataclasses.replace(opts, caps=dataclasses.replace(
                 opts.caps, tokens=opts.enqueued_tokens))
         self.opts = opts
-        self.cache = cache
+        self._concurrency = concurrency
+        # Answers must outlive a kill between collecting and using them, or a restart
+        # would pay for them again: with no cache given, the executor keeps its own.
+        self._own_cache = cache is None
+        self.cache = cache if cache is not None else RequestCache(state_dir / "cache.sqlite")
         self.ledger = ledger
         self.spend = spend
         self.meter = meter
         self.stage = stage
-        self.journal = BatchJournal(run_dir).open()
+        self.journal = BatchJournal(state_dir).open()
         run_id = self.journal.run_id(create=True)
         assert run_id is not None
-        self.remote = BatchRemote(base_url, api_key, run_id=run_id, client=client)
+        self.remote = BatchRemote(cfg.base_url, cfg.api_key.get(), run_id=run_id, client=client,
+                                  max_retries=cfg.max_retries, timeout=cfg.request_timeout)
         self.session: Counter[str] = Counter()
         self.files: dict[str, FileState] = self.journal.load()
         self._seq = max((int(n[6:12]) for n in self.files if n[6:12].isdigit()), default=0)
@@ -161,6 +175,7 @@ class BatchExecutor:
         self._uncached: dict[int, bytes] = {}
         self._fatal: DynogenError | None = None
         self._stopping = False
+        self._closed = False
         self.user_cancelled = False
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -168,12 +183,39 @@ class BatchExecutor:
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._planner: asyncio.Task[None] | None = None
+        self._planning = asyncio.Event()   # set while no plan is being read
+        self._planning.set()
+        self._planned_more = asyncio.Event()
         self._last_status = ""
 
     # ---- the executor interface ---------------------------------------------------------------
 
-    async def plan(self, requests: Iterable[_Request]) -> None:
-        """Write, reserve and submit batches for ``requests`` (streamed, in source order)."""
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def plan(self, requests: Iterable[Request]) -> None:
+        """Read ``requests`` (the caller's first tries, in order) in the background: write,
+        reserve and submit batches for them as files fill."""
+        self._planning.clear()
+        self._planner = asyncio.create_task(self._plan(requests))
+
+    async def _plan(self, requests: Iterable[Request]) -> None:
+        try:
+            await self._plan_all(requests)
+        except DynogenError as e:
+            if self._fatal is None:
+                self._fail_all(e)
+        finally:
+            self._planning.set()
+            self._planned_more.set()
+
+    async def _plan_all(self, requests: Iterable[Request]) -> None:
         await self._start()
         it = iter(requests)
         while not self._stopping and self._fatal is None:
@@ -192,16 +234,17 @@ class BatchExecutor:
                     await self._close_open("plan")
                     await self._submit_pending()
                     return
+            self._planned_more.set()
             await self._submit_pending()
         await self._close_open("plan")
         await self._submit_pending()
 
-    async def complete(self, req: _Request, acct: Accounting) -> Completion:
+    async def complete(self, req: Request, acct: Accounting) -> Completion:
         await self._start()
         key = request_key(req.body)
         h = key_hash(key)
         while True:
-            comp = self._answer(key, h, acct)
+            comp = self._answer(key, h, req.endpoint, acct)
             if comp is not None:
                 return comp
             if self._fatal is not None:
@@ -210,6 +253,11 @@ class BatchExecutor:
             if reason is not None:
                 raise RequestFailed(reason, APIError(f"batch request failed: {reason}"))
             live = self._holder(h)
+            if live is None and not self._planning.is_set() and not self._stopping:
+                # The plan may not have reached this request yet: wait for it to move on.
+                self._planned_more.clear()
+                await self._planned_more.wait()
+                continue
             if live is None:
                 if self._stopping:
                     raise Stopped()
@@ -231,19 +279,25 @@ class BatchExecutor:
         self._stopping = True
         for live in list(self.live.values()):
             live.done.set()
-        self._wake.set()
+        for ev in (self._wake, self._settled, self._planned_more):
+            ev.set()
 
     async def aclose(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        self._closed = True
+        self._wake.set()
+        for task in (self._planner, self._poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for live in list(self._open.values()):
             if live.writer is not None:
                 live.writer.discard()
         self._open.clear()
         await self.remote.aclose()
         self.journal.close()
+        if self._own_cache:
+            self.cache.close()
 
     # ---- start and restart --------------------------------------------------------------------
 
@@ -291,12 +345,12 @@ class BatchExecutor:
         """Answered already, or in a batch that will answer it."""
         if h in self._uncached or self._holder(h) is not None:
             return True
-        if self.cache is not None and self.cache.get(key) is not None:
+        if self.cache.get(key) is not None:
             self.session["batch_cache_skips"] += 1
             return True
         return False
 
-    def _write(self, slot: tuple[str, str], key: bytes, h: int, req: _Request, round_: int,
+    def _write(self, slot: tuple[str, str], key: bytes, h: int, req: Request, round_: int,
                parent: str | None) -> bool:
         """Append ``req`` to the open file of ``slot``, closing it first when full or when the
         budget cannot take one more line; ``False`` if not even a file of one fits."""
@@ -357,7 +411,7 @@ class BatchExecutor:
         for slot in [s for s in self._open if s[0] == kind]:
             self._close_file(slot)
 
-    def _pool(self, key: bytes, h: int, req: _Request) -> _Live | None:
+    def _pool(self, key: bytes, h: int, req: Request) -> _Live | None:
         """Put an unplanned request into the pool file; ``None`` if the budget cannot take it."""
         if not self._write(("pool", req.endpoint), key, h, req, 0, None):
             return None
@@ -365,11 +419,12 @@ class BatchExecutor:
         self._wake.set()
         return self._open[("pool", req.endpoint)]
 
-    async def _wait_for_money(self, req: _Request) -> None:
+    async def _wait_for_money(self, req: Request) -> None:
         """Budget full: wait for live batches to settle, or give up when none can."""
         if self.ledger.can_reserve(req.prompt_tokens, req.max_tokens):
             return
-        if not any(lv.reservation is not None for lv in self.live.values()):
+        if not any(lv.reservation is not None or lv.writer is not None
+                   for lv in self.live.values()):
             self.ledger.reserve(req.prompt_tokens, req.max_tokens)  # raises BudgetExceeded
         self._settled.clear()
         await self._settled.wait()
@@ -429,13 +484,18 @@ class BatchExecutor:
     async def _poll_loop(self) -> None:
         low = max(0.001, self.opts.poll_seconds / 8)
         delay = low
-        while True:
+        while not self._closed:
             try:
                 changed = await self._tick()
             except FatalAPIError as e:
                 self._fail_all(e)
                 return
             except APIError:
+                # The SDK turns a cancelled request into a connection error: a cancel
+                # must still end the loop.
+                task = asyncio.current_task()
+                if self._closed or (task is not None and task.cancelling()):
+                    return
                 self.session["batch_poll_errors"] += 1
                 changed = False
             delay = low if changed else min(self.opts.poll_seconds, delay * 2)
@@ -504,8 +564,7 @@ class BatchExecutor:
         path = self.journal.local(st.name)
         for key, line, pt, mt in (iter_input_lines(path) if path.exists() else iter(())):
             h = key_hash(key)
-            if h in answered or h in self._uncached or (
-                    self.cache is not None and self.cache.get(key) is not None):
+            if h in answered or h in self._uncached or self.cache.get(key) is not None:
                 continue
             failed += 1
             why = reasons.get(h, whole)
@@ -548,7 +607,7 @@ class BatchExecutor:
         """Bill and cache one answer; the reason it is unusable, or ``None``."""
         assert res.body is not None
         key, h = res.key, key_hash(res.key)
-        if self.cache is not None and self.cache.get(key) is not None:
+        if self.cache.get(key) is not None:
             self.session["batch_already_collected"] += 1
             return None
         counts = usage_counts(res.usage)
@@ -564,26 +623,25 @@ class BatchExecutor:
         if self.meter is not None:
             self.meter.request_done(pin + pout, cost)
         try:
-            comp = parse_completion(RawResponse(200, {}, res.body))
+            comp = parse_answer(RawResponse(200, {}, res.body), live.endpoint)
         except DynogenError as e:
             return f"invalid_{getattr(e, 'kind', 'answer')}"
         self._landed[h] = (pin, pout, cached, cost)
-        if self.cache is not None and comp.finish_reason in ("stop", None):
+        if comp.finish_reason in ("stop", None):
             self.cache.put(key, res.body)
         else:
             self._uncached[h] = res.body
         return None
 
-    def _answer(self, key: bytes, h: int, acct: Accounting) -> Completion | None:
+    def _answer(self, key: bytes, h: int, endpoint: str, acct: Accounting) -> Completion | None:
         body = self._uncached.pop(h, None)
-        if body is None and self.cache is not None:
+        if body is None:
             body = self.cache.get(key)
         if body is None:
             return None
         landed = self._landed.pop(h, None)
         if landed is None:
             self.session["cache_hits"] += 1
-            acct.from_cache = True
         else:
             pin, pout, cached, cost = landed
             acct.requests += 1
@@ -592,7 +650,7 @@ class BatchExecutor:
             acct.tokens_cached += cached
             acct.cost += cost
         acct.responses += 1
-        return parse_completion(RawResponse(200, {}, body))
+        return parse_answer(RawResponse(200, {}, body), endpoint)
 
     def _holder(self, h: int) -> _Live | None:
         for live in reversed(self.live.values()):
