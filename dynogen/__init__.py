@@ -5,7 +5,8 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``inspect``.
+``build``, ``collect``, ``export``, ``call``, ``inspect``; ``dynogen batch status|cancel``
+are ``batch_status`` and ``batch_cancel``.
 """
 
 # Set before the imports below: modules read it while the package initialises.
@@ -15,6 +16,8 @@ from dynogen.api import (
     EXIT,
     RunOutcome,
     arun,
+    batch_cancel,
+    batch_status,
     build,
     call,
     collect,
@@ -54,6 +57,8 @@ __all__ = [
     "UserError",
     "__version__",
     "arun",
+    "batch_cancel",
+    "batch_status",
     "build",
     "call",
     "collect",

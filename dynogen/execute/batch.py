@@ -100,7 +100,7 @@ class _Live:
     """An input file from the moment it is opened until its results are collected."""
 
     __slots__ = ("name", "state", "keys", "writer", "reservation", "done", "error", "remote",
-                 "opened", "round", "parent", "endpoint")
+                 "opened", "round", "parent", "endpoint", "usd")
 
     def __init__(self, name: str, endpoint: str, round_: int, parent: str | None) -> None:
         self.name = name
@@ -115,6 +115,7 @@ class _Live:
         self.error: DynogenError | None = None
         self.remote: Any = None
         self.opened = time.monotonic()
+        self.usd = 0.0
 
     @property
     def submitted(self) -> bool:
@@ -583,7 +584,7 @@ class BatchExecutor:
             self.ledger.release(live.reservation)
             live.reservation = None
         self.journal.record("done", st.name, batch_id=st.batch_id, status=batch.status,
-                            answered=len(answered), failed=failed)
+                            answered=len(answered), failed=failed, usd=round(live.usd, 6))
         st.done, st.answered, st.failed = True, len(answered), failed
         del self.live[st.name]
         live.done.set()
@@ -616,6 +617,7 @@ class BatchExecutor:
             live.reservation = self.ledger.reserve(0, 0, force=True)
         share = self.ledger.split(live.reservation, pin, pout)
         cost = self.ledger.settle(share, res.usage, stage=self.stage)
+        live.usd += cost
         if self.spend is not None:
             self.spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached, "batch": 1}
                              if counts is not None else {"usd": cost, "unconfirmed": True})
