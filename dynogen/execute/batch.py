@@ -636,7 +636,9 @@ class BatchExecutor:
         return None
 
     def _answer(self, key: bytes, h: int, endpoint: str, acct: Accounting) -> Completion | None:
-        body = self._uncached.pop(h, None)
+        # An answer the cache does not take (cut at max_tokens) stays for the run: a second
+        # request with the same body gets it instead of being paid for again.
+        body = self._uncached.get(h)
         if body is None:
             body = self.cache.get(key)
         if body is None:

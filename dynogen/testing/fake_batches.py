@@ -33,7 +33,8 @@ with status ``line_fail_status``), ``expire_every`` / ``fail_every`` (every Nth
 batch created expires after answering ``expire_fraction`` of its lines, or fails
 at validation), ``enqueued_token_limit`` (a batch that would push the prompt
 tokens in flight past it fails with ``token_limit_exceeded``, as OpenAI's does),
-``upload_error`` / ``create_error`` (refuse every upload or create with a status).
+``upload_error`` / ``create_error`` (refuse every upload or create with a status),
+``junk_lines`` (each output file also holds a torn line and a foreign ``custom_id``).
 The server-side record for "nothing submitted twice" checks is ``counts()``:
 files and batches created, identical uploads, lines processed, and how often
 each ``custom_id`` was submitted and processed.
@@ -72,7 +73,7 @@ _JSON = "application/json"
 _SETTINGS = ("validating", "in_progress", "finalizing", "cancelling", "line_fail_rate",
              "line_fail_status", "expire_every", "fail_every", "expire_fraction",
              "enqueued_token_limit", "upload_error", "create_error", "max_file_bytes",
-             "max_file_requests")
+             "max_file_requests", "junk_lines")
 _EXPIRED_MSG = "This request could not be executed before the completion window expired."
 _CANCELLED_MSG = "This request was not executed because the batch was cancelled."
 
@@ -149,7 +150,8 @@ class FakeBatches:
                  expire_fraction: float = 0.5, enqueued_token_limit: int | None = None,
                  upload_error: int | None = None, create_error: int | None = None,
                  max_file_bytes: int = MAX_FILE_BYTES,
-                 max_file_requests: int = MAX_FILE_REQUESTS, seed: int = 0) -> None:
+                 max_file_requests: int = MAX_FILE_REQUESTS, junk_lines: bool = False,
+                 seed: int = 0) -> None:
         self.fake = fake
         self.clock = clock
         self.validating = validating
@@ -166,6 +168,7 @@ class FakeBatches:
         self.create_error = create_error
         self.max_file_bytes = max_file_bytes
         self.max_file_requests = max_file_requests
+        self.junk_lines = junk_lines
         self.configure()  # validates
         self.rng = random.Random(seed)
         self.files: dict[str, _File] = {}
@@ -453,6 +456,12 @@ class FakeBatches:
                     "id": f"batch_req_{b.seq:012x}{no:012x}",
                     "custom_id": line.custom_id, "response": None,
                     "error": {"code": code, "message": message}}))
+        if self.junk_lines and b.out:
+            # What a client must survive: a torn line and an answer to a request it never made.
+            b.out.insert(len(b.out) // 2, b'{"id": "batch_req_torn", "custom_id": "dg-')
+            b.out.append(orjson.dumps({"id": "batch_req_x", "custom_id": "someone-else",
+                                       "response": {"status_code": 200, "request_id": "r",
+                                                    "body": {}}, "error": None}))
         if b.out:
             b.output_file_id = self.add_file(f"{b.id}_output.jsonl", "batch_output",
                                              b"\n".join(b.out) + b"\n", uploaded=False).id
