@@ -183,3 +183,22 @@ def test_journal_names_every_file_and_batch(tmp_path: Path) -> None:
     assert not (tmp_path / "batches" / "input-000002.jsonl.tmp").exists()
     assert orjson.loads((tmp_path / "batches.jsonl").read_bytes().splitlines()[-1])["ev"] == "batch"
     again.close()
+
+
+async def test_the_enqueued_token_cap_keeps_batches_under_the_server_s_limit(
+        tmp_path: Path) -> None:
+    fake = FakeOpenAI(exact_tokens=True)
+    FakeBatches(fake, **FAST)
+    async with serve(fake) as server:
+        await arun(cfg(tmp_path / "probe", server.url, mode="batch"), source=units(20),
+                   build=False)
+    per_file = max(f.prompt_tokens for f in BatchJournal(tmp_path / "probe").load().values())
+    cap = per_file * 5 // 2  # two files in flight at once, never three
+    fake = FakeOpenAI(exact_tokens=True)
+    batches = FakeBatches(fake, enqueued_token_limit=cap, **{**FAST, "in_progress": 1.5})
+    async with serve(fake) as server:
+        out = await arun(cfg(tmp_path / "capped", server.url, mode="batch",
+                             batch_enqueued_tokens=cap), source=units(20), build=False)
+    assert out.exit_code == EXIT["ok"], out.message
+    c = batches.counts()
+    assert c["by_status"] == {"completed": 4} and c["lines_processed"] == 40
