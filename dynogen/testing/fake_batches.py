@@ -26,7 +26,8 @@ when lines are answered::
     batches.counts()                                   # files, batches, lines processed
 
 A fake in its own process (``start_fake_process``) is configured over HTTP:
-``POST /admin/batches`` with settings, ``GET /admin/batches`` for the counts.
+``POST /admin/batches`` with settings (and ``"reset": true`` to forget every file,
+batch and count), ``GET /admin/batches`` for the counts.
 
 Switches: ``line_fail_rate`` (seeded draw per processed line → an error-file line
 with status ``line_fail_status``), ``expire_every`` / ``fail_every`` (every Nth
@@ -170,7 +171,13 @@ class FakeBatches:
         self.max_file_requests = max_file_requests
         self.junk_lines = junk_lines
         self.configure()  # validates
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.reset()
+        _ATTACHED[fake] = self
+
+    def reset(self) -> None:
+        """Forget every file, batch and count (the switches stay); the RNG is reseeded."""
+        self.rng = random.Random(self.seed)
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
         self.files_created = 0
@@ -181,7 +188,6 @@ class FakeBatches:
         self.processed: collections.Counter[str] = collections.Counter()
         self.billed = {"lines": 0, "prompt_tokens": 0, "completion_tokens": 0,
                        "cached_tokens": 0}
-        _ATTACHED[fake] = self
 
     # ---- control ------------------------------------------------------------------------------
 
@@ -666,6 +672,8 @@ def add_batch_routes(app: web.Application, fake: FakeOpenAI) -> None:
             settings = orjson.loads(await request.read())
             if not isinstance(settings, dict):
                 raise ValueError("send a JSON object of settings")
+            if settings.pop("reset", False):
+                store.reset()
             store.configure(**settings)
         except (orjson.JSONDecodeError, ValueError, TypeError) as e:
             raise _Refused(400, str(e)) from None
