@@ -104,7 +104,7 @@ async def test_cancel_from_outside_is_noticed_and_a_resume_finishes(tmp_path: Pa
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 20)
     fake = FakeOpenAI()
-    batches = FakeBatches(fake, validating=0.01, in_progress=3.0, finalizing=0.01)
+    batches = FakeBatches(fake, validating=0.01, in_progress=8.0, finalizing=0.01)
     out = tmp_path / "run"
     async with serve(fake) as server:
         c = cfg(out, server.url, shard)
@@ -112,7 +112,7 @@ async def test_cancel_from_outside_is_noticed_and_a_resume_finishes(tmp_path: Pa
         while sum(e["ev"] == "batch" for e in events(out)) < 4:
             assert not run.done(), run.result().message if run.done() else ""
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.9)
+        await asyncio.sleep(2.0)
         rows = await astatus(out, server.url, None)
         assert {r["status"] for r in rows} <= {"validating", "in_progress"} and len(rows) == 4
         assert "4 batches, 4 running" in format_status(rows)

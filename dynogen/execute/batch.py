@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from dynogen.config import Config
 from dynogen.dedup import HashSet
@@ -53,21 +53,21 @@ from dynogen.errors import (
     RequestFailed,
     Stopped,
 )
-from dynogen.execute.base import Accounting, Request, usage_counts
+from dynogen.execute.base import Accounting, Request
+from dynogen.execute.batch_admin import live_status_line
+from dynogen.execute.batch_answers import Answers, Meter
 from dynogen.execute.batch_files import (
     MAX_RESULT_LINE,
     Caps,
-    InputFile,
-    ResultLine,
     iter_input_lines,
     key_hash,
     parse_result_line,
 )
+from dynogen.execute.batch_inputs import InputFiles, LiveFile
 from dynogen.execute.batch_remote import BatchRemote
-from dynogen.execute.batch_state import TERMINAL, BatchJournal, FileState
-from dynogen.execute.client import Completion, parse_answer
-from dynogen.execute.transport import RawResponse
-from dynogen.ledger import Ledger, Reservation
+from dynogen.execute.batch_state import TERMINAL, BatchJournal
+from dynogen.execute.client import Completion
+from dynogen.ledger import Ledger
 from dynogen.store.cache import RequestCache, request_key
 from dynogen.store.journal import JsonlWriter
 
@@ -75,10 +75,6 @@ __all__ = ["BatchExecutor", "BatchOptions"]
 
 # Line failures worth another round: the server's fault or the batch's, not the request's.
 _RETRYABLE_HTTP = ("http_408", "http_409", "http_429", "http_5")
-
-
-class _Meter(Protocol):
-    def request_done(self, tokens: int, cost_usd: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,34 +92,14 @@ class BatchOptions:
     quiet: bool = True
 
 
-class _Live:
-    """An input file from the moment it is opened until its results are collected."""
-
-    __slots__ = ("name", "state", "keys", "writer", "reservation", "done", "error", "remote",
-                 "opened", "round", "parent", "endpoint", "usd")
-
-    def __init__(self, name: str, endpoint: str, round_: int, parent: str | None) -> None:
-        self.name = name
-        self.endpoint = endpoint
-        self.round = round_
-        self.parent = parent
-        self.state: FileState | None = None      # set once the file is closed and journaled
-        self.keys = HashSet()
-        self.writer: InputFile | None = None
-        self.reservation: Reservation | None = None
-        self.done = asyncio.Event()
-        self.error: DynogenError | None = None
-        self.remote: Any = None
-        self.opened = time.monotonic()
-        self.usd = 0.0
-
-    @property
-    def submitted(self) -> bool:
-        return self.state is not None and self.state.batch_id is not None
-
-
 def _take(it: Iterator[Any], n: int) -> list[Any]:
     return list(itertools.islice(it, n))
+
+
+def _unexpected(doing: str, e: Exception) -> FatalAPIError:
+    return FatalAPIError(f"batch mode failed while {doing} ({type(e).__name__}: {e}); the "
+                         "batches already submitted are journaled: run the same command again "
+                         "to resume")
 
 
 class BatchExecutor:
@@ -135,7 +111,7 @@ class BatchExecutor:
 
     def __init__(self, cfg: Config, *, ledger: Ledger, cache: RequestCache | None,
                  state_dir: Path | None, concurrency: int = 1024,
-                 spend: JsonlWriter | None = None, meter: _Meter | None = None,
+                 spend: JsonlWriter | None = None, meter: Meter | None = None,
                  stage: str = "tasks", options: BatchOptions | None = None, client: Any = None,
                  limiter: Any = None, transport: Any = None) -> None:
         # ``limiter`` and ``transport`` belong to online sending: a batch job has no
@@ -166,14 +142,12 @@ class BatchExecutor:
         self.remote = BatchRemote(cfg.base_url, cfg.api_key.get(), run_id=run_id, client=client,
                                   max_retries=cfg.max_retries, timeout=cfg.request_timeout)
         self.session: Counter[str] = Counter()
-        self.files: dict[str, FileState] = self.journal.load()
-        self._seq = max((int(n[6:12]) for n in self.files if n[6:12].isdigit()), default=0)
-        self.live: dict[str, _Live] = {}
-        self._open: dict[tuple[str, str], _Live] = {}   # (kind, endpoint) → file being written
+        self.inputs = InputFiles(self.journal, self.opts.caps, ledger, self.session)
+        self.files = self.inputs.files   # the journal's view of every file of the run
+        self.live = self.inputs.live     # files not yet collected, in the order written
         self._planned = HashSet()
         self._failures: dict[int, str] = {}
-        self._landed: dict[int, tuple[int, int, int, float]] = {}
-        self._uncached: dict[int, bytes] = {}
+        self.answers = Answers(self.cache, ledger, spend, meter, stage, self.session)
         self._fatal: DynogenError | None = None
         self._stopping = False
         self._closed = False
@@ -212,6 +186,8 @@ class BatchExecutor:
         except DynogenError as e:
             if self._fatal is None:
                 self._fail_all(e)
+        except Exception as e:  # a bug or a full disk: fail loudly, never leave waiters hanging
+            self._fail_all(_unexpected("reading the plan", e))
         finally:
             self._planning.set()
             self._planned_more.set()
@@ -219,7 +195,7 @@ class BatchExecutor:
     async def _plan_all(self, requests: Iterable[Request]) -> None:
         await self._start()
         it = iter(requests)
-        while not self._stopping and self._fatal is None:
+        while not self._stopping and self._fatal is None and not self.user_cancelled:
             chunk = await asyncio.to_thread(_take, it, 256)
             if not chunk:
                 break
@@ -228,16 +204,16 @@ class BatchExecutor:
                 h = key_hash(key)
                 if not self._planned.add(h) or self._known(key, h):
                     continue
-                if not self._write(("plan", req.endpoint), key, h, req, 0, None):
+                if not self.inputs.write(("plan", req.endpoint), key, h, req, 0, None):
                     # Out of budget for now: the rest reach the pool through complete()
                     # once settled batches have freed money.
                     self.session["batch_plan_stopped_by_budget"] += 1
-                    await self._close_open("plan")
+                    self.inputs.close_kind("plan")
                     await self._submit_pending()
                     return
             self._planned_more.set()
             await self._submit_pending()
-        await self._close_open("plan")
+        self.inputs.close_kind("plan")
         await self._submit_pending()
 
     async def complete(self, req: Request, acct: Accounting) -> Completion:
@@ -245,7 +221,7 @@ class BatchExecutor:
         key = request_key(req.body)
         h = key_hash(key)
         while True:
-            comp = self._answer(key, h, req.endpoint, acct)
+            comp = self.answers.take(key, h, req.endpoint, acct)
             if comp is not None:
                 return comp
             if self._fatal is not None:
@@ -253,7 +229,7 @@ class BatchExecutor:
             reason = self._failures.get(h)
             if reason is not None:
                 raise RequestFailed(reason, APIError(f"batch request failed: {reason}"))
-            live = self._holder(h)
+            live = self.inputs.holder(h)
             if live is None and not self._planning.is_set() and not self._stopping:
                 # The plan may not have reached this request yet: wait for it to move on.
                 self._planned_more.clear()
@@ -291,10 +267,10 @@ class BatchExecutor:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for live in list(self._open.values()):
+        for live in list(self.inputs.open.values()):
             if live.writer is not None:
                 live.writer.discard()
-        self._open.clear()
+        self.inputs.open.clear()
         await self.remote.aclose()
         self.journal.close()
         if self._own_cache:
@@ -311,15 +287,17 @@ class BatchExecutor:
             for st in self.files.values():
                 if st.done:
                     continue
-                live = _Live(st.name, st.endpoint, st.round, st.parent)
+                live = LiveFile(st.name, st.endpoint, st.round, st.parent)
                 live.state = st
                 path = self.journal.local(st.name)
                 if path.exists():
                     for key, *_ in iter_input_lines(path):
                         live.keys.add(key_hash(key))
                 # Submitted by an earlier session: billed whatever the budget says now.
-                live.reservation = self.ledger.reserve(st.prompt_tokens, st.max_tokens,
-                                                       force=st.batch_id is not None)
+                # One not yet submitted waits for money like any other.
+                with contextlib.suppress(BudgetExceeded):
+                    live.reservation = self.ledger.reserve(st.prompt_tokens, st.max_tokens,
+                                                           force=st.batch_id is not None)
                 self.live[st.name] = live
                 self.session["batch_resumed"] += 1
             await self._find_lost()
@@ -344,81 +322,20 @@ class BatchExecutor:
 
     def _known(self, key: bytes, h: int) -> bool:
         """Answered already, or in a batch that will answer it."""
-        if h in self._uncached or self._holder(h) is not None:
+        if self.inputs.holder(h) is not None:
             return True
-        if self.cache.get(key) is not None:
+        if self.answers.has(key, h):
             self.session["batch_cache_skips"] += 1
             return True
         return False
 
-    def _write(self, slot: tuple[str, str], key: bytes, h: int, req: Request, round_: int,
-               parent: str | None) -> bool:
-        """Append ``req`` to the open file of ``slot``, closing it first when full or when the
-        budget cannot take one more line; ``False`` if not even a file of one fits."""
-        live = self._open.get(slot)
-        line = b""
-        for _ in range(2):
-            if live is None:
-                if not self.ledger.can_reserve(req.prompt_tokens, req.max_tokens):
-                    return False
-                live = self._open_file(slot, req.endpoint, round_, parent)
-            writer = live.writer
-            assert writer is not None
-            line = writer.line(key, req.body)
-            fits = writer.fits(line, req.prompt_tokens) and self.ledger.can_reserve(
-                writer.prompt_tokens + req.prompt_tokens, writer.max_tokens + req.max_tokens)
-            if fits:
-                break
-            self._close_file(slot)
-            live = None
-        assert live is not None and live.writer is not None
-        live.writer.add(key, line, req.prompt_tokens, req.max_tokens)
-        live.keys.add(h)
-        return True
-
-    def _open_file(self, slot: tuple[str, str], endpoint: str, round_: int,
-                   parent: str | None) -> _Live:
-        self._seq += 1
-        name = f"input-{self._seq:06d}.jsonl"
-        live = _Live(name, endpoint, round_, parent)
-        live.writer = InputFile(self.journal.local(name), endpoint, self.opts.caps)
-        self.live[name] = live
-        self._open[slot] = live
-        return live
-
-    def _close_file(self, slot: tuple[str, str]) -> None:
-        live = self._open.pop(slot, None)
-        if live is None or live.writer is None:
-            return
-        w, live.writer = live.writer, None
-        if w.requests == 0:
-            w.discard()
-            del self.live[live.name]
-            return
-        w.close()
-        self.journal.record("file", live.name, endpoint=live.endpoint, round=live.round,
-                            parent=live.parent, requests=w.requests,
-                            prompt_tokens=w.prompt_tokens, max_tokens=w.max_tokens)
-        st = FileState(live.name, live.endpoint, live.round, live.parent, w.requests,
-                       w.prompt_tokens, w.max_tokens, time.time())
-        self.files[live.name] = st
-        live.state = st
-        with contextlib.suppress(BudgetExceeded):
-            live.reservation = self.ledger.reserve(w.prompt_tokens, w.max_tokens)
-        self.session["batch_files"] += 1
-        self.session["batch_lines_written"] += w.requests
-
-    async def _close_open(self, kind: str) -> None:
-        for slot in [s for s in self._open if s[0] == kind]:
-            self._close_file(slot)
-
-    def _pool(self, key: bytes, h: int, req: Request) -> _Live | None:
+    def _pool(self, key: bytes, h: int, req: Request) -> LiveFile | None:
         """Put an unplanned request into the pool file; ``None`` if the budget cannot take it."""
-        if not self._write(("pool", req.endpoint), key, h, req, 0, None):
+        if not self.inputs.write(("pool", req.endpoint), key, h, req, 0, None):
             return None
         self.session["batch_unplanned"] += 1
         self._wake.set()
-        return self._open[("pool", req.endpoint)]
+        return self.inputs.open[("pool", req.endpoint)]
 
     async def _wait_for_money(self, req: Request) -> None:
         """Budget full: wait for live batches to settle, or give up when none can."""
@@ -432,17 +349,20 @@ class BatchExecutor:
 
     # ---- submitting ---------------------------------------------------------------------------
 
-    def _enqueued(self) -> int:
-        return sum(lv.state.prompt_tokens for lv in self.live.values()
-                   if lv.submitted and lv.state is not None)
-
     async def _submit_pending(self) -> None:
         """Upload and create batches for closed files, in order, while money and the enqueued
         cap allow. A 4xx is fatal: it is raised here and to every waiter."""
         async with self._submit_lock:
             for live in list(self.live.values()):
                 st = live.state
-                if st is None or st.batch_id is not None or self._stopping or self.user_cancelled:
+                if st is None or st.batch_id is not None or self._stopping:
+                    continue
+                if self.user_cancelled:
+                    # Cancelled by the user: nothing new is submitted; its requests fail
+                    # now (counted) and a later resume sends them.
+                    live.error = RequestFailed("batch_cancelled",
+                                               APIError("the run's batches were cancelled"))
+                    live.done.set()
                     continue
                 if live.reservation is None:
                     try:
@@ -454,7 +374,7 @@ class BatchExecutor:
                         live.done.set()
                         continue
                 cap = self.opts.enqueued_tokens
-                if cap is not None and self._enqueued() + st.prompt_tokens > cap and any(
+                if cap is not None and self.inputs.enqueued() + st.prompt_tokens > cap and any(
                         lv.submitted for lv in self.live.values()):
                     return
                 try:
@@ -499,6 +419,9 @@ class BatchExecutor:
                     return
                 self.session["batch_poll_errors"] += 1
                 changed = False
+            except Exception as e:
+                self._fail_all(_unexpected("polling batches", e))
+                return
             delay = low if changed else min(self.opts.poll_seconds, delay * 2)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -506,9 +429,9 @@ class BatchExecutor:
 
     async def _tick(self) -> bool:
         now = time.monotonic()
-        for slot, live in list(self._open.items()):
+        for slot, live in list(self.inputs.open.items()):
             if slot[0] == "pool" and now - live.opened >= self.opts.poll_seconds:
-                self._close_file(slot)
+                self.inputs.close_file(slot)
         await self._submit_pending()
         changed = False
         for live in [lv for lv in self.live.values() if lv.submitted]:
@@ -527,7 +450,7 @@ class BatchExecutor:
         self._show()
         return changed
 
-    async def _collect(self, live: _Live, batch: Any) -> None:
+    async def _collect(self, live: LiveFile, batch: Any) -> None:
         """Read a finished batch's results into the cache and ledger; follow up its failures."""
         st = live.state
         assert st is not None
@@ -546,7 +469,10 @@ class BatchExecutor:
                     self.session["batch_unknown_custom_id"] += 1
                     continue
                 if res.status == 200 and res.body is not None:
-                    why = self._land(live, res)
+                    if live.reservation is None:
+                        live.reservation = self.ledger.reserve(0, 0, force=True)
+                    why, cost = self.answers.land(res, live.reservation, live.endpoint)
+                    live.usd += cost
                     if why is None:
                         answered.add(h)
                         continue
@@ -565,7 +491,7 @@ class BatchExecutor:
         path = self.journal.local(st.name)
         for key, line, pt, mt in (iter_input_lines(path) if path.exists() else iter(())):
             h = key_hash(key)
-            if h in answered or h in self._uncached or self.cache.get(key) is not None:
+            if h in answered or self.answers.has(key, h):
                 continue
             failed += 1
             why = reasons.get(h, whole)
@@ -578,8 +504,8 @@ class BatchExecutor:
                 continue
             if has_child:
                 continue  # written by the session a kill ended; it is live on its own
-            self._write_line(follow_slot, key, h, line, pt, mt, st)
-        self._close_file(follow_slot)
+            self.inputs.write_line(follow_slot, key, h, line, pt, mt, st)
+        self.inputs.close_file(follow_slot)
         if live.reservation is not None:
             self.ledger.release(live.reservation)
             live.reservation = None
@@ -592,94 +518,11 @@ class BatchExecutor:
         self.session[f"batch_{batch.status}"] += 1
         await self._submit_pending()
 
-    def _write_line(self, slot: tuple[str, str], key: bytes, h: int, line: bytes, pt: int,
-                    mt: int, parent: FileState) -> None:
-        """A failed line, copied as it was into the follow-up file of ``parent``'s next round."""
-        live = self._open.get(slot)
-        if live is None or not live.writer or not live.writer.fits(line, pt):
-            self._close_file(slot)
-            live = self._open_file(slot, parent.endpoint, parent.round + 1, parent.name)
-        assert live.writer is not None
-        live.writer.add(key, line, pt, mt)
-        live.keys.add(h)
-        self.session["batch_resubmitted"] += 1
-
-    def _land(self, live: _Live, res: ResultLine) -> str | None:
-        """Bill and cache one answer; the reason it is unusable, or ``None``."""
-        assert res.body is not None
-        key, h = res.key, key_hash(res.key)
-        if self.cache.get(key) is not None:
-            self.session["batch_already_collected"] += 1
-            return None
-        counts = usage_counts(res.usage)
-        pin, pout, cached = counts if counts is not None else (0, 0, 0)
-        if live.reservation is None:
-            live.reservation = self.ledger.reserve(0, 0, force=True)
-        share = self.ledger.split(live.reservation, pin, pout)
-        cost = self.ledger.settle(share, res.usage, stage=self.stage)
-        live.usd += cost
-        if self.spend is not None:
-            self.spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached, "batch": 1}
-                             if counts is not None else {"usd": cost, "unconfirmed": True})
-            self.spend.flush()
-        if self.meter is not None:
-            self.meter.request_done(pin + pout, cost)
-        try:
-            comp = parse_answer(RawResponse(200, {}, res.body), live.endpoint)
-        except DynogenError as e:
-            return f"invalid_{getattr(e, 'kind', 'answer')}"
-        self._landed[h] = (pin, pout, cached, cost)
-        if comp.finish_reason in ("stop", None):
-            self.cache.put(key, res.body)
-        else:
-            self._uncached[h] = res.body
-        return None
-
-    def _answer(self, key: bytes, h: int, endpoint: str, acct: Accounting) -> Completion | None:
-        # An answer the cache does not take (cut at max_tokens) stays for the run: a second
-        # request with the same body gets it instead of being paid for again.
-        body = self._uncached.get(h)
-        if body is None:
-            body = self.cache.get(key)
-        if body is None:
-            return None
-        landed = self._landed.pop(h, None)
-        if landed is None:
-            self.session["cache_hits"] += 1
-        else:
-            pin, pout, cached, cost = landed
-            acct.requests += 1
-            acct.tokens_in += pin
-            acct.tokens_out += pout
-            acct.tokens_cached += cached
-            acct.cost += cost
-        acct.responses += 1
-        return parse_answer(RawResponse(200, {}, body), endpoint)
-
-    def _holder(self, h: int) -> _Live | None:
-        for live in reversed(self.live.values()):
-            if h in live.keys:
-                return live
-        return None
-
     # ---- the status line ----------------------------------------------------------------------
 
     def status_line(self) -> str:
-        states: Counter[str] = Counter()
-        done = total = 0
-        for live in self.live.values():
-            b = live.remote
-            states[(b.status if b is not None else "writing" if live.writer else "queued")] += 1
-            if b is not None and b.request_counts is not None:
-                done += b.request_counts.completed + b.request_counts.failed
-                total += b.request_counts.total
-        finished = sum(1 for f in self.files.values() if f.done)
-        parts = [f"{n} {s}" for s, n in sorted(states.items())]
-        if finished:
-            parts.append(f"{finished} collected")
-        return (f"batches: {', '.join(parts) or 'none'}; lines {done:,}/{total:,} in live "
-                f"batches; {self.ledger.totals()['requests']['settled']:,} answers; "
-                f"${self.ledger.spent:.4f}")
+        return live_status_line([(lv.remote, lv.writer is not None) for lv in self.live.values()],
+                                sum(1 for f in self.files.values() if f.done), self.ledger)
 
     def _show(self) -> None:
         line = self.status_line()

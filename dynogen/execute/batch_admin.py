@@ -10,15 +10,17 @@ finished and submits nothing new (see ``batch.py``).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from dynogen.errors import APIError, ConfigError
 from dynogen.execute.batch_remote import BatchRemote
 from dynogen.execute.batch_state import TERMINAL, BatchJournal
+from dynogen.ledger import Ledger
 from dynogen.prices import Price
 
-__all__ = ["acancel", "astatus", "format_status"]
+__all__ = ["acancel", "astatus", "format_status", "live_status_line"]
 
 
 def _journal(run_dir: Path) -> BatchJournal:
@@ -76,7 +78,12 @@ async def acancel(run_dir: Path, base_url: str, api_key: str | None) -> list[dic
             if b.status in TERMINAL or b.status == "cancelling":
                 out.append({"name": st.name, "batch_id": st.batch_id, "status": b.status})
                 continue
-            b = await remote.cancel(st.batch_id)
+            try:
+                b = await remote.cancel(st.batch_id)
+            except APIError as e:
+                if e.status != 409:
+                    raise
+                b = await remote.retrieve(st.batch_id)  # it finished meanwhile
             out.append({"name": st.name, "batch_id": st.batch_id, "status": b.status})
     finally:
         await remote.aclose()
@@ -102,3 +109,20 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     usd_total = sum(r.get("usd") or 0.0 for r in rows)
     lines.append(f"{len(rows)} batches, {live} running; ${usd_total:.4f} so far")
     return "\n".join(lines)
+
+
+def live_status_line(batches: list[tuple[Any, bool]], collected: int, ledger: Ledger) -> str:
+    """The running run's one-line status: (last polled batch or ``None``, still being
+    written) per live file, how many are collected, and the ledger's answers and dollars."""
+    states: Counter[str] = Counter()
+    done = total = 0
+    for b, writing in batches:
+        states[b.status if b is not None else "writing" if writing else "queued"] += 1
+        if b is not None and b.request_counts is not None:
+            done += b.request_counts.completed + b.request_counts.failed
+            total += b.request_counts.total
+    parts = [f"{n} {s}" for s, n in sorted(states.items())]
+    if collected:
+        parts.append(f"{collected} collected")
+    return (f"batches: {', '.join(parts) or 'none'}; lines {done:,}/{total:,} in live batches; "
+            f"{ledger.totals()['requests']['settled']:,} answers; ${ledger.spent:.4f}")
