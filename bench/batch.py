@@ -92,7 +92,8 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
                            "fake_timing": TIMING}
     # A fresh fake per scenario keeps the server-side counts apart; one fake per kind
     # (the same seed) keeps its answers the same, so tasks can be compared across runs.
-    with start_fake_process(seed=7) as fake:
+    # A loaded machine can take a while to start the fake: wait for it rather than fail.
+    with start_fake_process(seed=7, ready_timeout=180) as fake:
         online = work / "online"
         doc["online"] = _run(_argv(corpus, online, fake.url, "--free"), env)
         _fresh(fake)
@@ -159,7 +160,8 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
                         if k.startswith("batch")},
         }
 
-    with start_fake_process(seed=7, exact_tokens=True) as fake:
+    save_result({**doc, "partial": True}, "batch")  # what is measured so far survives a crash
+    with start_fake_process(seed=7, exact_tokens=True, ready_timeout=180) as fake:
         _fresh(fake)
         budget = work / "budget"
         doc["budget_run"] = _run(_argv(corpus, budget, fake.url, "--model", "gpt-4o-mini",

@@ -58,7 +58,7 @@ def test_kill_9_while_batches_run_then_restart_submits_nothing_twice(tmp_path: P
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 30)  # 60 requests: 6 files
     env = {**os.environ, "OPENAI_API_KEY": "test", "HF_HUB_OFFLINE": "1"}
-    with start_fake_process() as fake:
+    with start_fake_process(ready_timeout=90) as fake:  # a loaded machine starts it slowly
         ref = tmp_path / "online"
         done = subprocess.run(cli(shard, ref, fake.url)[:-7] + ["--mode", "online", "--no-build"],
                               env=env,
