@@ -528,7 +528,7 @@ class FakeProcess:
         return self.proc.returncode
 
 
-def start_fake_process(*, ready_timeout: float = 20.0, **options: Any) -> FakeProcess:
+def start_fake_process(*, ready_timeout: float = 90.0, **options: Any) -> FakeProcess:
     """Start ``python -m dynogen.testing.fake_openai`` with ``options`` as flags
     (``rpm=600`` → ``--rpm 600``, ``fault_kinds=["reset"]`` → ``--fault-kinds reset``,
     ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``) and wait until it serves."""
