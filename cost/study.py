@@ -220,10 +220,58 @@ def extrapolate(per_unit_cost: dict[str, float], rows_per_unit: float) -> dict[s
     return out
 
 
+def measure_batch(items: list[Unit | Skipped], model: str, rows_per_unit: float,
+                  output_tokens: int = DEFAULT_EXPECTED_OUTPUT) -> dict[str, Any]:
+    """A real ``--mode batch`` run over ``items`` against the exact-token fake's Batch API,
+    priced as ``model``: what the ledger and the server bill at batch prices, per unit,
+    and that cost per unit scaled to a Dynosaur-size run (800K instances).
+
+    The fake answers ``output_tokens`` tokens a request (the default calibration), so
+    this checks batch mode's billing against the estimate rather than guessing output.
+    """
+    import asyncio
+    import tempfile
+
+    from dynogen.api import arun
+    from dynogen.testing import FakeBatches, FakeOpenAI, serve
+
+    async def go(out: Path) -> dict[str, Any]:
+        fake = FakeOpenAI(model=model, exact_tokens=True, output_tokens=output_tokens)
+        batches = FakeBatches(fake, validating=0.05, in_progress=0.5, finalizing=0.05)
+        async with serve(fake) as server:
+            outcome = await arun(Config(source="unused", out=str(out), base_url=server.url,
+                                        model=model, mode="batch", poll_seconds=0.2,
+                                        quiet=True), source=items, build=False)
+        billed = batches.counts()
+        price = PriceTable.load().lookup(model)
+        server_usd = price.cost(billed["billed"]["prompt_tokens"],
+                                billed["billed"]["completion_tokens"], batch=True)
+        units = outcome.report["units"]["processed"]
+        return {"exit": outcome.exit_code, "units": units,
+                "requests": outcome.report["requests_paid"],
+                "batches": billed["batches_created"],
+                "ledger_usd": outcome.report["cost"]["ledger"]["spent_usd"],
+                "server_billed_usd": round(server_usd, 6),
+                "usd_per_1k_units": round(1000 * server_usd / max(units, 1), 4)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = asyncio.run(go(Path(tmp) / "run"))
+    per_unit = run["server_billed_usd"] / max(run["units"], 1)
+    units_800k = TARGET_INSTANCES / (TASKS_PER_UNIT["expected"] * rows_per_unit)
+    return {"model": model, "output_tokens_per_request": output_tokens, "run": run,
+            "dynosaur_size_800k": {"rows_per_unit": rows_per_unit,
+                                   "tasks_kept_per_unit": TASKS_PER_UNIT["expected"],
+                                   "units": round(units_800k),
+                                   "batch_usd": round(units_800k * per_unit, 2)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--out", type=Path, default=HERE / "results.json")
+    p.add_argument("--batch-units", type=int, default=400,
+                   help="units of the corpus run in --mode batch against the fake for the "
+                        "measured batch figure (0: skip)")
     args = p.parse_args(argv)
     items = list(open_source(str(args.corpus)))
     units = [u for u in items if isinstance(u, Unit) and not skip_reason(u)]
@@ -293,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         "reasoning_sensitivity": reasoning,
         "prompt_caching": cache,
     }
+    if args.batch_units:
+        # Measured, not estimated: a --mode batch run billed at gpt-4o-mini's batch prices.
+        result["batch_mode_measured"] = measure_batch(
+            items[:args.batch_units], "gpt-4o-mini",
+            corpus_rows["mean_rows_per_unit_dynosaur_rule"])
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("corpus", "calibrations")}, indent=2))
     for label, r in models["default"].items():
@@ -300,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:30s} req {r['requests']:6d} in {r['input_tokens']:9,d} "
               f"online ${r['cost_online']['expected']:.3f} batch ${r['cost_batch']['expected']:.3f}"
               f"  800K (3 tasks/unit): ${at_800k:.2f}")
+    if "batch_mode_measured" in result:
+        b = result["batch_mode_measured"]
+        print(f"batch mode measured ({b['model']}): {b['run']}; 800K instances "
+              f"(Dynosaur rows, 3 tasks/unit): ${b['dynosaur_size_800k']['batch_usd']:.2f}")
     return 0
 
 

@@ -5,7 +5,8 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``inspect``.
+``build``, ``collect``, ``export``, ``call``, ``inspect``; ``dynogen batch status|cancel``
+are ``batch_status`` and ``batch_cancel``.
 """
 
 import typing as _typing
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 # ``dynogen --help`` do not pay for aiohttp, the tokenizer and the engine.
 _LAZY = {
     "EXIT": "dynogen.api", "RunOutcome": "dynogen.api", "arun": "dynogen.api",
+    "batch_cancel": "dynogen.api", "batch_status": "dynogen.api",
     "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
     "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
     "run": "dynogen.api",
@@ -33,6 +35,8 @@ if _typing.TYPE_CHECKING:
         EXIT,
         RunOutcome,
         arun,
+        batch_cancel,
+        batch_status,
         build,
         call,
         collect,
@@ -88,6 +92,8 @@ __all__ = [
     "UserError",
     "__version__",
     "arun",
+    "batch_cancel",
+    "batch_status",
     "build",
     "call",
     "collect",

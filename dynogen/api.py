@@ -49,9 +49,8 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "exit_code", "export",
-    "inspect",
-    "resolve_price", "run",
+    "EXIT", "RunOutcome", "arun", "batch_cancel", "batch_status", "build", "call", "collect",
+    "estimate", "exit_code", "export", "inspect", "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
@@ -414,3 +413,41 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
     msg = (f"done: {res.requests} answered, {failed} failed, {res.already_done} already done; "
            f"${spent:.4f} spent in {res.wall_seconds:.1f}s. Output: {out}")
     return RunOutcome(EXIT["ok"], Path(out), report, msg)
+
+
+# ---- `dynogen batch status|cancel`: a batch run's jobs, seen from another terminal ----------
+
+def _batch_config(out: str | Path, base_url: str | None) -> Config:
+    """The server and prices a run directory's batches were sent with (its manifest), the
+    API key from the environment."""
+    manifest = RunDir(out).manifest
+    saved = orjson.loads(manifest.read_bytes()).get("config", {}) if manifest.exists() else {}
+    keep = ("base_url", "model", "price_in", "price_out", "batch_price_in", "batch_price_out",
+            "prices_file", "free")
+    values = {k: saved[k] for k in keep if saved.get(k) is not None}
+    if base_url:
+        values["base_url"] = base_url
+    from dynogen.config import load_config
+
+    return load_config(None, **values)
+
+
+def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Every batch of a ``--mode batch`` run directory: state, counts, age, cost so far."""
+    from dynogen.execute.batch_admin import astatus
+
+    cfg = _batch_config(out, base_url)
+    try:
+        price = resolve_price(cfg)
+    except DynogenError:
+        price = None  # the table does not know the model: show counts without dollars
+    return asyncio.run(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price))
+
+
+def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Cancel a batch run's running batches; what finished is kept, and the run (if it is
+    polling) notices, submits nothing new and marks the rest failed for a later resume."""
+    from dynogen.execute.batch_admin import acancel
+
+    cfg = _batch_config(out, base_url)
+    return asyncio.run(acancel(Path(out), cfg.base_url, cfg.api_key.get()))

@@ -91,6 +91,77 @@ def _hub_flags(search: str | None, tasks: str | None, since: str | None, dataset
                 hub_datasets=datasets, hub_sort=sort, hub_rpm=rpm,
                 hub_concurrency=concurrency, hub_viewer_url=viewer)
 
+# --mode batch settings, shared by run and call (dynogen.execute.batch).
+PollOpt = Annotated[float | None, typer.Option(
+    "--poll-seconds", help="Batch mode: longest wait between polls of running batches "
+    "(default 60; polling backs off up to it).")]
+RoundsOpt = Annotated[int | None, typer.Option(
+    "--batch-rounds", help="Batch mode: follow-up batches for failed or expired requests "
+    "(default 3).")]
+FileReqOpt = Annotated[int | None, typer.Option(
+    "--batch-max-requests", help="Batch mode: requests per input file (max 50,000).")]
+EnqueuedOpt = Annotated[int | None, typer.Option(
+    "--batch-enqueued-tokens", help="Batch mode: prompt tokens allowed in running batches "
+    "at once (your model's enqueued-token limit; default no cap).")]
+BatchInOpt = Annotated[float | None, typer.Option(
+    "--batch-price-in", help="$ per 1M input tokens in batch mode (default half --price-in).")]
+BatchOutOpt = Annotated[float | None, typer.Option(
+    "--batch-price-out", help="$ per 1M output tokens in batch mode (default half "
+    "--price-out).")]
+
+
+def _batch_flags(poll: float | None, rounds: int | None, file_requests: int | None,
+                 enqueued: int | None, price_in: float | None,
+                 price_out: float | None) -> dict[str, Any]:
+    return {"poll_seconds": poll, "batch_rounds": rounds, "batch_max_requests": file_requests,
+            "batch_enqueued_tokens": enqueued, "batch_price_in": price_in,
+            "batch_price_out": price_out}
+
+
+batch_app = typer.Typer(no_args_is_help=True, help="Inspect or cancel the Batch API jobs of a "
+                        "run started with --mode batch (works while the run polls).")
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("status")
+def batch_status(
+    out: Annotated[Path, typer.Option("--out", help="The run directory (for call: OUT.batches).")],
+    base_url: BaseUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a batch.")] = False,
+) -> None:
+    """List the run's batches: state, request counts, age, cost so far."""
+    import orjson
+
+    from dynogen.execute.batch_admin import format_status
+
+    try:
+        rows = api.batch_status(out, base_url=base_url)
+    except DynogenError as e:
+        _fail(e)
+        return
+    if as_json:
+        for r in rows:
+            typer.echo(orjson.dumps(r).decode())
+    else:
+        typer.echo(format_status(rows))
+
+
+@batch_app.command("cancel")
+def batch_cancel(
+    out: Annotated[Path, typer.Option("--out", help="The run directory (for call: OUT.batches).")],
+    base_url: BaseUrlOpt = None,
+) -> None:
+    """Cancel the run's running batches; finished answers are kept, a resume redoes the rest."""
+    try:
+        rows = api.batch_cancel(out, base_url=base_url)
+    except DynogenError as e:
+        _fail(e)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']}  {r['batch_id']}  {r['status']}")
+    typer.echo(f"{sum(r['status'] in ('cancelling', 'cancelled') for r in rows)} batches "
+               "cancelled or cancelling")
+
 
 def _fail(err: DynogenError) -> None:
     typer.echo(f"dynogen: error: {err}", err=True)
@@ -141,6 +212,9 @@ def run(
     judge: Annotated[bool, typer.Option(
         "--judge", help="One more request per kept task: the model judges whether it is "
         "valid; invalid tasks are dropped with its reason.")] = False,
+    poll_seconds: PollOpt = None, batch_rounds: RoundsOpt = None,
+    batch_max_requests: FileReqOpt = None, batch_enqueued_tokens: EnqueuedOpt = None,
+    batch_price_in: BatchInOpt = None, batch_price_out: BatchOutOpt = None,
     no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
     durability: Annotated[str | None, typer.Option(
         help="batched (default: synced about once a second) or always (every commit synced).")
@@ -170,6 +244,8 @@ def run(
             force_new=force_new or None, quiet=quiet or None, durability=durability,
             **_hub_flags(hub_search, hub_task_categories, hub_modified_since, hub_datasets,
                          hub_sort, hub_rpm, hub_concurrency, hub_viewer_url),
+            **_batch_flags(poll_seconds, batch_rounds, batch_max_requests,
+                           batch_enqueued_tokens, batch_price_in, batch_price_out),
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
     except DynogenError as e:
@@ -297,6 +373,9 @@ def call(
     price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
     free: Annotated[bool, typer.Option(help="Declare the server free.")] = False,
     cache: Annotated[Path | None, typer.Option("--cache", help="Request cache file.")] = None,
+    poll_seconds: PollOpt = None, batch_rounds: RoundsOpt = None,
+    batch_max_requests: FileReqOpt = None, batch_enqueued_tokens: EnqueuedOpt = None,
+    batch_price_in: BatchInOpt = None, batch_price_out: BatchOutOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     config_file: ConfigOpt = None,
 ) -> None:
@@ -306,7 +385,9 @@ def call(
         cfg = _config(config_file, model=model, base_url=base_url, mode=mode, rpm=rpm, tpm=tpm,
                       max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
                       price_out=price_out, free=free or None,
-                      cache_path=str(cache) if cache else None, quiet=quiet or None)
+                      cache_path=str(cache) if cache else None, quiet=quiet or None,
+                      **_batch_flags(poll_seconds, batch_rounds, batch_max_requests,
+                                     batch_enqueued_tokens, batch_price_in, batch_price_out))
         outcome = api.call(cfg, requests, out, handle_signals=True)
     except DynogenError as e:
         _fail(e)

@@ -143,6 +143,16 @@ class Config:
     hub_rpm: float | None = 300.0
     hub_concurrency: int = 8
     hub_viewer_url: str = "https://datasets-server.huggingface.co"
+    # --mode batch (dynogen.execute.batch): poll interval ceiling, follow-up rounds for
+    # failed lines, requests per input file (the API allows 50,000), prompt tokens allowed
+    # in live batches at once (the model's enqueued-token limit; None: no cap), and Batch
+    # prices for a hand-given --price-in/--price-out (None: half of those)
+    poll_seconds: float = 60.0
+    batch_rounds: int = 3
+    batch_max_requests: int = 50_000
+    batch_enqueued_tokens: int | None = None
+    batch_price_in: float | None = None
+    batch_price_out: float | None = None
     # output
     out: str = "runs/latest"
     cache_path: str | None = None
@@ -185,6 +195,12 @@ class Config:
             )
         if self.mode not in ("online", "batch"):
             raise ConfigError(f"--mode must be online or batch (got {self.mode!r})")
+        if self.poll_seconds <= 0 or self.batch_rounds < 0 or not (
+                1 <= self.batch_max_requests <= 50_000) or (
+                self.batch_enqueued_tokens is not None and self.batch_enqueued_tokens < 1):
+            raise ConfigError("batch settings: --poll-seconds must be positive, --batch-rounds "
+                              "0 or more, --batch-max-requests from 1 to 50,000 and "
+                              "--batch-enqueued-tokens positive")
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ConfigError("--response-format must be json_schema, json_object or none")
         if self.max_tasks_per_unit < 1:

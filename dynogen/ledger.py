@@ -231,14 +231,19 @@ class Ledger:
         need = self.price.worst_case_pico(prompt_tokens, max_tokens, self.batch)
         return self._spent + self._reserved + need <= self._budget
 
-    def reserve(self, prompt_tokens: int, max_tokens: int) -> Reservation:
-        """Set aside the worst case of one request, or raise ``BudgetExceeded``."""
+    def reserve(self, prompt_tokens: int, max_tokens: int, *, force: bool = False) -> Reservation:
+        """Set aside the worst case of one request, or raise ``BudgetExceeded``.
+
+        ``force`` never refuses: for money already committed at the server (a batch an
+        earlier session submitted), which will be billed whatever the budget says.
+        """
         if prompt_tokens < 0 or max_tokens < 0:
             raise ValueError(
                 f"token counts must be >= 0 (prompt={prompt_tokens}, max={max_tokens})"
             )
         need = self.price.worst_case_pico(prompt_tokens, max_tokens, self.batch)
-        if self._budget is not None and self._spent + self._reserved + need > self._budget:
+        if (not force and self._budget is not None
+                and self._spent + self._reserved + need > self._budget):
             self._refused += 1
             raise BudgetExceeded(
                 spent=self._spent / PICO,
@@ -248,6 +253,22 @@ class Ledger:
         self._reserved += need
         self._in_flight += 1
         return Reservation(need, prompt_tokens, max_tokens)
+
+    def split(self, r: Reservation, prompt_tokens: int, completion_tokens: int) -> Reservation:
+        """Carve one answered request's share out of an open group reservation.
+
+        A batch reserves the worst case of all its requests at once and is billed line
+        by line as its output arrives: each line takes its cost (at most what ``r``
+        still holds) into a reservation of its own, to ``settle``; the budget does not
+        move. ``release`` the group when its output is read, freeing what was not used.
+        """
+        if r._state != _OPEN:
+            raise ValueError(f"{r!r} is already closed")
+        take = min(r.amount, self.price.cost_pico(prompt_tokens, completion_tokens, 0,
+                                                  self.batch))
+        r.amount -= take
+        self._in_flight += 1
+        return Reservation(take, prompt_tokens, completion_tokens)
 
     def _close(self, r: Reservation, state: int) -> None:
         if r._state != _OPEN:

@@ -339,11 +339,15 @@ def price_for(
     price_in: float | None = None,
     price_out: float | None = None,
     free: bool = False,
+    batch_price_in: float | None = None,
+    batch_price_out: float | None = None,
 ) -> Price:
     """The price a run bills at; never a silent $0.
 
-    ``--price-in/--price-out`` win over the table (with no cache or Batch
-    discount assumed); ``--free`` is an explicit zero for local servers.
+    ``--price-in/--price-out`` win over the table (with no cache discount
+    assumed; Batch prices are half of them, OpenAI's Batch discount, unless
+    ``batch_price_in``/``batch_price_out`` say otherwise); ``--free`` is an
+    explicit zero for local servers.
     """
     known = table.find(model)
     encoding = known.encoding if known is not None else DEFAULT_ENCODING
@@ -363,8 +367,8 @@ def price_for(
             input=price_in,
             cached_input=price_in,
             output=price_out,
-            batch_input=price_in,
-            batch_output=price_out,
+            batch_input=price_in / 2 if batch_price_in is None else batch_price_in,
+            batch_output=price_out / 2 if batch_price_out is None else batch_price_out,
             supports_prompt_cache=False,
             encoding=encoding,
             source="--price-in/--price-out",

@@ -26,8 +26,11 @@ def render() -> str:
              "Generated from `dynogen --help` by `scripts/cli_docs.py`; "
              "`tests/test_docs.py` fails when it is stale.\n"]
     names = [""] + [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
+    for group in app.registered_groups:  # `dynogen batch status`, ...
+        sub = group.typer_instance
+        names += [f"{group.name} {c.name}" for c in sub.registered_commands] if sub else []
     for name in names:
-        args = [name, "--help"] if name else ["--help"]
+        args = [*name.split(), "--help"] if name else ["--help"]
         out = runner.invoke(app, args, prog_name="dynogen", env={"COLUMNS": "100"}).output
         title = f"dynogen {name}".strip()
         parts.append(f"## `{title}`\n\n```text\n{out.rstrip()}\n```\n")

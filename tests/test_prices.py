@@ -141,9 +141,12 @@ def test_free_is_explicit_zero(table: PriceTable) -> None:
 def test_price_flags_override_table(table: PriceTable) -> None:
     p = price_for("my-model", table, price_in=1.0, price_out=3.0)
     assert p.cost(1_000_000, 1_000_000) == pytest.approx(4.0)
-    # No cache or batch discount is assumed for a hand-given price.
+    # No cache discount is assumed for a hand-given price; Batch is half unless given.
     assert p.cost(1_000_000, 0, cached_tokens=500_000) == pytest.approx(1.0)
-    assert p.cost(1_000_000, 0, batch=True) == pytest.approx(1.0)
+    assert p.cost(1_000_000, 1_000_000, batch=True) == pytest.approx(2.0)
+    given = price_for("my-model", table, price_in=1.0, price_out=3.0, batch_price_in=0.8,
+                      batch_price_out=2.0)
+    assert given.cost(1_000_000, 1_000_000, batch=True) == pytest.approx(2.8)
     assert price_for("gpt-4o-mini", table, price_in=9.0, price_out=9.0).input == 9.0
 
 

@@ -41,7 +41,8 @@ BATCH_CONCURRENCY = 1024  # answers a batch run waits on at once: futures, not s
 def resolve_price(cfg: Config) -> Price:
     table = PriceTable.load(cfg.prices_file)
     return price_for(cfg.model, table, price_in=cfg.price_in, price_out=cfg.price_out,
-                     free=cfg.free or cfg.local)
+                     free=cfg.free or cfg.local, batch_price_in=cfg.batch_price_in,
+                     batch_price_out=cfg.batch_price_out)
 
 
 def check_key(cfg: Config) -> None:

@@ -1,4 +1,5 @@
-"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible and Hub servers.
+"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API)
+and Hub servers.
 
 Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
 module fresh (an eager import here would make runpy warn about a module
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
+    from dynogen.testing.fake_batches import FakeBatches
     from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub, synthetic_hub
     from dynogen.testing.fake_openai import (
         FakeOpenAI,
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
     "FakeHub",
+    "FakeBatches",
     "FakeOpenAI",
     "FakeProcess",
     "FakeServer",
@@ -50,6 +53,7 @@ _HOME = {
     "HubServer": "fake_hub",
     "serve_hub": "fake_hub",
     "synthetic_hub": "fake_hub",
+    "FakeBatches": "fake_batches",
     "FakeOpenAI": "fake_openai",
     "FakeProcess": "fake_openai",
     "FakeServer": "fake_openai",

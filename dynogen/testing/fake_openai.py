@@ -202,8 +202,9 @@ class FakeOpenAI:
 
     # ---- deciding an answer (no I/O) -------------------------------------------------------
 
-    def reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
-        """Decide the answer to one ``POST /v1/chat/completions``."""
+    def reply(self, raw: bytes, headers: Mapping[str, str], *, limited: bool = True) -> Reply:
+        """Decide the answer to one ``POST /v1/chat/completions``; a batch line is not rate
+        limited (``limited=False``): OpenAI queues batches apart from the per-minute limits."""
         self.stats.arrived(self.clock())
         self._seq += 1
         try:
@@ -235,7 +236,8 @@ class FakeOpenAI:
         ids = self.exact.prompt_ids(body) if self.exact is not None else None
         prompt_tokens = len(ids) if ids is not None else count_prompt_tokens(body)
         now = self.clock()
-        refusal = self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now)
+        refusal = (self.limiter.admit(tokens=prompt_tokens + max_tokens, now=now) if limited
+                   else None)
         out_headers = {"content-type": _JSON, "x-request-id": f"req_{self._seq:024x}",
                        **self.limiter.headers(now)}
         if refusal is not None:
@@ -297,7 +299,8 @@ def _encoding_of(model: str) -> str:
 # ---- the aiohttp app --------------------------------------------------------------------------
 
 def make_app(fake: FakeOpenAI) -> web.Application:
-    """Routes: chat completions, health, models, stats and two admin endpoints."""
+    """Routes: chat completions, health, models, stats, two admin endpoints, and the Batch API
+    (files and batches, see ``fake_batches``)."""
     closing = asyncio.Event()
 
     async def pause(seconds: float) -> None:
@@ -355,6 +358,8 @@ def make_app(fake: FakeOpenAI) -> web.Application:
     app.router.add_post("/admin/limits", limits)
     app.router.add_post("/admin/reset", reset)
     app.on_shutdown.append(on_shutdown)
+    from dynogen.testing.fake_batches import add_batch_routes  # it imports this module
+    add_batch_routes(app, fake)
     return app
 
 
@@ -523,7 +528,7 @@ class FakeProcess:
         return self.proc.returncode
 
 
-def start_fake_process(*, ready_timeout: float = 20.0, **options: Any) -> FakeProcess:
+def start_fake_process(*, ready_timeout: float = 90.0, **options: Any) -> FakeProcess:
     """Start ``python -m dynogen.testing.fake_openai`` with ``options`` as flags
     (``rpm=600`` → ``--rpm 600``, ``fault_kinds=["reset"]`` → ``--fault-kinds reset``,
     ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``) and wait until it serves."""
