@@ -5,13 +5,25 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``.
+``build``, ``collect``, ``export``, ``call``, ``grow``.
 """
 
 # Set before the imports below: modules read it while the package initialises.
 __version__ = "0.1.0"
 
-from dynogen.api import EXIT, RunOutcome, arun, build, call, collect, estimate, export, run
+from dynogen.api import (
+    EXIT,
+    RunOutcome,
+    agrow,
+    arun,
+    build,
+    call,
+    collect,
+    estimate,
+    export,
+    grow,
+    run,
+)
 from dynogen.config import Config, Secret, load_config
 from dynogen.errors import (
     APIError,
@@ -42,12 +54,14 @@ __all__ = [
     "Unit",
     "UserError",
     "__version__",
+    "agrow",
     "arun",
     "build",
     "call",
     "collect",
     "estimate",
     "export",
+    "grow",
     "load_config",
     "run",
 ]

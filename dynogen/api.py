@@ -25,6 +25,7 @@ import orjson
 
 from dynogen.builder import build_instances
 from dynogen.config import Config
+from dynogen.dedup import DedupSeed
 from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.engine import EngineResult, TaskEngine
 from dynogen.errors import (
@@ -46,8 +47,8 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "build", "call", "collect", "estimate", "export",
-    "resolve_price", "run",
+    "EXIT", "RunOutcome", "agrow", "arun", "build", "call", "collect", "estimate", "export",
+    "grow", "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
@@ -113,8 +114,13 @@ async def arun(
     transport: Transport | None = None,
     handle_signals: bool = False,
     build: bool = True,
+    seed: DedupSeed | None = None,
 ) -> RunOutcome:
-    """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``."""
+    """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``.
+
+    ``seed``: task and instance hashes taken before this run (a collection's
+    earlier versions), so what they hold counts as a duplicate here.
+    """
     cfg = cfg.validate()
     t0 = time.perf_counter()
     if cfg.local:
@@ -127,7 +133,7 @@ async def arun(
             local_cfg = cfg.with_(base_url=server.base_url, model=server.model, free=True,
                                   max_in_flight=min(cfg.max_in_flight, server.n_parallel))
             return await arun(local_cfg.with_(local=False), source=source, transport=transport,
-                              handle_signals=handle_signals, build=build)
+                              handle_signals=handle_signals, build=build, seed=seed)
     price = resolve_price(cfg)
     check_key(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
@@ -157,7 +163,8 @@ async def arun(
             transport=transport, meter=progress,
         ) as stack:
             engine = TaskEngine(cfg, executor=stack.executor, counter=counter, rundir=rundir,
-                                progress=progress, stats=stats)
+                                progress=progress, stats=stats,
+                                seen=seed.tasks if seed else None)
             try:
                 async with _signals(engine) if handle_signals else contextlib.nullcontext():
                     result = await engine.run(src, plan=plan)
@@ -170,7 +177,8 @@ async def arun(
             counting.cancel()
         progress.close()
     if build and result.stop_reason is None:
-        await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
+        await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
+                                seen=seed.instances if seed else None)
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
                    time.perf_counter() - t0)
 
@@ -297,10 +305,21 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
     return _collect(open_source(source, limit=limit), Path(out), shard_size=shard_size)
 
 
-def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
-    """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable."""
+def export(out: str | Path | None = None, *, fmt: str = "parquet",
+           dest: str | Path | None = None, collection: str | Path | None = None) -> Path:
+    """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable.
+
+    With ``collection``: the collection's merged view (every version, superseded
+    tasks left out), also as ``jsonl``.
+    """
+    if collection is not None:
+        from dynogen.store.grow import export_collection
+
+        return export_collection(collection, fmt=fmt, dest=dest)[0]
     from dynogen.exporter import export_instances
 
+    if out is None:
+        raise ConfigError("export needs a run directory (--out) or a --collection")
     rundir = RunDir(out)
     if not rundir.instances.exists():
         raise ConfigError(f"{rundir.path} has no instances.jsonl: run `dynogen run` or "
@@ -312,13 +331,33 @@ def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = N
 
 
 def estimate(cfg: Config, *, calibration: str | Path | None = None,
-             source: Iterable[Unit | Skipped] | None = None) -> Estimate:
-    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call."""
+             source: Iterable[Unit | Skipped] | None = None,
+             collection: str | Path | None = None) -> Estimate:
+    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call.
+
+    With ``collection``: only the next grow step (its new and changed units).
+    """
+    if collection is not None:
+        from dynogen.store.grow import estimate_next
+
+        return estimate_next(collection, cfg, calibration=calibration, source=source)
     cfg = cfg.validate()
     price = resolve_price(cfg)
     src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
+
+
+async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
+    """Add one version to ``collection`` with what is new or changed in ``cfg.source``."""
+    from dynogen.store.grow import agrow as _agrow
+
+    return await _agrow(collection, cfg, **kwargs)
+
+
+def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
+    """Synchronous ``agrow`` (see ``dynogen.store.grow``)."""
+    return asyncio.run(agrow(collection, cfg, **kwargs))
 
 
 def call(cfg: Config, requests: str | Path, out: str | Path, *,

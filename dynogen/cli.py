@@ -38,6 +38,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config fi
 ModeOpt = Annotated[str | None, typer.Option(
     "--mode", help="online (rate-limited calls, default) or batch (OpenAI Batch API jobs: "
     "half the price, answers within 24h).")]
+CollectionOpt = Annotated[Path | None, typer.Option(
+    "--collection", help="A collection (see `grow`): estimate its next step, export its merged "
+    "view (every version, superseded tasks left out).")]
 
 
 def _fail(err: DynogenError) -> None:
@@ -156,6 +159,7 @@ def estimate(
         help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config_file: ConfigOpt = None,
+    collection: CollectionOpt = None,
 ) -> None:
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
     import orjson
@@ -166,7 +170,7 @@ def estimate(
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
                       price_out=price_out)
-        est = api.estimate(cfg, calibration=calibration)
+        est = api.estimate(cfg, calibration=calibration, collection=collection)
     except DynogenError as e:
         _fail(e)
         return
@@ -225,16 +229,69 @@ def serve_local(
 @app.command()
 def export(
     out: OutOpt = Path("runs/latest"),
-    fmt: Annotated[str, typer.Option("--format", help="parquet or datasets.")] = "parquet",
+    fmt: Annotated[str, typer.Option("--format", help="parquet or datasets (or jsonl, with "
+                                     "--collection).")] = "parquet",
     dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export).")] = None,
+    collection: CollectionOpt = None,
 ) -> None:
     """Export instances.jsonl to Parquet or a `datasets` folder."""
     try:
-        path = api.export(out, fmt=fmt, dest=dest)
+        path = api.export(out, fmt=fmt, dest=dest, collection=collection)
     except DynogenError as e:
         _fail(e)
         return
     typer.echo(f"exported to {path}")
+
+
+# --- collections: grow (and replay, below) -------------------------------------------------
+@app.command()
+def grow(
+    collection: Annotated[Path, typer.Argument(help="Collection folder (created if new).")],
+    source: SourceOpt = "samples",
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    mode: ModeOpt = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="Read at most N units.")] = None,
+    rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="Prompt variants: description,no_description (default both).")] = None,
+    max_tasks: Annotated[int | None, typer.Option(
+        "--max-tasks", help="Tasks asked per unit and variant.")] = None,
+    response_format: Annotated[str | None, typer.Option(
+        help="json_schema (default), json_object or none.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        help="Hard budget in dollars for this grow step (across its resumes).")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
+    heldout_fraction: Annotated[float | None, typer.Option(
+        help="Fraction of tasks held out (by task, not row).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Add a version to a collection with only what is new or changed in --source."""
+    try:
+        cfg = _config(
+            config_file, source=source, model=model, base_url=base_url, local=local or None,
+            mode=mode,
+            limit=limit, rows_per_split=rows_per_split, variants=variants,
+            max_tasks_per_unit=max_tasks, response_format=response_format, rpm=rpm, tpm=tpm,
+            max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
+            price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
+            quiet=quiet or None,
+        )
+        outcome = api.grow(collection, cfg, handle_signals=True)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(outcome.message, err=outcome.exit_code != 0)
+    raise typer.Exit(outcome.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
