@@ -5,7 +5,7 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``grow``.
+``build``, ``collect``, ``export``, ``call``, ``grow``, ``replay``.
 """
 
 # Set before the imports below: modules read it while the package initialises.
@@ -15,6 +15,7 @@ from dynogen.api import (
     EXIT,
     RunOutcome,
     agrow,
+    areplay,
     arun,
     build,
     call,
@@ -22,6 +23,7 @@ from dynogen.api import (
     estimate,
     export,
     grow,
+    replay,
     run,
 )
 from dynogen.config import Config, Secret, load_config
@@ -55,6 +57,7 @@ __all__ = [
     "UserError",
     "__version__",
     "agrow",
+    "areplay",
     "arun",
     "build",
     "call",
@@ -63,5 +66,6 @@ __all__ = [
     "export",
     "grow",
     "load_config",
+    "replay",
     "run",
 ]

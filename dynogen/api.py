@@ -47,8 +47,8 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "agrow", "arun", "build", "call", "collect", "estimate", "export",
-    "grow", "resolve_price", "run",
+    "EXIT", "RunOutcome", "agrow", "areplay", "arun", "build", "call", "collect", "estimate",
+    "export", "grow", "replay", "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
@@ -358,6 +358,32 @@ async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcom
 def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
     """Synchronous ``agrow`` (see ``dynogen.store.grow``)."""
     return asyncio.run(agrow(collection, cfg, **kwargs))
+
+
+async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
+                  ratio: float = 0.1, mixed: str | Path | None = None,
+                  embed: Config | None = None, dims: int = 256, batch: int = 128,
+                  seed: int = 0, per_task: int = 3) -> Any:
+    """Pick ``k`` tasks of a collection's earlier versions to replay beside its newest one.
+
+    ``embed``: the embedding endpoint (``model``, ``base_url``, limits, budget) for
+    the diverse strategies; ``None`` embeds locally (lexical TF-IDF). Returns a
+    ``dynogen.replay.mix.ReplayResult``.
+    """
+    from dynogen.replay.mix import areplay as _areplay
+    from dynogen.replay.mix import open_embedder
+    from dynogen.store.collection import Collection
+
+    coll = Collection(collection).load()
+    async with open_embedder(None if strategy == "random" else embed, coll, dims=dims,
+                             batch=batch) as embedder:
+        return await _areplay(coll.path, k=k, strategy=strategy, out=out, ratio=ratio,
+                              mixed=mixed, embedder=embedder, seed=seed, per_task=per_task)
+
+
+def replay(collection: str | Path, **kwargs: Any) -> Any:
+    """Synchronous ``areplay``."""
+    return asyncio.run(areplay(collection, **kwargs))
 
 
 def call(cfg: Config, requests: str | Path, out: str | Path, *,

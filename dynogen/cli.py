@@ -294,6 +294,53 @@ def grow(
     raise typer.Exit(outcome.exit_code)
 
 
+@app.command()
+def replay(
+    collection: Annotated[Path, typer.Argument(help="A collection with two versions or more.")],
+    k: Annotated[int, typer.Option("--k", help="Tasks to pick from the earlier versions.")],
+    out: Annotated[Path, typer.Option("--out", help="Chosen tasks (JSONL: rank, task_id, "
+                                      "instruction, dataset, config, version).")],
+    strategy: Annotated[str, typer.Option(
+        help="diverse-instruction, diverse-data or random.")] = "diverse-instruction",
+    ratio: Annotated[float, typer.Option(
+        help="Replayed instances per instance of the newest version.")] = 0.1,
+    mixed_out: Annotated[Path | None, typer.Option(
+        help="Mixed training file (default: OUT's name + '-mixed.jsonl').")] = None,
+    embed_model: Annotated[str | None, typer.Option(
+        help="Embedding model at --base-url's /embeddings (default: local lexical TF-IDF, "
+        "no model).")] = None,
+    base_url: BaseUrlOpt = None,
+    embed_dims: Annotated[int, typer.Option(help="Vector size kept per text.")] = 256,
+    embed_batch: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 128,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Hard budget for embeddings.")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Pick tasks from a collection's earlier versions to replay beside its newest one."""
+    try:
+        embed = None
+        if embed_model is not None:
+            embed = _config(config_file, model=embed_model, base_url=base_url, rpm=rpm, tpm=tpm,
+                            max_in_flight=max_in_flight, budget_usd=budget_usd,
+                            price_in=price_in, price_out=0.0 if price_in is not None else None,
+                            free=free or None, quiet=True)
+        res = api.replay(collection, k=k, strategy=strategy, out=out, ratio=ratio,
+                         mixed=mixed_out, embed=embed, dims=embed_dims, batch=embed_batch,
+                         seed=seed)
+    except DynogenError as e:
+        _fail(e)
+        return
+    cos = f", mean cosine {res.mean_cosine}" if res.mean_cosine is not None else ""
+    typer.echo(f"replay: {len(res.chosen)} of {res.pool} earlier tasks ({res.strategy}{cos}) "
+               f"-> {res.out}; mixed file {res.mixed}: {res.new_instances} new + "
+               f"{res.replayed_instances} replayed instances")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="dynogen")
