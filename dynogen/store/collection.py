@@ -86,9 +86,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def unit_fingerprint(item: Unit | Skipped, prompts: PromptBuilder) -> str:
-    """What the LLM would be shown of this unit, hashed; for a source's skip, its reason."""
+    """What the LLM would be shown of this unit, hashed; for a source's skip, its reason.
+
+    Not the skip's detail: it often names the path the source was read from, and
+    reading the same cards from another folder is not a change.
+    """
     if isinstance(item, Skipped):
-        parts = ["skipped", item.reason, item.detail]
+        parts = ["skipped", item.reason]
     else:
         parts = ["unit", *(prompts.user_message(item, v) for v in prompts.config.variants)]
     return xxh3_64_hexdigest("\x1e".join(parts).encode("utf-8", "surrogatepass"))
