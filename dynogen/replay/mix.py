@@ -45,7 +45,9 @@ from dynogen.store.collection import Collection
 __all__ = ["STRATEGIES", "ReplayResult", "areplay", "open_embedder"]
 
 STRATEGIES = ("diverse-instruction", "diverse-data", "random")
-DATA_CHARS = 400  # of each instance shown to the embedder
+# Of each instance shown to the embedder: input, output. Enough to tell what the data
+# is about, and at most ~1 kB per task held while the pool is read.
+DATA_CHARS = (240, 80)
 
 
 @dataclass
@@ -112,8 +114,8 @@ def _data_texts(coll: Collection, versions: list[int], wanted: dict[str, int],
             continue
         got = parts.setdefault(pos, [])
         if len(got) < per_task:
-            got.append(f"{str(rec.get('input', ''))[:DATA_CHARS]} => "
-                       f"{str(rec.get('output', ''))[:DATA_CHARS]}")
+            got.append(f"{str(rec.get('input', ''))[:DATA_CHARS[0]]} => "
+                       f"{str(rec.get('output', ''))[:DATA_CHARS[1]]}")
     return {pos: "\n".join(p) for pos, p in parts.items()}
 
 

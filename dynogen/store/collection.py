@@ -283,8 +283,8 @@ class Collection:
             index.close()
         return plan, staging
 
-    def begin(self, staging: Path, plan: Plan, source: str,
-              config: dict[str, Any]) -> dict[str, Any]:
+    def begin(self, staging: Path, plan: Plan, source: str, config: dict[str, Any], *,
+              listed_since: str | None = None) -> dict[str, Any]:
         """Turn a staged plan into the next version directory, recorded as running."""
         number = max((int(v["version"]) for v in self.versions), default=0) + 1
         rel = f"versions/{number:04d}"
@@ -299,6 +299,8 @@ class Collection:
                                                    "max_tasks_per_unit", "mode")
                        if k in config},
         }
+        if listed_since is not None:
+            entry["listed_since"] = listed_since
         self.versions.append(entry)
         sources: list[str] = self.data.setdefault("sources", [])
         if source not in sources:

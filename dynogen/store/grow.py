@@ -41,23 +41,26 @@ __all__ = ["EXPORT_FORMATS", "agrow", "estimate_next", "export_collection", "ope
 EXPORT_FORMATS = ("jsonl", "parquet", "datasets")
 
 
-def open_grow_source(spec: str, *, since: str | None, limit: int | None = None) -> Source:
-    """The source a grow step reads: like ``--source``, but a Hub listing starts at ``since``.
+def open_grow_source(cfg: Config, *, since: str | None) -> Source:
+    """The source a grow step reads: ``cfg``'s, with a Hub listing starting at ``since``.
 
     ``since`` is when the newest complete version started reading (ISO 8601 UTC),
-    so a dataset modified while that version ran is listed again.
+    so a dataset modified while that version ran is listed again. An explicit
+    ``hub_modified_since`` wins. This is the one place grow talks to the Hub
+    source's options (``Config.hub_modified_since``, ``sources.source_for``);
+    with neither present it reads the whole listing, and the fingerprints still
+    keep unchanged datasets from being sent.
     """
-    if spec == "hub" and since is not None:
-        import inspect
+    from dynogen.io import sources
 
-        from dynogen.io.hub import HubSource
-
-        if "modified_since" in inspect.signature(HubSource).parameters:
-            from dynogen.io.sources import LimitedSource
-
-            hub: Source = HubSource(modified_since=since)  # type: ignore[call-arg]
-            return hub if limit is None else LimitedSource(hub, limit)
-    return open_source(spec, limit=limit)
+    if cfg.source == "hub" and since is not None and hasattr(cfg, "hub_modified_since") \
+            and not cfg.hub_modified_since:
+        cfg = cfg.with_(hub_modified_since=since)
+    source_for = getattr(sources, "source_for", None)
+    if source_for is not None:
+        src: Source = source_for(cfg)
+        return src
+    return open_source(cfg.source, limit=cfg.limit)
 
 
 def _prompts(cfg: Config) -> PromptBuilder:
@@ -92,7 +95,7 @@ async def agrow(
         resumed = entry is not None
         if entry is None:
             src = source if source is not None else open_grow_source(
-                cfg.source, since=coll.last_started(), limit=cfg.limit)
+                cfg, since=coll.last_started())
             plan, staging = coll.stage(src, _prompts(cfg))
             if plan.items == 0:
                 staging_rmtree(staging)
@@ -102,7 +105,8 @@ async def agrow(
                        f"requests sent, no version written ({coll.path})")
                 return RunOutcome(EXIT["ok"], coll.path, {}, msg,
                                   extra={"version": None, "plan": plan.to_dict()})
-            entry = coll.begin(staging, plan, _source_name(cfg), cfg.public_dict())
+            entry = coll.begin(staging, plan, _source_name(cfg), cfg.public_dict(),
+                               listed_since=coll.last_started() if cfg.source == "hub" else None)
         vdir = coll.version_dir(entry)
         seed = coll.seed(coll.changed_keys(entry))
         run_cfg = cfg.with_(out=str(vdir), cache_path=str(coll.cache), source=str(vdir / PLAN),
@@ -159,8 +163,7 @@ def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Pat
             return estimate(cfg, calibration=calibration, source=_pending(coll, entry))
     else:
         coll.data = {"versions": []}
-    src = source if source is not None else open_grow_source(
-        cfg.source, since=coll.last_started(), limit=cfg.limit)
+    src = source if source is not None else open_grow_source(cfg, since=coll.last_started())
     cfg = cfg.validate()
     plan = Plan()
     selected = (item for item, _fp, _kind in coll.select(src, _prompts(cfg), plan))
