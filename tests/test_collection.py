@@ -156,6 +156,10 @@ async def test_budget_stop_leaves_the_version_running_and_grow_resumes_it(tmp_pa
         part = await agrow(coll, priced.with_(budget_usd=total / 3), source=units(0, 6))
         assert part.exit_code == EXIT["budget"], part.message
         assert manifest(coll)["versions"][0]["status"] == "running"
+        done = sum(1 for r in iter_jsonl(coll / "versions" / "0001" / "units.jsonl")
+                   if r["status"] == "done")
+        # The next step of a stopped collection is the rest of its running version.
+        assert estimate(priced, collection=coll).units == 6 - done
         rest = await agrow(coll, priced.with_(budget_usd=total * 2), source=units(0, 6))
     assert rest.exit_code == 0, rest.message
     assert rest.extra["resumed"] is True
