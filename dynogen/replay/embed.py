@@ -149,16 +149,22 @@ class EmbeddingStore:
     def get(self, model: str, texts: Sequence[str], dims: int) -> tuple[F32, list[int]]:
         """The stored rows (zeros where missing) and the indices of the missing texts."""
         out = np.zeros((len(texts), dims), dtype=np.float32)
-        missing = []
-        cur = self._db.cursor()
-        for i, t in enumerate(texts):
-            row = cur.execute("SELECT dims, vec FROM vectors WHERE key = ?",
-                              (self._key(model, t),)).fetchone()
-            if row is None or int(row[0]) != dims:
-                missing.append(i)
-            else:
-                out[i] = np.frombuffer(row[1], dtype=np.float32)
-        return out, missing
+        found = np.zeros(len(texts), dtype=bool)
+        keys = [self._key(model, t) for t in texts]
+        where: dict[bytes, list[int]] = {}
+        for i, key in enumerate(keys):
+            where.setdefault(key, []).append(i)
+        unique = list(where)
+        for lo in range(0, len(unique), 500):  # one query per 500 keys, not one per text
+            chunk = unique[lo:lo + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, d, vec in self._db.execute(
+                    f"SELECT key, dims, vec FROM vectors WHERE key IN ({marks})", chunk):
+                if int(d) == dims:
+                    rows = where[bytes(key)]
+                    out[rows] = np.frombuffer(vec, dtype=np.float32)
+                    found[rows] = True
+        return out, np.flatnonzero(~found).tolist()
 
     def put(self, model: str, texts: Sequence[str], vectors: F32) -> None:
         rows = [(self._key(model, t), int(v.shape[0]), v.astype(np.float32).tobytes())
