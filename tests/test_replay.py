@@ -48,6 +48,17 @@ def test_k_center_matches_the_definition() -> None:
     assert k_center(x, 12).tolist() == brute_k_center(x, 12)
 
 
+@pytest.mark.parametrize("candidates", [1, 7, 64, 10_000])
+def test_k_center_with_a_candidate_set_picks_what_the_plain_greedy_picks(candidates: int) -> None:
+    from dynogen.replay.select import k_center_naive
+
+    rng = np.random.default_rng(candidates)
+    centers = normalize_rows(rng.standard_normal((40, 16)).astype(np.float32))
+    rows = centers[rng.integers(0, 40, 3000)] + 0.1 * rng.standard_normal((3000, 16))
+    x = normalize_rows(rows.astype(np.float32))
+    assert k_center(x, 120, candidates=candidates).tolist() == k_center_naive(x, 120).tolist()
+
+
 def test_k_center_covers_clusters_before_repeating_one() -> None:
     rng = np.random.default_rng(0)
     centers = normalize_rows(rng.standard_normal((5, 32)).astype(np.float32))

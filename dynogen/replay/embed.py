@@ -40,6 +40,7 @@ __all__ = ["APIEmbedder", "DEFAULT_BATCH", "DEFAULT_DIMS", "Embedder", "Embeddin
 
 DEFAULT_DIMS = 256
 DEFAULT_BATCH = 128  # texts per /embeddings request (OpenAI takes up to 2,048)
+BLOCK = 8192  # texts tokenised, and rows filled, at a time
 F32 = npt.NDArray[np.float32]
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -77,36 +78,54 @@ class LexicalEmbedder:
         return self.embed_sync(texts)
 
     def embed_sync(self, texts: Sequence[str]) -> F32:
-        import pandas as pd  # a dependency of ``datasets``: its factorize is a C hash table
-
+        """Memory stays near the output's size: texts are read in blocks, each word is
+        kept once (its number), and the rows are filled a block at a time."""
         n = len(texts)
-        feats = [_features(t) for t in texts]
-        lengths = np.fromiter((len(f) for f in feats), dtype=np.int64, count=n)
-        flat = [w for f in feats for w in f]
-        del feats
-        if not flat:
-            return np.zeros((n, self.dims), dtype=np.float32)
-        codes, uniques = pd.factorize(pd.Series(flat, dtype=object), sort=False)
-        del flat
-        nv = len(uniques)
-        fid = np.asarray(codes, dtype=np.int64)
-        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        # (row, feature) pairs with their counts, then document frequency per feature.
+        vocab: dict[str, int] = {}
+        fid_parts: list[npt.NDArray[np.int64]] = []
+        row_parts: list[npt.NDArray[np.int64]] = []
+        for lo in range(0, n, BLOCK):
+            ids: list[int] = []
+            lengths = []
+            for text in texts[lo:lo + BLOCK]:
+                words = _features(text)
+                ids.extend(vocab.setdefault(w, len(vocab)) for w in words)
+                lengths.append(len(words))
+            fid_parts.append(np.asarray(ids, dtype=np.int64))
+            row_parts.append(np.repeat(np.arange(lo, lo + len(lengths), dtype=np.int64),
+                                       lengths))
+        out = np.zeros((n, self.dims), dtype=np.float32)
+        nv = len(vocab)
+        if nv == 0:
+            return out
+        fid = np.concatenate(fid_parts)
+        rows = np.concatenate(row_parts)
+        del fid_parts, row_parts
+        # (row, word) pairs with their counts, sorted by row; then document frequency.
         pair, tf = np.unique(rows * nv + fid, return_counts=True)
+        del fid, rows
         prow, pfid = np.divmod(pair, nv)
+        del pair
         df = np.bincount(pfid, minlength=nv).astype(np.float32)
         # No "+1": a word in every text weighs nothing (sklearn adds 1, which lets
         # "the" outweigh content words when few texts are compared).
         idf = np.log((1.0 + n) / (1.0 + df))
-        # Each distinct feature hashed once, to a bucket and a sign.
-        hashes = np.fromiter((xxhash.xxh3_64_intdigest(str(w).encode("utf-8", "surrogatepass"))
-                              for w in uniques), dtype=np.uint64, count=nv)
+        # Each distinct word hashed once, to a bucket and a sign.
+        hashes = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8", "surrogatepass"))
+                              for w in vocab), dtype=np.uint64, count=nv)
+        del vocab
         bucket = (hashes % np.uint64(self.dims)).astype(np.int64)
         sign = np.where(hashes >> np.uint64(63), 1.0, -1.0).astype(np.float32)
         weights = (1.0 + np.log(tf.astype(np.float32))) * idf[pfid] * sign[pfid]
-        cells = np.bincount(prow * self.dims + bucket[pfid], weights=weights,
-                            minlength=n * self.dims).astype(np.float32)
-        return normalize_rows(cells.reshape(n, self.dims))
+        cell = bucket[pfid]
+        bounds = np.searchsorted(prow, np.arange(0, n + BLOCK, BLOCK))
+        for b, lo in enumerate(range(0, n, BLOCK)):
+            a, z = bounds[b], bounds[b + 1]
+            rows_here = min(BLOCK, n - lo)
+            block = np.bincount((prow[a:z] - lo) * self.dims + cell[a:z], weights=weights[a:z],
+                                minlength=rows_here * self.dims)
+            out[lo:lo + rows_here] = block.reshape(rows_here, self.dims)
+        return normalize_rows(out)
 
 
 def project(x: npt.NDArray[np.floating], dims: int, seed: int = 0) -> F32:

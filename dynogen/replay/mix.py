@@ -176,18 +176,19 @@ async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | P
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     left_out: dict[str, int] = {}
-    pool: list[dict[str, Any]] = []
+    # Tuples, not dicts: 100,000 tasks are held while they are embedded.
+    pool: list[tuple[str, str, str, str, int]] = []
     for t in coll.iter_tasks(versions=earlier):
         if t.get("split") == "heldout":
             left_out["heldout_task"] = left_out.get("heldout_task", 0) + 1
             continue
-        pool.append({"task_id": t["id"], "instruction": t["instruction"],
-                     "dataset": t["dataset"], "config": t["config"], "version": t["version"]})
+        pool.append((str(t["id"]), str(t["instruction"]), str(t["dataset"]), str(t["config"]),
+                     int(t["version"])))
     texts: list[str] = []
     if strategy == "diverse-instruction":
-        texts = [p["instruction"] for p in pool]
+        texts = [p[1] for p in pool]
     elif strategy == "diverse-data":
-        by_id = {p["task_id"]: i for i, p in enumerate(pool)}
+        by_id = {p[0]: i for i, p in enumerate(pool)}
         data = _data_texts(coll, earlier, by_id, per_task)
         kept = [i for i in range(len(pool)) if i in data]
         left_out["no_instances"] = len(pool) - len(kept)
@@ -213,7 +214,9 @@ async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | P
         picks = k_center(x, k)
         times["select"] = time.perf_counter() - t2
         mean_cos = round(mean_pairwise_cosine(x[picks]), 4)
-    chosen = [{"rank": r, **pool[int(i)]} for r, i in enumerate(picks.tolist())]
+    fields = ("task_id", "instruction", "dataset", "config", "version")
+    chosen = [{"rank": r, **dict(zip(fields, pool[int(i)], strict=True))}
+              for r, i in enumerate(picks.tolist())]
     _write_jsonl(out, iter(chosen))
     res = ReplayResult(strategy, k, len(pool), chosen, out, mixed_path, mean_cosine=mean_cos,
                        left_out=left_out, embedder=name)
