@@ -273,3 +273,16 @@ def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
     est = runner.invoke(app, ["estimate", "--collection", str(coll), "--source", "samples",
                               "--json"], catch_exceptions=False)
     assert est.exit_code == 0 and orjson.loads(est.output)["requests"] == 0
+
+
+async def test_an_unfinished_version_refuses_other_prompt_settings(tmp_path: Path) -> None:
+    from dynogen.errors import RunDirError
+
+    coll = tmp_path / "coll"
+    fake = FakeOpenAI()
+    async with serve(fake) as server:
+        priced = cfg(server.url, free=False, price_in=1000.0, price_out=1000.0, max_in_flight=1)
+        part = await agrow(coll, priced.with_(budget_usd=0.5), source=units(0, 6))
+        assert part.exit_code == EXIT["budget"]
+        with pytest.raises(RunDirError, match="version 1 of .* is unfinished"):
+            await agrow(coll, priced.with_(max_tasks_per_unit=5), source=units(0, 6))

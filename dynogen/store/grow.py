@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from dynogen.config import Config
-from dynogen.errors import ConfigError
+from dynogen.errors import ConfigError, RunDirError
 from dynogen.io.shards import JsonlSource
 from dynogen.io.sources import Source, open_source
 from dynogen.prompts import PromptBuilder
@@ -111,8 +111,16 @@ async def agrow(
         seed = coll.seed(coll.changed_keys(entry))
         run_cfg = cfg.with_(out=str(vdir), cache_path=str(coll.cache), source=str(vdir / PLAN),
                             limit=None)
-        outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
-                             handle_signals=handle_signals, seed=seed)
+        try:
+            outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
+                                 handle_signals=handle_signals, seed=seed)
+        except RunDirError as e:
+            if not resumed:
+                raise
+            raise RunDirError(
+                f"version {entry['version']} of {coll.path} is unfinished and was started with "
+                f"other prompt settings ({e}). Grow with the settings it began with (see "
+                f"{vdir / 'manifest.json'}) to finish it first") from None
         number = int(entry["version"])
         outcome.extra.update(version=number, plan=dict(entry.get("units") or {}),
                              resumed=resumed)
