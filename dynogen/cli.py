@@ -272,6 +272,9 @@ def grow(
     free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
     heldout_fraction: Annotated[float | None, typer.Option(
         help="Fraction of tasks held out (by task, not row).")] = None,
+    judge: Annotated[bool, typer.Option(
+        "--judge", help="One more request per kept task: the model judges whether it is "
+        "valid; invalid tasks are dropped with its reason.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config_file: ConfigOpt = None,
 ) -> None:
@@ -284,7 +287,7 @@ def grow(
             max_tasks_per_unit=max_tasks, response_format=response_format, rpm=rpm, tpm=tpm,
             max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
             price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
-            quiet=quiet or None,
+            judge=judge or None, quiet=quiet or None,
         )
         outcome = api.grow(collection, cfg, handle_signals=True)
     except DynogenError as e:
