@@ -97,7 +97,7 @@ def grow_steps(corpus: Path, work: Path, quick: bool) -> dict[str, Any]:
     coll = work / "coll"
     doc: dict[str, Any] = {"datasets": len(second_names) * 2, "second_half_datasets":
                            len(second_names)}
-    with start_fake_process(seed=7) as fake:
+    with start_fake_process(seed=7, ready_timeout=180) as fake:
         cfg = Config(base_url=fake.url, free=True, quiet=True, max_in_flight=32)
 
         def requests() -> int:
@@ -169,7 +169,7 @@ def replay_quality(coll: Path, work: Path) -> dict[str, Any]:
                       "random_mean_cosine": [round(r, 4) for r in randoms],
                       "lower_than_every_random_draw": all(picked < r for r in randoms),
                       "seconds": res.seconds}
-    with start_fake_process(seed=7) as fake:
+    with start_fake_process(seed=7, ready_timeout=180) as fake:
         embed = Config(base_url=fake.url, model="fake-embed", free=True, max_in_flight=16)
         t0 = time.perf_counter()
         res2 = asyncio.run(areplay(coll, k=100, strategy="diverse-instruction",
@@ -276,7 +276,7 @@ def replay_scale(corpus: Path, work: Path, quick: bool) -> dict[str, Any]:
     cases = [(10_000, 100, 30.0), (100_000, 1_000, 60.0)]
     if quick:
         cases = [(10_000, 100, 30.0)]
-    with start_fake_process(seed=7, keep_history=False) as fake:
+    with start_fake_process(seed=7, keep_history=False, ready_timeout=180) as fake:
         for n, k, bar in cases:
             coll = work / f"synth-{n}"
             synth_collection(coll, n, vocab)

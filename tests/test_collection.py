@@ -255,7 +255,7 @@ def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
 
     runner = CliRunner()
     coll = tmp_path / "coll"
-    with start_fake_process() as fake:
+    with start_fake_process(ready_timeout=120) as fake:
         args = ["grow", str(coll), "--source", "samples", "--base-url", fake.url, "--free",
                 "--quiet", "--rows-per-split", "3"]
         first = runner.invoke(app, args, catch_exceptions=False)

@@ -42,7 +42,7 @@ def test_sigkill_mid_grow_then_grow_again_finishes_the_same_version(tmp_path: Pa
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 40)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    with start_fake_process(latency_median=0.1) as fake:
+    with start_fake_process(latency_median=0.1, ready_timeout=120) as fake:
         clean = tmp_path / "clean"
         cfg = Config(source=str(shard), base_url=fake.url, free=True, quiet=True,
                      max_in_flight=8)
