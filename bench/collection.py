@@ -149,8 +149,8 @@ def replay_quality(coll: Path, work: Path) -> dict[str, Any]:
 
     from dynogen.api import areplay
     from dynogen.config import Config
-    from dynogen.replay.embed import LexicalEmbedder
-    from dynogen.replay.select import mean_pairwise_cosine, random_pick
+    from dynogen.selection.embed import LexicalEmbedder
+    from dynogen.selection.select import mean_pairwise_cosine, random_pick
     from dynogen.store.collection import Collection
     from dynogen.testing import start_fake_process
 
@@ -176,12 +176,12 @@ def replay_quality(coll: Path, work: Path) -> dict[str, Any]:
                                    out=work / "replay-api.jsonl", embed=embed))
         wall = time.perf_counter() - t0
         reqs = fake.stats()["totals"]["requests"]
-    from dynogen.replay.embed import EmbeddingStore
+    from dynogen.selection.embed import EmbeddingStore
 
     store = EmbeddingStore(coll / "embeddings.sqlite")
     y, missing = store.get("fake-embed@256", pool, 256)
     store.close()
-    from dynogen.replay.select import reduce_dims
+    from dynogen.selection.select import reduce_dims
 
     y = reduce_dims(y)
     chosen2 = np.asarray([index[ch["instruction"]] for ch in res2.chosen])
@@ -326,7 +326,7 @@ PAIRS = [
 def lexical_choice() -> dict[str, Any]:
     import numpy as np
 
-    import dynogen.replay.embed as emb
+    import dynogen.selection.embed as emb
 
     texts = [a for a, _ in PAIRS] + [b for _, b in PAIRS]
     n = len(PAIRS)

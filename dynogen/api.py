@@ -368,10 +368,10 @@ async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | P
 
     ``embed``: the embedding endpoint (``model``, ``base_url``, limits, budget) for
     the diverse strategies; ``None`` embeds locally (lexical TF-IDF). Returns a
-    ``dynogen.replay.mix.ReplayResult``.
+    ``dynogen.selection.mix.ReplayResult``.
     """
-    from dynogen.replay.mix import areplay as _areplay
-    from dynogen.replay.mix import open_embedder
+    from dynogen.selection.mix import areplay as _areplay
+    from dynogen.selection.mix import open_embedder
     from dynogen.store.collection import Collection
 
     coll = Collection(collection).load()

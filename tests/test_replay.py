@@ -14,8 +14,8 @@ from dynogen.api import agrow, areplay
 from dynogen.config import Config
 from dynogen.errors import ConfigError
 from dynogen.io.sources import samples_dir
-from dynogen.replay.embed import APIEmbedder, EmbeddingStore, LexicalEmbedder, project
-from dynogen.replay.select import (
+from dynogen.selection.embed import APIEmbedder, EmbeddingStore, LexicalEmbedder, project
+from dynogen.selection.select import (
     k_center,
     mean_pairwise_cosine,
     normalize_rows,
@@ -50,7 +50,7 @@ def test_k_center_matches_the_definition() -> None:
 
 @pytest.mark.parametrize("candidates", [1, 7, 64, 10_000])
 def test_k_center_with_a_candidate_set_picks_what_the_plain_greedy_picks(candidates: int) -> None:
-    from dynogen.replay.select import k_center_naive
+    from dynogen.selection.select import k_center_naive
 
     rng = np.random.default_rng(candidates)
     centers = normalize_rows(rng.standard_normal((40, 16)).astype(np.float32))

@@ -32,7 +32,7 @@ import xxhash
 
 from dynogen.errors import InvalidResponseError, UserError
 from dynogen.execute.base import EMBEDDINGS, Accounting, Executor, Request
-from dynogen.replay.select import normalize_rows
+from dynogen.selection.select import normalize_rows
 from dynogen.tokens import TokenCounter
 
 __all__ = ["APIEmbedder", "DEFAULT_BATCH", "DEFAULT_DIMS", "Embedder", "EmbeddingStore",

@@ -31,7 +31,7 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.errors import ConfigError
-from dynogen.replay.embed import (
+from dynogen.selection.embed import (
     DEFAULT_BATCH,
     DEFAULT_DIMS,
     APIEmbedder,
@@ -39,7 +39,7 @@ from dynogen.replay.embed import (
     EmbeddingStore,
     LexicalEmbedder,
 )
-from dynogen.replay.select import k_center, mean_pairwise_cosine, random_pick, reduce_dims
+from dynogen.selection.select import k_center, mean_pairwise_cosine, random_pick, reduce_dims
 from dynogen.store.collection import Collection
 
 __all__ = ["STRATEGIES", "ReplayResult", "areplay", "open_embedder"]
