@@ -84,7 +84,8 @@ async def one_run(draw: dict[str, Any], work: Path, table: PriceTable) -> dict[s
                       latency=Latency(median=draw["latency"], sigma=0.5))
     async with serve(fake) as server:
         cfg = Config(model=model, base_url=server.url, api_key=Secret("sk-fake"), quiet=True,
-                     max_in_flight=draw["max_in_flight"], out=str(work))
+                     max_in_flight=draw["max_in_flight"], out=str(work),
+                     licenses="any", languages="any", splits="all")  # the engine, not policies
         est = estimate(cfg, source=draw["items"])
         # A budget between ~2% and 130% of the job's worst case: many runs stop on it.
         full = est.cost_usd["high"]["online"]

@@ -98,7 +98,8 @@ def grow_steps(corpus: Path, work: Path, quick: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {"datasets": len(second_names) * 2, "second_half_datasets":
                            len(second_names)}
     with start_fake_process(seed=7, ready_timeout=180) as fake:
-        cfg = Config(base_url=fake.url, free=True, quiet=True, max_in_flight=32)
+        cfg = Config(base_url=fake.url, free=True, quiet=True, max_in_flight=32, licenses="any",
+                     languages="any", splits="all")
 
         def requests() -> int:
             return int(fake.stats()["totals"]["requests"])

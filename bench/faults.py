@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         run = subprocess.run(
             [sys.executable, "-m", "dynogen", "run", "--source", str(src), "--out", str(out),
              "--base-url", url, "--free", "--quiet", "--max-in-flight", str(args.max_in_flight),
-             "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=1800)
+             "--config", str(cfg), "--licenses", "any", "--languages", "any", "--splits", "all"],
+            env=env, capture_output=True, text=True, timeout=1800)
         summary["wall_seconds"] = round(time.perf_counter() - t0, 2)
         stats = _get(url.removesuffix("/v1") + "/stats")
     finally:

@@ -15,6 +15,15 @@ synthetic datasets with rows (so instance building is killed too), then:
    duplicated lines, lost lines, journal keys, report totals, and requests
    re-sent against the allowance (``max_in_flight`` per kill).
 
+Torn-file rounds (issue #12, ``--torn N``): after N of the kills, chosen at
+random, the run's files are also torn as a power loss tears them — each of
+units, tasks, builds, instances and spend independently loses a random tail
+of up to ``--torn-bytes`` (sometimes replaced by zeros, as when a file's new
+size reached the disk and its data did not) — before the next life starts.
+The resume must still equal the reference, with every redo served from the
+request cache (which a real power loss may also set back; the bench keeps it,
+so re-sent requests stay within the same allowance).
+
 Prints one JSON summary and saves ``bench/results/kill.json``; exits 1 if any
 check fails.
 """
@@ -38,7 +47,10 @@ from typing import Any
 from dynogen.io.folder import FolderSource
 from dynogen.testing.fake_openai import FakeProcess, start_fake_process
 
-__all__ = ["build_source", "compare_runs", "kill_run", "main", "progress", "write_row_datasets"]
+__all__ = ["build_source", "compare_runs", "kill_run", "main", "progress", "tear",
+           "write_row_datasets"]
+
+TORN_FILES = ("units.jsonl", "tasks.jsonl", "builds.jsonl", "instances.jsonl", "spend.jsonl")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "hf-metadata-2022" / "datasets"
@@ -105,7 +117,8 @@ def progress(out: Path) -> int:
 
 def run_argv(source: Path, out: Path, url: str, max_in_flight: int) -> list[str]:
     return [sys.executable, "-m", "dynogen", "run", "--source", str(source), "--out", str(out),
-            "--base-url", url, "--free", "--quiet", "--max-in-flight", str(max_in_flight)]
+            "--base-url", url, "--free", "--quiet", "--max-in-flight", str(max_in_flight),
+            "--licenses", "any", "--languages", "any", "--splits", "all"]  # engine, not policies
 
 
 def _env() -> dict[str, str]:
@@ -124,12 +137,35 @@ def requests_seen(fake: FakeProcess) -> int:
     return int(fake.stats()["totals"]["requests"])
 
 
+def tear(out: Path, rng: random.Random, max_bytes: int) -> dict[str, int]:
+    """Cut a random tail (up to ``max_bytes``) off each run file, independently, as a power
+    loss does; a third of the cuts leave zeros where the data was. Returns bytes cut."""
+    cut = {}
+    for name in TORN_FILES:
+        p = out / name
+        if not p.exists() or rng.random() < 0.3:
+            continue
+        size = p.stat().st_size
+        n = min(size, rng.randrange(1, max_bytes + 1))
+        if n == 0:
+            continue
+        with p.open("rb+") as f:
+            f.truncate(size - n)
+            if rng.random() < 0.33:
+                f.seek(size - n)
+                f.write(b"\0" * rng.randrange(1, n + 1))
+        cut[name] = n
+    return cut
+
+
 def kill_run(argv: list[str], out: Path, fake: FakeProcess, targets: list[int],
-             rng: random.Random, jitter: float, log: Path) -> dict[str, Any]:
+             rng: random.Random, jitter: float, log: Path, torn: set[int] | None = None,
+             torn_bytes: int = 65536) -> dict[str, Any]:
     """One life per target, SIGKILLed once ``progress(out)`` reaches it (plus jitter);
-    then a last life runs to the end. Returns what happened at each kill."""
+    then a last life runs to the end. After the kills numbered in ``torn`` the files are
+    torn too (``tear``). Returns what happened at each kill."""
     kills = []
-    for target in targets:
+    for i, target in enumerate(targets):
         p = _start(argv, log)
         t0 = time.monotonic()
         while progress(out) < target:
@@ -146,6 +182,8 @@ def kill_run(argv: list[str], out: Path, fake: FakeProcess, targets: list[int],
         kills.append({"target": target, "progress": at, "life_seconds": round(
             time.monotonic() - t0, 3), "in_flight": after["requests"] - sum(
             before["by_status"].values())})
+        if torn and i in torn:
+            kills[-1]["torn"] = tear(out, rng, torn_bytes)
     p = _start(argv, log)
     code = p.wait()
     if code != 0:
@@ -196,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-in-flight", type=int, default=8)
     ap.add_argument("--latency", type=float, default=0.05, help="fake server median latency (s)")
     ap.add_argument("--jitter", type=float, default=0.3, help="max seconds after a kill point")
+    ap.add_argument("--torn", type=int, default=10,
+                    help="of the kills, how many also tear the run's files (power loss)")
+    ap.add_argument("--torn-bytes", type=int, default=65536,
+                    help="most bytes a torn file loses")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temp one)")
     ap.add_argument("--no-save", action="store_true")
@@ -222,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         targets = sorted(rng.randrange(1, total) for _ in range(args.kills))
         n1 = requests_seen(fake)
         t1 = time.perf_counter()
+        torn = set(rng.sample(range(len(targets)), min(args.torn, len(targets))))
         killed = kill_run(run_argv(src, out, fake.url, args.max_in_flight), out, fake, targets,
-                          rng, args.jitter, log)
+                          rng, args.jitter, log, torn, args.torn_bytes)
         summary["killed_run_seconds"] = round(time.perf_counter() - t1, 2)
         sent = requests_seen(fake) - n1
     ref_units = len(lines(ref / "units.jsonl"))
@@ -233,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         "kills": len(kills),
         "kills_in_task_stage": sum(k["progress"] < ref_units for k in kills),
         "kills_in_build_stage": sum(k["progress"] >= ref_units for k in kills),
+        "torn_rounds": sum("torn" in k for k in kills),
+        "torn_bytes_cut": sum(sum(k.get("torn", {}).values()) for k in kills),
         "requests_needed": needed,
         "requests_sent": sent,
         "requests_repaid": sent - needed,

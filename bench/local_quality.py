@@ -1,12 +1,19 @@
-"""Issue #2's quality bar on the real bundled LLM (llama.cpp + SmolLM2-135M).
+"""Issues #2 and #10's quality bars on the real bundled LLM (llama.cpp + SmolLM2-135M).
 
     python -m bench.local_quality [--units 40] [--corpus ../shared/hf-metadata-2022/datasets]
+    python -m bench.local_quality --tasks OLD_RUN/tasks.jsonl   # judge another run's tasks
 
 Runs ``dynogen run --local`` over the first N usable units of the reference
-corpus and checks, from the run's own files:
+corpus (policies lifted: the same units whatever their licence, so runs stay
+comparable) and checks, from the run's own files:
 - the share of responses that became schema-valid task lists (bar: >= 95%);
 - kept tasks that name a field the dataset lacks (bar: exactly 0), checked
-  against the source metadata, not against dynogen's own filter.
+  against the source metadata, not against dynogen's own filter;
+- kept tasks per request, and the share of kept tasks that pass issue #10's
+  task rules when checked again one by one (``rules_pass_share``), with the
+  reasons of those that fail. ``--tasks`` computes the same for a tasks.jsonl
+  written by another version (e.g. before the rules existed);
+- a sample of 20 kept tasks.
 Prints one JSON object; writes it to bench/results/local_quality.json.
 """
 
@@ -15,23 +22,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
+from collections import Counter
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 from dynogen.api import arun
 from dynogen.config import Config
 from dynogen.io.sources import open_source
 from dynogen.store.journal import iter_jsonl
 from dynogen.units import Unit, skip_reason
+from dynogen.validate import TaskFilter
 
 ROOT = Path(__file__).resolve().parent.parent
+_SUFFIX = re.compile(r"\s*Answers must be one of: .*$")
+
+
+def rules_check(tasks: list[dict[str, Any]], units: dict[str, Unit]) -> dict[str, Any]:
+    """Each kept task checked alone against today's rules (no run-wide dedup)."""
+    fails: Counter[str] = Counter()
+    for t in tasks:
+        unit = units[f"{t['dataset']}::{t['config']}"]
+        rec = {"instruction": _SUFFIX.sub("", t["instruction"]),
+               "input_fields": t["input_fields"], "output_field": t["output_field"]}
+        kept, drops = TaskFilter(1).filter(unit, t["variant"], [rec], set())
+        if not kept:
+            fails.update(drops)
+        elif t.get("labels") and not kept[0].labels:
+            fails["label_suffix_untrue"] += 1  # a suffix where none can list every answer
+    n = len(tasks)
+    return {"tasks": n, "pass": n - sum(fails.values()),
+            "rules_pass_share": round((n - sum(fails.values())) / n, 4) if n else None,
+            "fail_by_reason": dict(fails.most_common())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=40)
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared/hf-metadata-2022/datasets"))
+    ap.add_argument("--tasks", help="judge this tasks.jsonl instead of running")
+    ap.add_argument("--out", help="keep the run directory here (default: a temporary one)")
+    ap.add_argument("--request-timeout", type=float, default=120.0,
+                    help="seconds; raise it on a loaded machine, where answers queue in llama.cpp")
     args = ap.parse_args()
     units = []
     for u in open_source(args.corpus):
@@ -39,11 +73,18 @@ def main() -> None:
             units.append(u)
             if len(units) >= args.units:
                 break
+    by_key = {u.key: u for u in units}
+    if args.tasks:
+        tasks = list(iter_jsonl(Path(args.tasks)))
+        print(json.dumps(rules_check(tasks, by_key), indent=2))
+        return
     fields = {u.key: {f.name for f in u.fields} for u in units}
-    with TemporaryDirectory() as tmp:
+    with TemporaryDirectory() as scratch:
+        tmp = args.out or scratch
         t0 = time.perf_counter()
-        outcome = asyncio.run(arun(Config(out=tmp, local=True, quiet=True), source=units,
-                                   build=False))
+        cfg = Config(out=tmp, local=True, quiet=True, licenses="any", languages="any",
+                     splits="all", request_timeout=args.request_timeout)
+        outcome = asyncio.run(arun(cfg, source=units, build=False))
         wall = time.perf_counter() - t0
         tasks = list(iter_jsonl(Path(tmp) / "tasks.jsonl"))
     rep = outcome.report
@@ -53,6 +94,7 @@ def main() -> None:
         if not set(t["input_fields"]) <= fields[f"{t['dataset']}::{t['config']}"]
         or t["output_field"] not in fields[f"{t['dataset']}::{t['config']}"]
     )
+    step = max(1, len(tasks) // 20)
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "units": len(units),
@@ -63,8 +105,12 @@ def main() -> None:
         "requests_failed_by_reason": rep["requests_failed_by_reason"],
         "tasks_generated": rep["tasks"]["generated"],
         "tasks_kept": rep["tasks"]["kept"],
+        "kept_per_request": round(rep["tasks"]["kept"] / max(1, rep["requests"]), 3),
         "dropped_by_reason": rep["tasks"]["dropped_by_reason"],
         "kept_tasks_naming_missing_fields": bad_fields,
+        "rules": rules_check(tasks, by_key),
+        "sample": [{k: t[k] for k in ("dataset", "config", "instruction", "input_fields",
+                                      "output_field")} for t in tasks[::step][:20]],
         "wall_seconds": round(wall, 1),
         "exit_code": outcome.exit_code,
     }

@@ -106,7 +106,8 @@ def run_scale(corpus: Path, units: int, work: Path) -> dict[str, Any]:
     with start_fake_process(seed=7) as fake:
         argv = [str(Path(sys.executable).with_name("dynogen")), "run", "--source",
                 str(shard_dir), "--out", str(run_dir), "--base-url", fake.url, "--free",
-                "--quiet", "--variants", "description", "--no-build"]
+                "--quiet", "--variants", "description", "--no-build",
+                "--licenses", "any", "--languages", "any", "--splits", "all"]
         m = run_measured(argv, env=peer_env(work), timeout=1500, sample_every=0.5,
                          log_dir=work / "logs")
         server = fake.stats()["totals"]

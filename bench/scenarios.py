@@ -485,7 +485,8 @@ def run_ceiling(wl: Workload, corpus: Path, work: Path, clients: Sequence[str], 
     with start_fake_process(seed=7) as fake:
         argv = [str(Path(sys.executable).with_name("dynogen")), "run", "--source", str(corpus),
                 "--out", str(run_dir), "--base-url", fake.url, "--free", "--quiet",
-                "--rpm", str(HUGE["rpm"]), "--tpm", str(HUGE["tpm"])]
+                "--rpm", str(HUGE["rpm"]), "--tpm", str(HUGE["tpm"]),
+                "--licenses", "any", "--languages", "any", "--splits", "all"]
         m = run_measured(argv, env=env, timeout=420, log_dir=work / "logs")
         stats, cpu = fake.stats(), _fake_cpu(fake)
     report = _read_json(run_dir / "report.json")

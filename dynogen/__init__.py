@@ -5,7 +5,7 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``grow``, ``replay``.
+``build``, ``collect``, ``export``, ``call``, ``inspect``, ``grow``, ``replay``.
 """
 
 # Set before the imports below: modules read it while the package initialises.
@@ -23,6 +23,7 @@ from dynogen.api import (
     estimate,
     export,
     grow,
+    inspect,
     replay,
     run,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "estimate",
     "export",
     "grow",
+    "inspect",
     "load_config",
     "replay",
     "run",

@@ -34,11 +34,14 @@ from dynogen.errors import (
     ConfigError,
     DynogenError,
     FatalAPIError,
+    StorageError,
 )
 from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
-from dynogen.io.sources import open_source
+from dynogen.io.sources import open_source, source_for
 from dynogen.ledger import Ledger
+from dynogen.policy import Policies, gate
+from dynogen.prices import Price
 from dynogen.progress import make_progress
 from dynogen.report import Stats
 from dynogen.store.journal import iter_jsonl
@@ -48,10 +51,22 @@ from dynogen.units import Skipped, Unit
 
 __all__ = [
     "EXIT", "RunOutcome", "agrow", "areplay", "arun", "build", "call", "collect", "estimate",
-    "export", "grow", "replay", "resolve_price", "run",
+    "exit_code", "export", "grow", "inspect", "replay", "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
+# After a first SIGINT/SIGTERM, in-flight answers get this long to settle before the run
+# exits as if signalled twice (a stuck write or a long 429 pause must not hold it).
+SIGNAL_GRACE_SECONDS = 30.0
+
+
+def exit_code(err: BaseException | None) -> int:
+    """The one mapping from an error that ended a command to its exit code."""
+    if isinstance(err, StorageError):
+        return EXIT["interrupted"]  # a full disk stops a run like Ctrl-C: resume later
+    if isinstance(err, FatalAPIError | APIConnectionError):
+        return EXIT["fatal"]
+    return EXIT["error"]
 
 
 @dataclass
@@ -87,6 +102,7 @@ async def _signals(engine: TaskEngine) -> AsyncIterator[None]:
         hits += 1
         if hits == 1:
             engine.stop("interrupted")
+            loop.call_later(SIGNAL_GRACE_SECONDS, handler)
         else:
             # Files are line-complete up to the last flush; a restart repairs the rest.
             import os
@@ -136,9 +152,26 @@ async def arun(
                               handle_signals=handle_signals, build=build, seed=seed)
     price = resolve_price(cfg)
     check_key(cfg)
-    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = source if source is not None else source_for(cfg)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
-    rundir = RunDir(cfg.out).open(cfg)
+    rundir = RunDir(cfg.out).open(cfg)  # takes the directory's write lock
+    # Data policies (licence, splits, language, readable rows) before any request is sent;
+    # a batch plan reads the same units, so it sees the same policies.
+    policies, hf_cache = Policies.from_config(cfg), str(rundir.path / ".hf-cache")
+    src = gate(src, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
+    if plan is not None:
+        plan = gate(plan, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
+    try:
+        return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
+                                  plan=plan, counted=source is None, seed=seed)
+    finally:
+        rundir.close()  # the lock: the next writer may start
+
+
+async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], price: Price,
+                       transport: Transport | None, handle_signals: bool, build: bool,
+                       t0: float, *, plan: Iterable[Unit | Skipped] | None,
+                       counted: bool, seed: DedupSeed | None = None) -> RunOutcome:
     await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
@@ -148,7 +181,7 @@ async def arun(
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
     counting = None
-    if source is None and cfg.source != "hub" and not cfg.quiet:
+    if counted and cfg.source != "hub" and not cfg.quiet:
         # Units are counted on the other core while the run starts, for the bar's ETA.
         def count() -> None:
             progress.set_total(sum(1 for _ in open_source(cfg.source, limit=cfg.limit)))
@@ -172,13 +205,18 @@ async def arun(
                 engine.close()
             ledger = stack.ledger
             cache_entries = stack.cache_entries()
+            if stack.cache is not None and stack.cache.recovered:
+                rundir.repairs["cache"] = stack.cache.recovered
     finally:
         if counting is not None:
             counting.cancel()
         progress.close()
     if build and result.stop_reason is None:
-        await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
-                                seen=seed.instances if seed else None)
+        try:
+            await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
+                                    seen=seed.instances if seed else None)
+        except StorageError as e:
+            result.stop_reason, result.error = "fatal", e
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
                    time.perf_counter() - t0)
 
@@ -188,7 +226,7 @@ def _plan_source(cfg: Config,
     """A second, independent pass over the run's source, for a batch executor to read
     ahead. A one-shot iterator cannot be read twice, so batch mode refuses it."""
     if source is None:
-        return open_source(cfg.source, limit=cfg.limit)
+        return source_for(cfg)
     if iter(source) is source:
         raise ConfigError("--mode batch needs a source it can read twice (a list, or a "
                           "--source path), not a one-shot iterator")
@@ -224,10 +262,15 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
         "stop_reason": result.stop_reason,
     }
     report["config"] = cfg.public_dict()
-    rundir.write_report(report)
-    write_calibration(rundir.path / "calibration.json", model=cfg.model,
-                      requests=stats.flat["responses"], output_tokens=stats.flat["tokens_out"],
-                      input_tokens=stats.flat["tokens_in"])
+    try:
+        rundir.write_report(report)
+        write_calibration(rundir.path / "calibration.json", model=cfg.model,
+                          requests=stats.flat["responses"],
+                          output_tokens=stats.flat["tokens_out"],
+                          input_tokens=stats.flat["tokens_in"])
+    except StorageError as e:
+        first = result.error if isinstance(result.error, StorageError) else e
+        return RunOutcome(exit_code(first), rundir.path, report, str(first), "storage")
     reason = result.stop_reason
     if reason is None:
         t = report["tasks"]
@@ -248,6 +291,10 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
             msg += (f" Note: one request may cost up to ${err.needed:.4f}, over a tenth of the "
                     "budget, so a share of it could not be used.")
         return RunOutcome(EXIT["budget"], rundir.path, report, msg, reason)
+    if isinstance(result.error, StorageError):
+        # A full or failing disk: one line, and the exit code of an interrupted run.
+        return RunOutcome(exit_code(result.error), rundir.path, report, str(result.error),
+                          "storage")
     if reason == "interrupted":
         msg = (f"interrupted: {result.committed} units committed this session; outputs and "
                f"report written. Run the same command again to resume ({rundir.path}).")
@@ -255,8 +302,7 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     err = result.error
     text = str(err) if isinstance(err, DynogenError) else repr(err)
     msg = f"stopped: {text}. Outputs so far are in {rundir.path}; fix this and run again to resume."
-    code = EXIT["fatal"] if isinstance(err, FatalAPIError | APIConnectionError) else EXIT["error"]
-    return RunOutcome(code, rundir.path, report, msg, reason)
+    return RunOutcome(exit_code(err), rundir.path, report, msg, reason)
 
 
 def run(cfg: Config, **kwargs: Any) -> RunOutcome:
@@ -279,30 +325,35 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
     cfg = Config(**values).with_(quiet=quiet, force_new=False)
     if rows_per_split is not None:
         cfg = cfg.with_(rows_per_split=rows_per_split)
-    rundir.open(cfg)
-    stats = Stats()
-    for rec in iter_jsonl(rundir.units):
-        stats.add_unit(rec)
-    t0 = time.perf_counter()
-    build_instances(cfg, rundir, stats=stats)
-    report = stats.to_dict()
-    if rundir.report.exists():
-        old = orjson.loads(rundir.report.read_bytes())
-        for k in ("cost", "config"):
-            if k in old:
-                report[k] = old[k]
-    report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3), "command": "build"}
-    rundir.write_report(report)
+    rundir.open(cfg, stage="build")  # the write lock; a new --rows-per-split rebuilds
+    try:
+        stats = Stats()
+        for rec in iter_jsonl(rundir.units):
+            stats.add_unit(rec)
+        t0 = time.perf_counter()
+        build_instances(cfg, rundir, stats=stats)
+        report = stats.to_dict()
+        if rundir.report.exists():
+            with contextlib.suppress(ValueError):  # a spoiled old report: not needed
+                old = orjson.loads(rundir.report.read_bytes())
+                for k in ("cost", "config"):
+                    if k in old:
+                        report[k] = old[k]
+        report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
+                             "command": "build"}
+        rundir.write_report(report)
+    finally:
+        rundir.close()
     msg = f"built {report['instances']['written']} instances into {rundir.instances}"
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
 
 
 def collect(source: str, out: str | Path, *, limit: int | None = None,
-            shard_size: int = 1000) -> Any:
+            shard_size: int = 1000, hub: Any = None) -> Any:
     """Read a metadata source and write JSONL shards that ``run --source`` accepts."""
     from dynogen.io.shards import collect as _collect
 
-    return _collect(open_source(source, limit=limit), Path(out), shard_size=shard_size)
+    return _collect(open_source(source, limit=limit, hub=hub), Path(out), shard_size=shard_size)
 
 
 def export(out: str | Path | None = None, *, fmt: str = "parquet",
@@ -330,6 +381,17 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
     return target
 
 
+def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
+    """What the filters did in a run: kept and dropped tasks with instances, shares per source.
+
+    Returns an ``Inspection`` (``to_dict()`` for data, ``dynogen.quality.format_inspection``
+    for the text ``dynogen inspect`` prints).
+    """
+    from dynogen.quality import inspect_run
+
+    return inspect_run(out, kept=kept, per_reason=per_reason)
+
+
 def estimate(cfg: Config, *, calibration: str | Path | None = None,
              source: Iterable[Unit | Skipped] | None = None,
              collection: str | Path | None = None) -> Estimate:
@@ -343,7 +405,8 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
         return estimate_next(collection, cfg, calibration=calibration, source=source)
     cfg = cfg.validate()
     price = resolve_price(cfg)
-    src = source if source is not None else open_source(cfg.source, limit=cfg.limit)
+    src = source if source is not None else source_for(cfg)
+    src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
 
@@ -402,6 +465,8 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
         msg = (f"budget reached: spent ${spent:.4f} of ${cfg.budget_usd:.4f}; {res.written} "
                f"lines written to {out}. Run again with a larger --budget-usd to continue.")
         return RunOutcome(EXIT["budget"], Path(out), report, msg, "budget")
+    if isinstance(res.error, StorageError):
+        return RunOutcome(exit_code(res.error), Path(out), report, str(res.error), "storage")
     if res.stop_reason == "fatal":
         msg = f"stopped: {res.error}. {res.written} lines written to {out}; run again to resume."
         return RunOutcome(EXIT["fatal"], Path(out), report, msg, "fatal")

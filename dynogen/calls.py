@@ -41,6 +41,7 @@ from dynogen.errors import (
     FatalAPIError,
     RequestFailed,
     Stopped,
+    StorageError,
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
@@ -49,6 +50,7 @@ from dynogen.execute.stack import check_key, open_stack, preflight, resolve_pric
 from dynogen.execute.transport import Transport
 from dynogen.progress import make_progress
 from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
+from dynogen.store.lock import RunLock
 from dynogen.tokens import TokenCounter
 
 __all__ = ["CallResult", "acall", "read_batch_lines"]
@@ -164,6 +166,18 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
     await preflight(cfg, transport)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    lock = RunLock(out, purpose="call").acquire()  # one writer per output file
+    try:
+        return await _acall_locked(cfg, src, out, transport, handle_signals, price)
+    finally:
+        lock.release()
+
+
+async def _acall_locked(cfg: Config, src: Path, out: Path, transport: Transport | None,
+                        handle_signals: bool, price: Any) -> CallResult:
+    try:
         repair(out)
         writer = JsonlWriter(out)
     except OSError as e:
@@ -210,7 +224,11 @@ async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
         # Flushed per answer: an answer paid for and not on disk would be sent (and
         # paid) again by a resume, since `call` keeps no cache unless given --cache.
         writer.write(line)
-        writer.flush()
+        try:
+            writer.flush()
+        except StorageError as e:  # disk full: stop; this id is sent again on resume
+            _stop(result, ex, "fatal", e)
+            return
         result.written += 1
         bar.unit_done()
 
@@ -234,7 +252,7 @@ async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
             except BudgetExceeded as e:
                 _stop(result, ex, "budget", e)
                 continue
-            except FatalAPIError as e:
+            except (FatalAPIError, StorageError) as e:
                 _stop(result, ex, "fatal", e)
                 continue
             result.requests += 1

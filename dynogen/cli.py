@@ -16,7 +16,7 @@ import typer
 
 from dynogen import api
 from dynogen.config import load_config
-from dynogen.errors import DynogenError, FatalAPIError
+from dynogen.errors import DynogenError
 
 __all__ = ["app", "main"]
 
@@ -41,12 +41,51 @@ ModeOpt = Annotated[str | None, typer.Option(
 CollectionOpt = Annotated[Path | None, typer.Option(
     "--collection", help="A collection (see `grow`): estimate its next step, export its merged "
     "view (every version, superseded tasks left out).")]
+# Data policies (issue #10): the same names as Config fields and TOML keys.
+LicensesOpt = Annotated[str | None, typer.Option(
+    "--licenses", help="Licence allow-list: classes (permissive, share-alike, non-commercial, "
+    "unknown, other) and SPDX ids, comma-separated, or 'any' "
+    "(default permissive,share-alike).")]
+LanguagesOpt = Annotated[str | None, typer.Option(
+    "--languages", help="Language codes to keep (default en), or 'any'.")]
+SplitsOpt = Annotated[str | None, typer.Option(
+    "--splits", help="Splits rows are read from: train, validation (default both), split names, "
+    "or 'all' (test splits included).")]
+MaxShareOpt = Annotated[float | None, typer.Option(
+    "--max-share", help="Largest share of kept tasks one source dataset may have (0-1].")]
+
+# --- Hub listing options (for --source hub; see dynogen.io.hub_options) ----------------
+HubSearchOpt = Annotated[str | None, typer.Option(
+    "--hub-search", help="Hub: only datasets whose id contains this text.")]
+HubTasksOpt = Annotated[str | None, typer.Option(
+    "--hub-task-categories", help="Hub: comma-separated task categories, e.g. "
+    "text-classification,question-answering.")]
+HubSinceOpt = Annotated[str | None, typer.Option(
+    "--hub-modified-since", help="Hub: only datasets modified since this ISO date/time "
+    "(incremental listing).")]
+HubDatasetsOpt = Annotated[int | None, typer.Option(
+    "--hub-datasets", help="Hub: list at most N datasets.")]
+HubSortOpt = Annotated[str | None, typer.Option(
+    "--hub-sort", help="Hub: downloads or last_modified (newest first).")]
+HubRpmOpt = Annotated[float | None, typer.Option(
+    "--hub-rpm", help="Hub and viewer calls per minute (default 300).")]
+HubConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--hub-concurrency", help="Hub and viewer calls in flight (default 8).")]
+HubViewerOpt = Annotated[str | None, typer.Option(
+    "--hub-viewer-url", help="Dataset viewer API base URL.")]
+
+
+def _hub_flags(search: str | None, tasks: str | None, since: str | None, datasets: int | None,
+               sort: str | None, rpm: float | None, concurrency: int | None,
+               viewer: str | None) -> dict[str, Any]:
+    return dict(hub_search=search, hub_task_categories=tasks, hub_modified_since=since,
+                hub_datasets=datasets, hub_sort=sort, hub_rpm=rpm,
+                hub_concurrency=concurrency, hub_viewer_url=viewer)
 
 
 def _fail(err: DynogenError) -> None:
     typer.echo(f"dynogen: error: {err}", err=True)
-    code = api.EXIT["fatal"] if isinstance(err, FatalAPIError) else api.EXIT["error"]
-    raise typer.Exit(code)
+    raise typer.Exit(api.exit_code(err))
 
 
 def _config(config_file: Path | None, **flags: Any) -> Any:
@@ -81,6 +120,10 @@ def run(
     free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
     heldout_fraction: Annotated[float | None, typer.Option(
         help="Fraction of tasks held out (by task, not row).")] = None,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
+    max_share: MaxShareOpt = None,
     cache: Annotated[Path | None, typer.Option(
         "--cache", help="Request cache file to share across runs.")] = None,
     force_new: Annotated[bool, typer.Option(
@@ -89,7 +132,18 @@ def run(
         "--judge", help="One more request per kept task: the model judges whether it is "
         "valid; invalid tasks are dropped with its reason.")] = False,
     no_build: Annotated[bool, typer.Option(help="Stop after tasks; build later.")] = False,
+    durability: Annotated[str | None, typer.Option(
+        help="batched (default: synced about once a second) or always (every commit synced).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Generate tasks from metadata with an LLM, then build instances from rows."""
@@ -102,7 +156,10 @@ def run(
             price_in=price_in, price_out=price_out, free=free or None,
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
             judge=judge or None,
-            force_new=force_new or None, quiet=quiet or None,
+            licenses=licenses, languages=languages, splits=splits, max_share=max_share,
+            force_new=force_new or None, quiet=quiet or None, durability=durability,
+            **_hub_flags(hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                         hub_sort, hub_rpm, hub_concurrency, hub_viewer_url),
         )
         outcome = api.run(cfg, handle_signals=True, build=not no_build)
     except DynogenError as e:
@@ -134,10 +191,29 @@ def collect(
         "metadata"),
     limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
     shard_size: Annotated[int, typer.Option(help="Units per shard file.")] = 1000,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
+    config_file: ConfigOpt = None,
 ) -> None:
-    """Read metadata from a source and write it as JSONL shards (input to `run`)."""
+    """Read metadata from a source and write it as JSONL shards (input to `run`).
+
+    With --source hub, also writes source.json (what was listed, and when), so a
+    later incremental listing can start from --hub-modified-since.
+    """
+    from dynogen.io.hub_options import HubOptions
+
     try:
-        stats = api.collect(source, out, limit=limit, shard_size=shard_size)
+        cfg = _config(config_file, source=source, **_hub_flags(
+            hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
+            hub_rpm, hub_concurrency, hub_viewer_url))
+        hub = HubOptions.from_config(cfg) if source == "hub" else None
+        stats = api.collect(source, out, limit=limit, shard_size=shard_size, hub=hub)
     except DynogenError as e:
         _fail(e)
         return
@@ -158,6 +234,19 @@ def estimate(
     calibration: Annotated[Path | None, typer.Option(
         help="calibration.json (or a finished run directory) for expected output tokens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    judge: Annotated[bool, typer.Option(
+        "--judge", help="Include the judge's request per kept task.")] = False,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
     collection: CollectionOpt = None,
 ) -> None:
@@ -169,7 +258,10 @@ def estimate(
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
                       max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
-                      price_out=price_out)
+                      price_out=price_out, licenses=licenses, languages=languages,
+                      splits=splits, judge=judge or None, **_hub_flags(
+                          hub_search, hub_task_categories, hub_modified_since, hub_datasets,
+                          hub_sort, hub_rpm, hub_concurrency, hub_viewer_url))
         est = api.estimate(cfg, calibration=calibration, collection=collection)
     except DynogenError as e:
         _fail(e)
@@ -211,6 +303,26 @@ def call(
         return
     typer.echo(outcome.message, err=outcome.exit_code != 0)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    out: Annotated[Path, typer.Argument(help="A run directory (the --out of `dynogen run`).")],
+    kept: Annotated[int, typer.Option(help="Kept tasks to show.")] = 10,
+    per_reason: Annotated[int, typer.Option(help="Dropped tasks to show per reason.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show what the filters did: kept and dropped tasks with instances, shares per source."""
+    import orjson
+
+    from dynogen.quality import format_inspection
+
+    try:
+        ins = api.inspect(out, kept=kept, per_reason=per_reason)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(orjson.dumps(ins.to_dict()).decode() if as_json else format_inspection(ins))
 
 
 @app.command("serve-local")
@@ -275,6 +387,18 @@ def grow(
     judge: Annotated[bool, typer.Option(
         "--judge", help="One more request per kept task: the model judges whether it is "
         "valid; invalid tasks are dropped with its reason.")] = False,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
+    max_share: MaxShareOpt = None,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     config_file: ConfigOpt = None,
 ) -> None:
@@ -287,7 +411,10 @@ def grow(
             max_tasks_per_unit=max_tasks, response_format=response_format, rpm=rpm, tpm=tpm,
             max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
             price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
-            judge=judge or None, quiet=quiet or None,
+            judge=judge or None, quiet=quiet or None, licenses=licenses, languages=languages,
+            splits=splits, max_share=max_share, **_hub_flags(
+                hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
+                hub_rpm, hub_concurrency, hub_viewer_url),
         )
         outcome = api.grow(collection, cfg, handle_signals=True)
     except DynogenError as e:

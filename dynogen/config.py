@@ -15,6 +15,7 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import xxhash
 
 from dynogen.errors import ConfigError
 
-__all__ = ["Config", "Secret", "VARIANTS", "DEFAULT_BASE_URL", "load_config"]
+__all__ = ["BUILD_FIELDS", "Config", "DEFAULT_BASE_URL", "DURABILITY", "IDENTITY_FIELDS", "Secret",
+           "VARIANTS", "load_config"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 VARIANTS = ("description", "no_description")
@@ -60,7 +62,24 @@ class Secret:
 PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
     "metadata_token_budget", "response_format", "encoding", "judge",
+    # data policies: they decide which units are sent and which tasks and rows are kept
+    "licenses", "languages", "splits", "max_share",
 )
+# A run's identity: every field that shapes its outputs (request bodies, filters and
+# data policies, instance building). A resume whose identity differs refuses and says
+# what differs. A new field that shapes outputs joins by adding its name here; a run
+# directory written before it existed is taken to have used its default.
+IDENTITY_FIELDS = (
+    *PROMPT_FIELDS,
+    "max_tokens_retry",
+    "heldout_fraction",
+    "rows_per_split",
+)
+# Identity fields that only shape instances: `dynogen build` may change them (it then
+# rebuilds every instance instead of mixing old and new).
+BUILD_FIELDS = ("rows_per_split",)
+DURABILITY = ("batched", "always")
+POLICY_FIELDS = ("licenses", "languages", "splits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +111,11 @@ class Config:
     encoding: str = "o200k_base"
     # one more request per kept task asking the model whether it is valid (dynogen.judge)
     judge: bool = False
+    # data policies (issue #10): "any"/"all" lift them; see dynogen.policy
+    licenses: str = "permissive,share-alike"
+    languages: str = "en"
+    splits: str = "train,validation"
+    max_share: float | None = None
     # instances
     rows_per_split: int = 200
     heldout_fraction: float = 0.0
@@ -110,11 +134,23 @@ class Config:
     price_out: float | None = None
     free: bool = False
     prices_file: str | None = None
+    # the Hugging Face Hub as a source (--source hub); see dynogen.io.hub_options
+    hub_search: str | None = None
+    hub_task_categories: tuple[str, ...] = ()
+    hub_modified_since: str | None = None  # ISO date/time: only datasets modified since
+    hub_datasets: int | None = None  # how many datasets to list
+    hub_sort: str | None = None  # downloads | last_modified
+    hub_rpm: float | None = 300.0
+    hub_concurrency: int = 8
+    hub_viewer_url: str = "https://datasets-server.huggingface.co"
     # output
     out: str = "runs/latest"
     cache_path: str | None = None
     force_new: bool = False
     quiet: bool = False
+    # safety (issue #12): sync policy, and the largest answer body read from a server
+    durability: str = "batched"  # batched | always
+    max_response_bytes: int = 8 * 2**20
 
     def with_(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -124,6 +160,11 @@ class Config:
 
     def prompt_settings(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in PROMPT_FIELDS}
+
+    def identity(self) -> dict[str, Any]:
+        """The config's share of the run identity (JSON-safe), see ``IDENTITY_FIELDS``."""
+        return {k: list(v) if isinstance(v := getattr(self, k), tuple) else v
+                for k in IDENTITY_FIELDS}
 
     def public_dict(self) -> dict[str, Any]:
         """The config as JSON-safe data, without the secret (for manifests and reports)."""
@@ -162,6 +203,29 @@ class Config:
             raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
+        if self.durability not in DURABILITY:
+            raise ConfigError(f"--durability must be one of {', '.join(DURABILITY)}")
+        if self.max_response_bytes < 1024:
+            raise ConfigError("max_response_bytes must be at least 1024")
+        if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
+            raise ConfigError("--max-share must be in (0, 1]")
+        from dynogen.policy import Policies
+
+        Policies.from_config(self)  # raises ConfigError on an empty or odd list
+        if self.hub_sort not in (None, "downloads", "last_modified"):
+            raise ConfigError("--hub-sort must be downloads or last_modified")
+        if self.hub_concurrency < 1 or (self.hub_rpm is not None and self.hub_rpm <= 0):
+            raise ConfigError("--hub-concurrency must be at least 1 and --hub-rpm positive")
+        if self.hub_datasets is not None and self.hub_datasets < 0:
+            raise ConfigError("--hub-datasets must be 0 or more")
+        if self.hub_modified_since is not None:
+            try:
+                datetime.fromisoformat(self.hub_modified_since.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigError(
+                    f"--hub-modified-since {self.hub_modified_since!r} is not an ISO date: "
+                    "use 2026-11-01 or 2026-11-01T12:00:00Z"
+                ) from None
         return self
 
 
@@ -191,9 +255,17 @@ def load_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    if isinstance(values.get("hub_task_categories"), (list, str)):
+        v = values["hub_task_categories"]
+        values["hub_task_categories"] = tuple(
+            x.strip() for x in (v.split(",") if isinstance(v, str) else v) if x.strip()
+        )
     if "variants" in values and isinstance(values["variants"], (list, str)):
         v = values["variants"]
         values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)
+    for name in POLICY_FIELDS:  # TOML lists and comma strings alike
+        if isinstance(values.get(name), list):
+            values[name] = ",".join(str(x) for x in values[name])
     if isinstance(values.get("api_key"), str):
         key = values.pop("api_key")
     return Config(api_key=Secret(key), **values).validate()

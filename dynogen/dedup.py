@@ -91,7 +91,7 @@ class HashSet:
 
 @dataclass(slots=True)
 class DedupSeed:
-    """Hashes a run starts with: instructions (``text_hash``) and instances already taken.
+    """Hashes a run starts with: task signatures (``validate.task_signature``) and instances.
 
     A collection's grow step seeds its run with everything the collection's
     earlier versions hold, so a task or instance is kept once collection-wide.

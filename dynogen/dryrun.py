@@ -11,6 +11,12 @@ encodings. Output tokens cannot be known in advance; they are given as
   three tasks per answer;
 - ``high``: ``max_tokens`` for every request, the most a run can be billed.
 
+With ``--judge``, each kept task costs one more request: the estimate counts
+its exact prompt (the unit's metadata and sample rows) for
+``JUDGE_TASKS_EXPECTED`` kept tasks per answer (expected) and for
+``max_tasks_per_unit`` (high), at ``JUDGE_EXPECTED_OUTPUT`` output tokens
+expected and ``JUDGE_MAX_TOKENS`` at most.
+
 Prompt caching is counted only for models that support it and only for the
 part of the shared prefix a provider caches (OpenAI: prefixes of 1,024+
 tokens, in 128-token steps); batch prices never stack with it.
@@ -29,14 +35,18 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.errors import ConfigError
+from dynogen.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
 from dynogen.prices import Price
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts import PromptBuilder, render_metadata
+from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit, skip_reason
 
 __all__ = ["Calibration", "Estimate", "estimate_units", "cacheable_prefix", "write_calibration"]
 
 DEFAULT_EXPECTED_OUTPUT = 150
+JUDGE_TASKS_EXPECTED = 1.0  # kept tasks per answer, measured on the corpus against the fake
+JUDGE_EXPECTED_OUTPUT = 40
 LOW_FRACTION = 0.4
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
@@ -76,7 +86,9 @@ def write_calibration(path: Path, *, model: str, requests: int, output_tokens: i
     data = {"model": model, "requests": requests,
             "mean_output_tokens": output_tokens / requests,
             "mean_input_tokens": input_tokens / requests}
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    from dynogen.store.storage import atomic_write  # StorageError on a full disk, not OSError
+
+    atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def cacheable_prefix(prefix_tokens: int) -> int:
@@ -99,6 +111,7 @@ class Estimate:
     minutes_at_limits: float | None
     calibration: str
     prefix_tokens: dict[str, int]
+    judge: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         exp = self.cost_usd["expected"]
@@ -106,6 +119,8 @@ class Estimate:
             "model": self.model,
             "units": self.units,
             "units_skipped": self.units_skipped,
+            "units_left_out_by_policy": {k: v for k, v in self.units_skipped.items()
+                                         if k.startswith(_POLICY_PREFIXES)},
             "requests": self.requests,
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
@@ -115,6 +130,7 @@ class Estimate:
             "minutes_at_limits": self.minutes_at_limits,
             "calibration": self.calibration,
             "prefix_tokens": self.prefix_tokens,
+            "judge": self.judge,
         }
 
 
@@ -129,6 +145,8 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
     shared = price.supports_prompt_cache and cfg.response_format != "json_schema"
     cache_share = {v: cacheable_prefix(n) if shared else 0 for v, n in prefix.items()}
     seen: set[str] = set()
+    judge_in = {"expected": 0, "high": 0}
+    judge_n = {"expected": 0.0, "high": 0}
     for item in source:
         if item.key in seen:
             skipped["duplicate_unit"] += 1
@@ -150,12 +168,35 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
             # The very first request of each variant writes the cache; the rest read it.
             if requests > len(cfg.variants):
                 cached += cache_share[v]
+        if cfg.judge:
+            per = _judge_prompt_tokens(cfg, item, counter)
+            n_exp = len(cfg.variants) * min(JUDGE_TASKS_EXPECTED, cfg.max_tasks_per_unit)
+            n_high = len(cfg.variants) * cfg.max_tasks_per_unit
+            judge_n["expected"] += n_exp
+            judge_n["high"] += n_high
+            judge_in["expected"] += round(per * n_exp)
+            judge_in["high"] += per * n_high
     exp_out = round(calibration.mean_output_tokens * requests)
     outs = {"low": round(exp_out * LOW_FRACTION), "expected": exp_out,
             "high": requests * cfg.max_tokens}
-    cost = {k: {"online": round(price.cost(input_tokens, n, cached), 6),
-                "batch": round(price.cost(input_tokens, n, 0, batch=True), 6)}
+    j_exp, j_high = round(judge_n["expected"]), int(judge_n["high"])
+    judge_out = {"low": j_exp * JUDGE_EXPECTED_OUTPUT, "expected": j_exp * JUDGE_EXPECTED_OUTPUT,
+                 "high": j_high * JUDGE_MAX_TOKENS}
+    judge_tin = {"low": judge_in["expected"], "expected": judge_in["expected"],
+                 "high": judge_in["high"]}
+    cost = {k: {"online": round(price.cost(input_tokens + judge_tin[k], n + judge_out[k],
+                                           cached), 6),
+                "batch": round(price.cost(input_tokens + judge_tin[k], n + judge_out[k], 0,
+                                          batch=True), 6)}
             for k, n in outs.items()}
+    judge = None
+    if cfg.judge:
+        judge = {"requests_expected": j_exp, "requests_high": j_high,
+                 "input_tokens_expected": judge_in["expected"],
+                 "input_tokens_high": judge_in["high"]}
+        requests += j_exp
+        input_tokens += judge_in["expected"]
+        worst_tpm_tokens += judge_in["high"] + j_high * JUDGE_MAX_TOKENS
     minutes = None
     if cfg.rpm or cfg.tpm:
         parts = []
@@ -164,8 +205,35 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
         if cfg.tpm:
             parts.append(worst_tpm_tokens / cfg.tpm)
         minutes = round(max(parts), 2)
+    outs = {k: n + judge_out[k] for k, n in outs.items()}
     return Estimate(cfg.model, units, dict(sorted(skipped.items())), requests, input_tokens,
-                    cached, outs, cost, minutes, calibration.source, prefix)
+                    cached, outs, cost, minutes, calibration.source, prefix, judge)
+
+
+def _judge_prompt_tokens(cfg: Config, unit: Unit, counter: TokenCounter) -> int:
+    """One judge request's prompt for ``unit``: its metadata, a task of typical length and
+    three examples cut from its sample rows (the most the judge shows)."""
+    fields = tuple(f.name for f in unit.fields[:2])
+    stub = Task("", unit.dataset, unit.config, "description",
+                "Read the given input and produce the output field's value for it, "
+                "following the dataset's conventions.", fields[:1], fields[-1])
+    examples = [{"input": str(row)[:INSTANCE_CHARS], "output": str(row)[:INSTANCE_CHARS // 4]}
+                for row in unit.samples[:3]]
+    meta = render_metadata(dataset=unit.dataset, config=unit.config,
+                           description=unit.description, fields=unit.fields, counter=counter,
+                           budget=cfg.metadata_token_budget)
+    return counter.count_messages(judge_messages(meta, stub, examples))
+
+
+_POLICY_PREFIXES = ("license_", "language_", "no_training_split", "rows_")
+
+
+def _policy_line(skipped: dict[str, int]) -> str:
+    """Units each data policy leaves out (licence, language, splits, unreadable rows)."""
+    by = {k: v for k, v in skipped.items() if k.startswith(_POLICY_PREFIXES)}
+    if not by:
+        return "none"
+    return f"{sum(by.values()):,} (" + ", ".join(f"{k} {v}" for k, v in by.items()) + ")"
 
 
 def format_estimate(e: Estimate) -> str:
@@ -175,7 +243,10 @@ def format_estimate(e: Estimate) -> str:
         f"model              {e.model}",
         f"units              {e.units:,} (skipped {sum(e.units_skipped.values()):,}: "
         + ", ".join(f"{k} {v}" for k, v in e.units_skipped.items()) + ")",
-        f"requests           {e.requests:,}",
+        f"left out by policy {_policy_line(e.units_skipped)}",
+        f"requests           {e.requests:,}" + (
+            f" (judge: {e.judge['requests_expected']:,} expected, up to "
+            f"{e.judge['requests_high']:,})" if e.judge else ""),
         f"input tokens       {e.input_tokens:,} exact ({e.cached_input_tokens:,} at cached price)",
         f"output tokens      low {e.output_tokens['low']:,} / expected "
         f"{e.output_tokens['expected']:,} / high {e.output_tokens['high']:,}",

@@ -40,13 +40,14 @@ import orjson
 from xxhash import xxh3_64_intdigest
 
 from dynogen.config import Config
-from dynogen.dedup import HashSet, text_hash
+from dynogen.dedup import HashSet
 from dynogen.errors import (
     BadRequestError,
     BudgetExceeded,
     FatalAPIError,
     RequestFailed,
     Stopped,
+    StorageError,
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
@@ -57,7 +58,7 @@ from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder, render_metadata
 from dynogen.report import Stats
-from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
@@ -144,7 +145,8 @@ class TaskEngine:
         self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
         # ``seen``: instruction hashes already taken (a collection's earlier versions).
-        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction, seen=seen)
+        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction, seen=seen,
+                                 sample_path=rundir.path / "dropped_tasks.jsonl")
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
         self.window = max(256, 4 * self.workers)
@@ -167,6 +169,11 @@ class TaskEngine:
         self._load_journal()
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
+        # Commit order on disk: the spend journal and tasks first, the unit's line last.
+        spend = getattr(executor, "spend", None)
+        self._journals = Commits(self._units, data=[self._tasks],
+                                 side=[spend] if isinstance(spend, JsonlWriter) else [],
+                                 durability=config.durability)
 
     # ----------------------------------------------------------------- resume
     def _load_journal(self) -> None:
@@ -175,9 +182,7 @@ class TaskEngine:
             if rec.get("status") in ("done", "skipped"):
                 self._done_keys.add(_key_hash(str(rec.get("key"))))
         for rec in iter_jsonl(self.rundir.tasks):
-            text = rec.get("instruction")
-            if isinstance(text, str):
-                self.filter.seen.add(text_hash(text))
+            self.filter.remember(rec)
 
     # ------------------------------------------------------------------ control
     def stop(self, reason: str, error: BaseException | None = None) -> None:
@@ -215,9 +220,13 @@ class TaskEngine:
     async def _feed(self, source: Iterable[Unit | Skipped]) -> None:
         it = iter(source)
         seq = 0
+        # Chunks grow 1, 2, 4, ... 64: reading a unit may open its rows (the data
+        # policies' check), so the first requests go out after one unit, not 64.
+        size = 1
         try:
             while not self.stopping:
-                chunk = await asyncio.to_thread(_take, it, 64)
+                chunk = await asyncio.to_thread(_take, it, size)
+                size = min(64, 2 * size)
                 if not chunk:
                     break
                 for item in chunk:
@@ -433,11 +442,15 @@ class TaskEngine:
         rec = job.rec
         assert rec is not None
         if job.skip is None:
+            rec["tasks_start"] = self._tasks.tell()  # the journal line names its bytes
             self._write_tasks(job, rec)
             rec["tasks_end"] = self._tasks.tell()
         self._units.write(rec)
-        self._tasks.flush()
-        self._units.flush()
+        try:
+            self._journals.commit()
+        except StorageError as e:  # disk full or failing: stop; the unit is redone on resume
+            self.stop("fatal", e)
+            return
         self.stats.add_unit(rec)
         self._committed += 1
         self.progress.unit_done()
@@ -519,12 +532,13 @@ class TaskEngine:
         return rec, kept_all
 
     def _flush(self) -> None:
-        for w in (self._tasks, self._units):
-            w.flush(fsync=True)
+        try:
+            self._journals.sync()
+        except StorageError as e:
+            self.stop("fatal", e)
 
     def close(self) -> None:
-        for w in (self._tasks, self._units):
-            w.close()
+        self._journals.close()
 
 
 def _sample_instances(unit: Unit, task: Task, n: int = 3) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ The tree is split by what the caller should do about it::
     │   ├── UnknownPriceError         a model with no price and no --price-in/--price-out
     │   ├── SourceError               a metadata source that cannot be read at all
     │   ├── RunDirError               an output directory we cannot use or must not resume
+    │   │   └── LockedError           another process is writing to it (one writer per directory)
+    │   ├── StorageError              a write failed (disk full, quota, I/O error, read-only fs)
     │   └── LocalServerError          the bundled llama.cpp server would not start
     ├── MetadataError                 one dataset's metadata cannot be read (a counted skip)
     │   ├── CardError                 a card whose YAML header is unreadable (io.cards)
@@ -19,6 +21,7 @@ The tree is split by what the caller should do about it::
     │   │   ├── ServerError           5xx
     │   │   ├── APITimeoutError       no answer in time
     │   │   ├── APIConnectionError    refused, reset, DNS
+    │   │   ├── ResponseTooLargeError an answer larger than max_response_bytes (cut off unread)
     │   │   └── InvalidResponseError  a 200 whose body is not JSON or not a completion
     │   ├── RequestFailed             retries (or batch rounds) ran out; counted by reason
     │   └── FatalAPIError             retrying cannot help; stop the run
@@ -47,14 +50,17 @@ __all__ = [
     "InsufficientQuotaError",
     "InvalidResponseError",
     "LocalServerError",
+    "LockedError",
     "MetadataError",
     "RateLimitError",
     "RequestFailed",
+    "ResponseTooLargeError",
     "RetryableError",
     "RunDirError",
     "ServerError",
     "SourceError",
     "Stopped",
+    "StorageError",
     "UnknownPriceError",
     "UserError",
 ]
@@ -90,6 +96,23 @@ class LocalServerError(UserError):
 
 class MetadataError(DynogenError, ValueError):
     """One dataset's metadata is unusable: the source counts it as a skip and goes on."""
+
+
+class LockedError(RunDirError):
+    """Another live process holds the directory's (or file's) write lock."""
+
+
+class StorageError(UserError):
+    """A write the run depends on failed; the run stops as if interrupted and resumes later.
+
+    Raised by ``dynogen.store`` only, with the directory and the errno, so
+    one line can say what to free or fix. Exit code: that of an interrupted run.
+    """
+
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
 
 
 class APIError(DynogenError):
@@ -147,6 +170,10 @@ class ServerError(RetryableError):
 
 class APITimeoutError(RetryableError):
     pass
+
+
+class ResponseTooLargeError(ServerError):
+    """A body over the cap: cut off while streaming in, never kept; retried like a 5xx."""
 
 
 class APIConnectionError(RetryableError):

@@ -30,7 +30,11 @@ Input
     - an input field absent from the row is ``missing_field``; present but
       empty is ``empty_input``;
     - an input longer than ``INPUT_CHAR_CAP`` is cut, longest fields first,
-      each cut field ending in ``…``; the instance says ``truncated=True``.
+      but only around what the output depends on: each field to cut must hold
+      the output text (an extractive answer), and keeps a window around it
+      marked with ``…``; the instance says ``truncated=True``. When the output
+      cannot be located there, the cut could remove what it depends on, and
+      the row is ``input_too_long``.
 Output
     - empty is ``empty_output``; longer than ``OUTPUT_CHAR_CAP`` is
       ``output_too_long`` (an answer cut short would teach a wrong answer).
@@ -60,6 +64,7 @@ __all__ = [
     "build_instance",
     "instance_hash",
     "is_heldout",
+    "render_value",
     "split_heldout",
 ]
 
@@ -82,6 +87,8 @@ class InstanceSkip:
     BINARY_FIELD = "binary_field"
     UNSUPPORTED_VALUE = "unsupported_value"
     OUTPUT_TOO_LONG = "output_too_long"
+    INPUT_TOO_LONG = "input_too_long"
+    NOT_AN_ANSWER = "output_not_in_labels"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +164,11 @@ def build_instance(
             if not text:
                 return InstanceSkip.EMPTY_INPUT
             parts.append(text)
+        if task.labels and output not in task.labels:
+            return InstanceSkip.NOT_AN_ANSWER  # the instruction lists every allowed answer
+        parts, truncated = _fit(parts, task.input_fields, output)
     except _Skip as s:
         return s.reason
-    parts, truncated = _fit(parts, task.input_fields)
     if len(parts) == 1:
         input_text = parts[0]
     else:
@@ -178,6 +187,14 @@ def build_instance(
         license=task.license,
         truncated=truncated,
     )
+
+
+def render_value(value: Any, name: str = "", names: Sequence[str] | None = None) -> str | None:
+    """One column's value as an instance would show it, or ``None`` if it has a skip reason."""
+    try:
+        return _render_value(value, name, names)
+    except _Skip:
+        return None
 
 
 def _render_value(value: Any, name: str = "", names: Sequence[str] | None = None) -> str:
@@ -299,11 +316,13 @@ def _lettered(texts: Sequence[str]) -> str:
     return "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
 
 
-def _fit(parts: list[str], names: Sequence[str]) -> tuple[list[str], bool]:
+def _fit(parts: list[str], names: Sequence[str], output: str = "") -> tuple[list[str], bool]:
     """Cut the longest fields to a common length so the input fits ``INPUT_CHAR_CAP``.
 
     Labels (``name: ``) and newlines count too; short fields are never cut, so
-    a question after a long passage survives.
+    a question after a long passage survives. A field is cut around the
+    output's first occurrence; a field to cut that does not hold the output
+    raises ``input_too_long`` (see the module docstring).
     """
     overhead = 0 if len(parts) == 1 else sum(len(n) + 3 for n in names)
     budget = max(len(parts), INPUT_CHAR_CAP - overhead)
@@ -318,8 +337,20 @@ def _fit(parts: list[str], names: Sequence[str]) -> tuple[list[str], bool]:
             continue
         level = share
         break
-    out = [p if len(p) <= level else p[: max(0, level - 1)].rstrip() + _ELLIPSIS for p in parts]
-    return out, True
+    return [p if len(p) <= level else _window(p, level, output) for p in parts], True
+
+
+def _window(text: str, level: int, output: str) -> str:
+    """``text`` cut to ``level`` characters around ``output``; ``input_too_long`` if absent."""
+    pos = text.lower().find(output.lower()) if len(output) >= 3 else -1
+    if pos < 0 or len(output) > level - 2:
+        raise _Skip(InstanceSkip.INPUT_TOO_LONG)
+    room = level - 2 - len(output)
+    start = max(0, min(pos - room // 2, len(text) - (level - 2)))
+    end = start + level - 2
+    head = _ELLIPSIS if start > 0 else ""
+    tail = _ELLIPSIS if end < len(text) else ""
+    return head + text[start:end].strip() + tail
 
 
 def instance_hash(inst: Instance) -> int:

@@ -28,11 +28,12 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.execute.dialect import Dialect
+from dynogen.rules import ID_NAME
 from dynogen.schema import response_format
 from dynogen.tokens import TokenCounter
 from dynogen.units import Field, Unit
 
-__all__ = ["PromptBuilder", "Request", "render_metadata", "SYSTEM_PROMPT"]
+__all__ = ["PromptBuilder", "Request", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]
 
 SYSTEM_PROMPT = (
     "You design instruction-tuning tasks from the metadata of a dataset. "
@@ -134,6 +135,16 @@ def render_metadata(
     return head + desc_txt + tail + samples_txt
 
 
+def output_candidates(unit: Unit) -> list[str]:
+    """Fields that may be a task's output, likeliest first: labels, then text, then the rest.
+
+    Media and id-like columns are left out: a task cannot output them usefully,
+    and the schema then cannot decode such a task at all.
+    """
+    ok = [f for f in unit.fields if not f.media and not ID_NAME.search(f.name)]
+    return [f.name for f in sorted(ok, key=lambda f: (not f.is_label, not f.is_text))]
+
+
 def _fewshot() -> list[dict[str, Any]]:
     raw = resources.files("dynogen").joinpath("data/fewshot.json").read_text("utf-8")
     examples: list[dict[str, Any]] = json.loads(raw)["examples"]
@@ -206,7 +217,7 @@ class PromptBuilder:
         if cfg.seed is not None:
             body["seed"] = cfg.seed
         rf = response_format(d.format, [f.name for f in unit.fields],
-                             cfg.max_tasks_per_unit)
+                             cfg.max_tasks_per_unit, output_candidates(unit))
         if rf is not None:
             body["response_format"] = rf
         # The schema's share is an upper-bound estimate (OpenAI does not document how

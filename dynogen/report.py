@@ -40,6 +40,8 @@ class Stats:
         self.instances_skipped: Counter[str] = Counter()
         self.instance_duplicates = 0
         self.build_units: Counter[str] = Counter()
+        self.truncated = 0
+        self.tasks_over_max_share = 0
 
     def add_unit(self, rec: dict[str, Any]) -> None:
         """Fold one units.jsonl line into the totals."""
@@ -66,6 +68,8 @@ class Stats:
         self.instances += int(rec.get("instances") or 0)
         self.instance_duplicates += int(rec.get("duplicates") or 0)
         self.instances_skipped.update(rec.get("skipped") or {})
+        self.truncated += int(rec.get("truncated_around_answer") or 0)
+        self.tasks_over_max_share += int(rec.get("tasks_over_max_share") or 0)
 
     def to_dict(self) -> dict[str, Any]:
         f = self.flat
@@ -91,11 +95,13 @@ class Stats:
                 "kept": f["tasks_kept"],
                 "dropped": sum(self.tasks_dropped.values()),
                 "dropped_by_reason": dict(sorted(self.tasks_dropped.items())),
+                "over_max_share": self.tasks_over_max_share,
             },
             "instances": {
                 "written": self.instances,
                 "duplicates": self.instance_duplicates,
                 "skipped_by_reason": dict(sorted(self.instances_skipped.items())),
+                "truncated_around_answer": self.truncated,
                 "units_by_status": dict(sorted(self.build_units.items())),
             },
             "tokens": {"in": f["tokens_in"], "out": f["tokens_out"], "cached": f["tokens_cached"]},

@@ -26,7 +26,12 @@ def task_id(dataset: str, config: str, variant: str, instruction: str, inputs: t
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """One kept task. ``labels`` are the answer options when the output is a label."""
+    """One kept task.
+
+    ``labels`` are the answers the instruction lists ("Answers must be one of …"),
+    every one of them, or ``()`` when it lists none. ``input_types`` and
+    ``output_type`` are the fields' types: run-wide dedup compares them.
+    """
 
     id: str
     dataset: str
@@ -38,6 +43,8 @@ class Task:
     license: str | None = None
     labels: tuple[str, ...] = ()
     split: str = "train"  # "train" or "heldout": held-out is decided per task, never per row
+    input_types: tuple[str, ...] = ()
+    output_type: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +58,8 @@ class Task:
             "license": self.license,
             "labels": list(self.labels),
             "split": self.split,
+            "input_types": list(self.input_types),
+            "output_type": self.output_type,
         }
 
     @classmethod
@@ -66,4 +75,6 @@ class Task:
             license=d.get("license"),
             labels=tuple(d.get("labels") or ()),
             split=str(d.get("split") or "train"),
+            input_types=tuple(str(t) for t in d.get("input_types") or ()),
+            output_type=str(d.get("output_type") or ""),
         )

@@ -1,34 +1,49 @@
 """Which generated tasks are kept, and why each of the others is dropped.
 
-Pure: given raw task records for one unit, it returns kept ``Task`` objects
-and a count per drop reason. Dedup state for the whole run is passed in, so
-the same function serves live runs, resumes and re-derivation from cache.
+Pure but for an optional sample file: given raw task records for one unit, it
+returns kept ``Task`` objects and a count per drop reason. Dedup state for the
+whole run is passed in, so the same function serves live runs, resumes and
+re-derivation from cache.
 
-Rules (the paper's, made explicit):
-- the instruction is non-empty and not huge;
-- every input field and the output field exist in the dataset, exactly;
-- the output field is not among the inputs, and no input is a media column;
-- a task whose output is a label with a single class is degenerate;
-- duplicate instructions (normalised) are dropped within the unit and across
-  the run, first come first kept (the engine commits units in source order, so
-  "first" is deterministic);
-- a label output gets a deterministic "Answers must be one of …" suffix.
+Rules, in order (the first that fails is counted):
+- shape: the instruction is non-empty and not huge; every input field and the
+  output field exist in the dataset, exactly; the output is not an input; no
+  media field; a label output with a single class is degenerate;
+- row rules on sampled rows (``rules.row_rule``): id-like, constant,
+  imbalanced outputs, an output equal to an input;
+- text rules (``rules.text_rule``): too short, no verb, copied from the
+  description, a few-shot example or field values, generation/label mismatch;
+- dedup: the same instruction *on the same fields* (names and types) is kept
+  once, within the unit and across the run, first come first kept (units
+  commit in source order, so "first" is deterministic). The same words on
+  other fields are another task and are kept.
+
+A label output with a small single-valued answer set gets a deterministic
+"Answers must be one of …" suffix listing every answer (``rules.answer_options``).
+
+Dropped tasks are counted; up to ``SAMPLE_PER_REASON`` of each reason per
+session are also written to ``dropped_tasks.jsonl`` for ``dynogen inspect``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from dynogen.dedup import HashSet, text_hash
-from dynogen.instances import is_heldout
-from dynogen.tasks import Task, task_id
-from dynogen.units import Unit
+import orjson
+import xxhash
 
-__all__ = ["DropReason", "TaskFilter", "label_suffix"]
+from dynogen.dedup import HashSet, normalize_text
+from dynogen.instances import is_heldout
+from dynogen.rules import Facts, answer_options, row_rule, text_rule
+from dynogen.tasks import Task, task_id
+from dynogen.units import Unit, safe_text
+
+__all__ = ["DropReason", "SAMPLE_PER_REASON", "TaskFilter", "label_suffix", "task_signature"]
 
 MAX_INSTRUCTION_CHARS = 2000
-MAX_SUFFIX_LABELS = 30
+SAMPLE_PER_REASON = 20
 
 
 class DropReason:
@@ -46,20 +61,55 @@ class DropReason:
 
 
 def label_suffix(labels: tuple[str, ...] | list[str]) -> str:
-    shown = [str(x) for x in labels[:MAX_SUFFIX_LABELS]]
-    return " Answers must be one of: " + ", ".join(shown) + "."
+    """The suffix for a task whose answers are exactly ``labels`` (all of them)."""
+    return " Answers must be one of: " + ", ".join(str(x) for x in labels) + "."
+
+
+def task_signature(instruction: str, inputs: tuple[str, ...] | list[str],
+                   input_types: tuple[str, ...] | list[str], output: str, output_type: str) -> int:
+    """Dedup key: the normalised instruction and the fields' names and types."""
+    h = xxhash.xxh3_64()
+    for part in (normalize_text(instruction), *inputs, "\x1d", *input_types, "\x1d", output,
+                 output_type):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.intdigest()
+
+
+def _examples(facts: Facts | None, inputs: list[str], output: str,
+              n: int = 2) -> list[dict[str, str]]:
+    """What the dropped task's first rows would have been (inputs and output, shortened)."""
+    if not facts or output not in facts or not all(i in facts for i in inputs):
+        return []
+    out = []
+    for i in range(min(n, len(facts[output]))):
+        shown = {name: facts[name][i][:200] for name in inputs}
+        out.append({"input": "\n".join(f"{k}: {v}" for k, v in shown.items()),
+                    "output": facts[output][i][:200]})
+    return out
 
 
 class TaskFilter:
     """Keeps the run-wide dedup state; ``filter`` is called once per unit and variant."""
 
-    __slots__ = ("seen", "max_tasks", "heldout_fraction")
+    __slots__ = ("seen", "max_tasks", "heldout_fraction", "sample_path", "_sampled")
 
     def __init__(self, max_tasks: int, heldout_fraction: float = 0.0,
-                 seen: HashSet | None = None) -> None:
+                 seen: HashSet | None = None, sample_path: Path | None = None) -> None:
         self.seen = seen if seen is not None else HashSet()
         self.max_tasks = max_tasks
         self.heldout_fraction = heldout_fraction
+        self.sample_path = sample_path
+        self._sampled: Counter[str] = Counter()
+
+    def remember(self, rec: dict[str, Any]) -> None:
+        """Add a task already in ``tasks.jsonl`` (a resumed run) to the dedup state."""
+        try:
+            t = Task.from_dict(rec)
+        except (KeyError, TypeError):
+            return
+        self.seen.add(task_signature(t.instruction, t.input_fields, t.input_types,
+                                     t.output_field, t.output_type))
 
     def filter(self, unit: Unit, variant: str, records: list[dict[str, Any]],
                unit_seen: set[int]) -> tuple[list[Task], Counter[str]]:
@@ -72,7 +122,8 @@ class TaskFilter:
             reason, task = self._check(unit, variant, rec)
             if reason is None:
                 assert task is not None
-                h = text_hash(task.instruction)
+                h = task_signature(task.instruction, task.input_fields, task.input_types,
+                                   task.output_field, task.output_type)
                 if h in unit_seen:
                     reason = DropReason.DUPLICATE_IN_UNIT
                 elif not self.seen.add(h):
@@ -82,7 +133,24 @@ class TaskFilter:
                     kept.append(task)
                     continue
             drops[reason] += 1
+            self._sample(reason, unit, variant, rec)
         return kept, drops
+
+    def _sample(self, reason: str, unit: Unit, variant: str, rec: dict[str, Any]) -> None:
+        if self.sample_path is None or self._sampled[reason] >= SAMPLE_PER_REASON:
+            return
+        self._sampled[reason] += 1
+        inputs = [safe_text(str(x)) for x in rec.get("input_fields") or () if isinstance(x, str)]
+        output = safe_text(str(rec.get("output_field", "")))
+        line: dict[str, Any] = {"reason": reason, "dataset": safe_text(unit.dataset),
+                "config": safe_text(unit.config), "variant": variant,
+                "instruction": safe_text(str(rec.get("instruction", ""))[:1000]),
+                "input_fields": inputs, "output_field": output}
+        examples = _examples(unit.extra.get("facts"), inputs, output)
+        if examples:
+            line["examples"] = examples
+        with open(self.sample_path, "ab") as f:
+            f.write(orjson.dumps(line) + b"\n")
 
     def _check(self, unit: Unit, variant: str,
                rec: dict[str, Any]) -> tuple[str | None, Task | None]:
@@ -91,7 +159,10 @@ class TaskFilter:
             return DropReason.EMPTY_INSTRUCTION, None
         if len(instr) > MAX_INSTRUCTION_CHARS:
             return DropReason.INSTRUCTION_TOO_LONG, None
-        inputs = tuple(dict.fromkeys(rec.get("input_fields") or ()))
+        raw_inputs = rec.get("input_fields") or ()
+        if not isinstance(raw_inputs, (list, tuple)):
+            raw_inputs = (raw_inputs,)
+        inputs = tuple(dict.fromkeys(str(x) for x in raw_inputs))
         out = rec.get("output_field")
         if not inputs:
             return DropReason.NO_INPUT_FIELDS, None
@@ -105,12 +176,18 @@ class TaskFilter:
             return DropReason.OUTPUT_IN_INPUTS, None
         if out_field.media or any(f is not None and f.media for f in in_fields):
             return DropReason.MEDIA_FIELD, None
-        labels = out_field.labels
-        if labels and len(set(labels)) < 2:
+        if out_field.labels and len(set(out_field.labels)) < 2:
             return DropReason.DEGENERATE_LABEL, None
-        if labels:
-            instr = instr.rstrip() + label_suffix(labels)
+        facts: Facts | None = unit.extra.get("facts")
+        reason = row_rule(inputs, out_field, facts) or text_rule(instr, unit, inputs, out_field,
+                                                                 facts)
+        if reason:
+            return reason, None
+        answers = answer_options(out_field, facts)
+        if answers:
+            instr = instr.rstrip() + label_suffix(answers)
         tid = task_id(unit.dataset, unit.config, variant, instr, inputs, out_field.name)
         split = "heldout" if is_heldout(tid, self.heldout_fraction) else "train"
+        types = tuple(f.type for f in in_fields if f is not None)
         return None, Task(tid, unit.dataset, unit.config, variant, instr, inputs,
-                          out_field.name, unit.license, labels, split)
+                          out_field.name, unit.license, answers, split, types, out_field.type)

@@ -35,7 +35,8 @@ def units(lo: int, hi: int, **changed: str) -> list[Unit | Skipped]:
 
 def cfg(url: str, **kw: Any) -> Config:
     base: dict[str, Any] = dict(base_url=url, model="gpt-4o-mini", quiet=True, free=True,
-                                max_in_flight=4, retry_base_delay=0.01, retry_max_delay=0.05)
+                                max_in_flight=4, retry_base_delay=0.01, retry_max_delay=0.05,
+                                licenses="any", languages="any", splits="all")
     base.update(kw)
     return Config(**base)
 
@@ -239,12 +240,17 @@ def test_a_folder_that_is_not_a_collection_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_second_writer_is_refused(tmp_path: Path) -> None:
-    from dynogen.errors import RunDirError
 
     coll = Collection(tmp_path / "c").create()
-    with coll.locked(), pytest.raises(RunDirError, match="another dynogen process"), \
-            Collection(tmp_path / "c").locked():
-        pass
+    with coll.locked():
+        code = ("from dynogen.store.collection import Collection\n"
+                f"with Collection({str(tmp_path / 'c')!r}).locked(): pass")
+        import subprocess
+        import sys
+
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=120)
+    assert other.returncode != 0 and "LockedError" in other.stderr, other.stderr
 
 
 def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
@@ -257,7 +263,8 @@ def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
     coll = tmp_path / "coll"
     with start_fake_process(ready_timeout=120) as fake:
         args = ["grow", str(coll), "--source", "samples", "--base-url", fake.url, "--free",
-                "--quiet", "--rows-per-split", "3"]
+                "--quiet", "--rows-per-split", "3", "--licenses", "any", "--languages", "any",
+                "--splits", "all"]
         first = runner.invoke(app, args, catch_exceptions=False)
         assert first.exit_code == 0, first.output
         assert first.output.startswith("version 1:")

@@ -30,7 +30,8 @@ def write_shard(path: Path, n: int) -> None:
 
 def grow_cmd(coll: Path, shard: Path, url: str) -> list[str]:
     return [sys.executable, "-m", "dynogen", "grow", str(coll), "--source", str(shard),
-            "--base-url", url, "--free", "--quiet", "--max-in-flight", "4"]
+            "--base-url", url, "--free", "--quiet", "--max-in-flight", "4", "--licenses", "any",
+            "--languages", "any"]
 
 
 def committed(coll: Path) -> int:
@@ -45,7 +46,7 @@ def test_sigkill_mid_grow_then_grow_again_finishes_the_same_version(tmp_path: Pa
     with start_fake_process(latency_median=0.1, ready_timeout=120) as fake:
         clean = tmp_path / "clean"
         cfg = Config(source=str(shard), base_url=fake.url, free=True, quiet=True,
-                     max_in_flight=8)
+                     max_in_flight=8, licenses="any", languages="any")
         assert asyncio.run(agrow(clean, cfg)).exit_code == 0
         coll = tmp_path / "coll"
         proc = subprocess.Popen(grow_cmd(coll, shard, fake.url), env=env,

@@ -316,7 +316,7 @@ async def test_a_duplicate_marker_before_its_unit_neither_hides_it_nor_loses_it(
     # under the unit's own key; the unit must still be processed, and a resume
     # after a kill right after the marker's commit must not take the unit as done.
     unit = Unit("a", "x", "Questions and their answers.", (Field("q", "string"),
-                                                           Field("a", "string")))
+                                                           Field("a", "string")), license="mit")
     items = [Skipped("a", "x", SkipReason.DUPLICATE, "listed twice"), unit, unit]
     out, ref = tmp_path / "out", tmp_path / "ref"
     async with serve(FakeOpenAI()) as server:

@@ -113,17 +113,24 @@ def test_skip_reasons() -> None:
     assert build(("text",), "o", {"text": "x", "o": object()}) == InstanceSkip.UNSUPPORTED_VALUE
 
 
-def test_long_inputs_are_cut_longest_first_and_flagged() -> None:
-    row = {"passage": "p" * 20_000, "question": "What is it?", "answer": "yes"}
+def test_long_inputs_are_cut_around_the_answer_or_dropped() -> None:
+    # The answer sits at the very end of a long passage: the cut keeps it.
+    passage = "p " * 10_000 + "The harbour opened in 1832."
+    row = {"passage": passage, "question": "When did it open?", "answer": "1832"}
     inst = build(("passage", "question"), "answer", row)
     assert isinstance(inst, Instance) and inst.truncated
     assert len(inst.input) <= INPUT_CHAR_CAP
-    assert inst.input.endswith("\nquestion: What is it?")
-    assert "p…\n" in inst.input
+    assert inst.input.endswith("The harbour opened in 1832.\nquestion: When did it open?")
+    assert inst.input.startswith("passage: …")
     short = build(("passage", "question"), "answer", {**row, "passage": "short"})
     assert isinstance(short, Instance) and not short.truncated
     single = build(("passage",), "answer", row)
-    assert isinstance(single, Instance) and len(single.input) == INPUT_CHAR_CAP
+    assert isinstance(single, Instance) and len(single.input) <= INPUT_CHAR_CAP
+    assert "1832" in single.input
+    # An answer that cannot be located in the text to cut may depend on what the
+    # cut removes: no instance rather than a wrong one.
+    lost = build(("passage", "question"), "answer", {**row, "answer": "in spring"})
+    assert lost == InstanceSkip.INPUT_TOO_LONG
 
 
 def test_split_comes_from_the_task() -> None:

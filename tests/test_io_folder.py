@@ -464,4 +464,4 @@ def test_reference_corpus() -> None:
     assert len({u.key for u in got_units}) == len(got_units)
     assert sum(1 for u in got_units if any(f.media for f in u.fields)) > 0
     assert sum(1 for u in got_units if u.description) == len(got_units)
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    # Its speed is measured by `python -m bench corpus`: timing goals live in bench/.

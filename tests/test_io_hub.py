@@ -1,100 +1,50 @@
-"""HubSource against recorded Hub answers (tests/fixtures/hub), and offline behaviour."""
+"""HubSource against a local fake of the Hub and the dataset viewer (tests/fixtures/hub).
+
+The real ``huggingface_hub`` client lists datasets from the fake over HTTP;
+cards and viewer answers come from it too. Answers are recorded in the Hub's
+shapes (see tests/fixtures/hub/NOTICE.md).
+"""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 from huggingface_hub import constants
-from huggingface_hub import errors as hf
-from huggingface_hub.hf_api import DatasetInfo
-from huggingface_hub.utils import hf_raise_for_status
 
-from dynogen.errors import SourceError
+from dynogen.errors import ConfigError, SourceError
 from dynogen.io import HubSkip, HubSource, open_source
-from dynogen.io.hub import LIST_EXPAND
+from dynogen.io.hub_options import HubOptions, parse_since
+from dynogen.ratelimit import RetryPolicy
+from dynogen.testing.fake_hub import FakeHub, HubServer
 from dynogen.units import Skipped, SkipReason, Unit
 
 RECORDED = Path(__file__).parent / "fixtures" / "hub"
+FAST = RetryPolicy(max_retries=2, base=0.001, cap=0.002)
 
 
-class ReplayHub:
-    """Serves recorded answers through the real ``DatasetInfo`` and error classes."""
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The fake is local: lift offline mode for this test only; no stored token."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
 
-    def __init__(
-        self,
-        root: Path = RECORDED,
-        *,
-        listing_error: BaseException | None = None,
-        download_error: BaseException | None = None,
-    ) -> None:
-        self.root = root
-        self.listing = json.loads((root / "list_datasets.json").read_text("utf-8"))["response"]
-        self.responses = json.loads((root / "responses.json").read_text("utf-8"))
-        self.listing_error = listing_error
-        self.download_error = download_error
-        self.calls: list[tuple[str, Any]] = []
 
-    def list_datasets(
-        self,
-        *,
-        filter: str | Iterable[str] | None = None,
-        author: str | None = None,
-        search: str | None = None,
-        limit: int | None = None,
-        expand: list[Any] | None = None,
-    ) -> Iterator[Any]:
-        self.calls.append(
-            (
-                "list_datasets",
-                {
-                    "filter": filter,
-                    "author": author,
-                    "search": search,
-                    "limit": limit,
-                    "expand": expand,
-                },
-            )
-        )
-        return self._pages(limit)
+@pytest.fixture
+def recorded(online: None) -> Iterator[tuple[FakeHub, HubServer]]:
+    fake = FakeHub.from_recorded(RECORDED)
+    with fake.running() as server:
+        yield fake, server
 
-    def _pages(self, limit: int | None) -> Iterator[Any]:
-        # Like HfApi's paginated generator, nothing is fetched until the first next().
-        if self.listing_error is not None:
-            raise self.listing_error
-        for item in self.listing[:limit]:
-            yield DatasetInfo(**item)
 
-    def hf_hub_download(self, repo_id: str, filename: str, *, repo_type: str | None = None) -> str:
-        self.calls.append(("download", f"{repo_id}/{filename}"))
-        assert repo_type == "dataset"
-        if self.download_error is not None:
-            raise self.download_error
-        recorded = self.responses.get(f"{repo_id}/{filename}")
-        url = f"https://huggingface.co/datasets/{repo_id}/resolve/main/{filename}"
-        if recorded is not None:
-            response = httpx2.Response(
-                recorded["status"],
-                headers=recorded["headers"],
-                json=recorded["body"],
-                request=httpx2.Request("GET", url),
-            )
-            hf_raise_for_status(response)  # raises the real huggingface_hub error
-        path = self.root / "files" / repo_id / filename
-        if not path.is_file():
-            response = httpx2.Response(
-                404, headers={"X-Error-Code": "EntryNotFound"}, request=httpx2.Request("GET", url)
-            )
-            hf_raise_for_status(response)
-        return str(path)
-
-    def downloads(self) -> list[str]:
-        return [arg for name, arg in self.calls if name == "download"]
+def source(server: HubServer, **options: Any) -> HubSource:
+    opts = HubOptions(endpoint=server.url, viewer_url=server.viewer_url, rpm=None, **options)
+    return HubSource(options=opts, retry=FAST)
 
 
 def by_dataset(items: list[Unit | Skipped]) -> dict[str, list[Unit | Skipped]]:
@@ -104,156 +54,194 @@ def by_dataset(items: list[Unit | Skipped]) -> dict[str, list[Unit | Skipped]]:
     return out
 
 
-def test_replayed_listing_gives_units_and_counted_skips() -> None:
-    api = ReplayHub()
-    got = by_dataset(list(HubSource(api)))
-    assert list(got) == [item["id"] for item in api.listing]  # listing order, nothing dropped
+def test_recorded_listing_gives_units_and_counted_skips(
+    recorded: tuple[FakeHub, HubServer],
+) -> None:
+    fake, server = recorded
+    src = source(server)
+    got = by_dataset(list(src))
+    assert list(got) == [d["id"] for d in fake.listing]  # listing order, nothing dropped
 
     cola, sst2 = got["nyu-mll/glue"]
     assert isinstance(cola, Unit) and isinstance(sst2, Unit)
     assert (cola.config, sst2.config) == ("cola", "sst2")
-    assert cola.field("label").labels == ("unacceptable", "acceptable")
-    assert cola.data_ref == "nyu-mll/glue" and cola.origin == "hub" and cola.samples == ()
+    assert cola.field("label").labels == ("unacceptable", "acceptable")  # type: ignore[union-attr]
+    assert cola.data_ref == "nyu-mll/glue" and cola.origin == "hub"
     assert cola.splits == ("test", "train", "validation")
     assert cola.license == "cc-by-4.0"
     assert cola.description.startswith("GLUE, the General Language Understanding")
+    # rows from /first-rows (train split) become the samples, as many as asked
+    assert [r["sentence"] for r in cola.samples] == [
+        "Our friends won't buy this analysis, let alone the next one we propose.",
+        "One more pseudo generalization and I'm giving up.",
+    ]
+    assert sst2.samples[0]["label"] == 0
 
-    (ag,) = got["fancyzhx/ag_news"]  # card without dataset_info: dataset_infos.json fallback
+    (ag,) = got["fancyzhx/ag_news"]  # features from the viewer's /info
     assert isinstance(ag, Unit) and ag.config == "default"
-    assert ag.field("label").labels == ("World", "Sports", "Business", "Sci/Tech")
+    assert ag.field("label").labels == ("World", "Sports", "Business", "Sci/Tech")  # type: ignore[union-attr]
     assert ag.description.startswith("AG is a collection of more than 1 million news articles")
+    assert ag.samples[0]["text"].startswith("Wall St. Bears Claw Back")
 
-    def skip(dataset: str, config: str = "") -> Skipped:
-        (item,) = got[dataset]
-        assert isinstance(item, Skipped) and item.config == config
-        return item
+    def reasons(dataset: str) -> list[str]:
+        return [i.reason for i in got[dataset] if isinstance(i, Skipped)]
 
-    assert skip("gated-org/secret-dialogues").reason == HubSkip.GATED
-    assert skip("someone/deleted-meanwhile").reason == HubSkip.NOT_FOUND
-    assert skip("someone/taken-down").reason == HubSkip.DISABLED
-    flaky = skip("someone/flaky")
-    assert flaky.reason == HubSkip.HUB_ERROR and "502" in flaky.detail
-    bad = skip("someone/bad-card")
-    assert bad.reason == SkipReason.INVALID_METADATA and "invalid YAML" in bad.detail
-    nofeat = skip("someone/no-features", "default")  # declared in `configs:`, no features
-    assert nofeat.reason == SkipReason.INVALID_METADATA and "has no features" in nofeat.detail
-    empty = skip("someone/empty-repo")
-    assert empty.reason == SkipReason.INVALID_METADATA and "no README.md" in empty.detail
+    assert reasons("gated-org/secret-dialogues") == [HubSkip.GATED]
+    assert reasons("someone/deleted-meanwhile") == [HubSkip.NOT_FOUND]
+    assert reasons("someone/taken-down") == [HubSkip.DISABLED]
+    assert reasons("someone/private-notes") == [HubSkip.PRIVATE]
+    assert reasons("someone/legacy-script") == [HubSkip.SCRIPT_ONLY]  # from the listing
+    assert reasons("someone/server-side-script") == [HubSkip.SCRIPT_ONLY]  # the viewer's 501
+    assert reasons("someone/no-features") == [HubSkip.VIEWER_INVALID]
+    assert reasons("someone/empty-repo") == [HubSkip.VIEWER_INVALID]
+    assert reasons("someone/glue-mirror") == ["near_copy", "near_copy"]
+    (flaky,) = got["someone/flaky"]
+    assert isinstance(flaky, Skipped) and flaky.reason == HubSkip.HUB_ERROR
+    assert "502" in flaky.detail
+    (bad,) = got["someone/bad-card"]
+    assert isinstance(bad, Skipped) and bad.reason == SkipReason.INVALID_METADATA
+    assert "invalid YAML" in bad.detail
 
-
-def test_only_needed_files_are_requested() -> None:
-    api = ReplayHub()
-    list(HubSource(api))
-    downloads = api.downloads()
-    # glue's card has features: no dataset_infos.json request; ag_news needs it.
-    assert "nyu-mll/glue/dataset_infos.json" not in downloads
-    assert "fancyzhx/ag_news/dataset_infos.json" in downloads
-    # disabled repos and files absent from the listing's siblings are never requested
-    assert not [d for d in downloads if d.startswith(("someone/taken-down", "someone/empty-repo"))]
-    assert "someone/no-features/dataset_infos.json" not in downloads
+    stats = src.stats
+    assert stats.listed == len(fake.listing)
+    assert sum(stats.outcomes.values()) == sum(len(v) for v in got.values())
+    assert stats.http.retries >= 2  # the 502s were retried before giving up
 
 
-def test_listing_arguments_pass_through_and_rows_can_be_off() -> None:
-    api = ReplayHub()
-    source = HubSource(
-        api, search="glue", filter=["language:en"], author="nyu-mll", limit=1, with_rows=False
-    )
-    got = list(source)
-    assert api.calls[0] == (
-        "list_datasets",
-        {
-            "filter": ["language:en"],
-            "author": "nyu-mll",
-            "search": "glue",
-            "limit": 1,
-            "expand": LIST_EXPAND,
-        },
-    )
-    assert [u.key for u in got] == ["nyu-mll/glue::cola", "nyu-mll/glue::sst2"]
-    assert all(isinstance(u, Unit) and u.data_ref is None for u in got)
-    assert "search='glue'" in source.describe()
+def test_only_needed_calls_are_made(recorded: tuple[FakeHub, HubServer]) -> None:
+    fake, server = recorded
+    list(source(server))
+    paths = [r.path for r in fake.requests]
+    queried = {q for r in fake.requests for q in r.query}
+    # datasets skipped from the listing cost no call at all
+    for quiet in ("gated-org/secret-dialogues", "someone/taken-down", "someone/private-notes",
+                  "someone/legacy-script"):
+        assert ("dataset", quiet) not in queried
+        assert not [p for p in paths if quiet in p]
+    # no data files, no dataset_infos.json: cards and viewer answers only
+    assert not [p for p in paths if p.endswith((".parquet", "dataset_infos.json"))]
+    # a card absent from the listing's siblings is never requested
+    assert not [p for p in paths if p.startswith("/datasets/someone/empty-repo")]
+    # a viewer-invalid dataset stops after /is-valid
+    assert [r.path for r in fake.requests if ("dataset", "someone/no-features") in r.query] == [
+        "/viewer/is-valid"
+    ]
+    first_rows = [dict(r.query) for r in fake.requests if r.path == "/viewer/first-rows"]
+    assert {(q["dataset"], q["config"], q["split"]) for q in first_rows} >= {
+        ("nyu-mll/glue", "cola", "train"), ("fancyzhx/ag_news", "default", "train")
+    }
+    (listing,) = [dict(r.query) for r in fake.requests if r.path == "/api/datasets"]
+    assert listing["expand"]  # listing properties asked for in the one listing call
 
 
-def test_hub_tags_are_used_when_the_card_has_none(tmp_path: Path) -> None:
-    root = tmp_path / "hub"
-    (root / "files" / "x" / "plain").mkdir(parents=True)
-    (root / "files" / "x" / "plain" / "README.md").write_text(
-        "---\ndataset_info:\n  features:\n  - name: text\n    dtype: string\n---\nPlain.\n", "utf-8"
-    )
-    (root / "list_datasets.json").write_text(
-        json.dumps(
-            {
-                "response": [
-                    {
-                        "id": "x/plain",
-                        "tags": ["language:en", "region:us", "nocolon"],
-                        "siblings": [{"rfilename": "README.md"}],
-                    }
-                ]
-            }
-        ),
-        "utf-8",
-    )
-    (root / "responses.json").write_text("{}", "utf-8")
-    (u,) = HubSource(ReplayHub(root))
-    assert isinstance(u, Unit) and u.tags == ("language:en", "region:us")
-    assert u.description == "Plain."
+def test_listing_filters_reach_the_hub(recorded: tuple[FakeHub, HubServer]) -> None:
+    fake, server = recorded
+    src = source(server, search="glue", task_categories=("text-classification",),
+                 sort="downloads", datasets=5, sample_rows=0)
+    got = list(src)
+    (call,) = [r for r in fake.requests if r.path == "/api/datasets"]
+    query = list(call.query)
+    assert ("search", "glue") in query and ("sort", "downloads") in query
+    assert ("filter", "task_categories:text-classification") in query
+    assert ("limit", "5") in query
+    assert {i.dataset for i in got} == {"nyu-mll/glue", "someone/glue-mirror"}
+    assert all(i.samples == () for i in got if isinstance(i, Unit))  # sample_rows=0: no rows
+    assert not [r for r in fake.requests if r.path == "/viewer/first-rows"]
+    assert "search='glue'" in src.describe() and "sort='downloads'" in src.describe()
 
 
-@pytest.mark.parametrize(
-    "error,needle",
-    [
-        (
-            hf.OfflineModeIsEnabled(
-                "Cannot reach https://huggingface.co/api/datasets: offline mode is enabled."
-            ),
-            "unset HF_HUB_OFFLINE",
-        ),
-        (httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"), "unreachable"),
-    ],
-)
-def test_offline_or_unreachable_listing_is_a_source_error(
-    error: BaseException, needle: str
-) -> None:
-    source = HubSource(ReplayHub(listing_error=error))
-    with pytest.raises(SourceError) as info:
-        list(source)
-    assert needle in str(info.value) and "--source PATH" in str(info.value)
+def test_modified_since_stops_the_listing_at_the_first_older_dataset(online: None) -> None:
+    fake = FakeHub.from_recorded(RECORDED)
+    fake.page_size = 3
+    with fake.running() as server:
+        src = source(server, modified_since="2026-11-14")  # as grow passes it: an ISO string
+        got = list(src)
+    # sorted newest first: 2026-11-18 .. 2026-11-14 are listed, the rest never fetched
+    assert [d for d in dict.fromkeys(i.dataset for i in got)] == [
+        "gated-org/secret-dialogues", "someone/deleted-meanwhile", "someone/bad-card",
+        "someone/taken-down", "someone/no-features",
+    ]
+    pages = [r for r in fake.requests if r.path == "/api/datasets"]
+    assert ("sort", "lastModified") in pages[0].query
+    assert len(pages) == 2  # of 5 pages: the listing stopped early
 
 
-def test_a_refused_listing_is_a_source_error() -> None:
-    url = "https://huggingface.co/api/datasets"
-    response = httpx2.Response(
-        401,
-        json={"error": "Invalid credentials in Authorization header"},
-        request=httpx2.Request("GET", url),
-    )
-    try:
-        hf_raise_for_status(response)
-    except hf.HfHubHTTPError as err:
-        refused = err
-    with pytest.raises(SourceError, match="refused to list datasets"):
-        list(HubSource(ReplayHub(listing_error=refused)))
+def test_modified_since_under_another_sort_counts_older_datasets(online: None) -> None:
+    fake = FakeHub.from_recorded(RECORDED)
+    with fake.running() as server:
+        got = list(source(server, modified_since=parse_since("2026-11-14"), sort="downloads"))
+    old = {i.dataset for i in got if isinstance(i, Skipped) and i.reason == HubSkip.NOT_MODIFIED}
+    assert "nyu-mll/glue" in old and "someone/flaky" in old
+    assert len({i.dataset for i in got}) == len(fake.listing)  # still every one accounted for
 
 
-def test_losing_the_network_mid_run_stops_with_a_source_error() -> None:
-    lost = hf.LocalEntryNotFoundError("cannot find the requested files in the local cache")
-    items = iter(HubSource(ReplayHub(download_error=lost)))
-    with pytest.raises(SourceError, match="offline mode"):
-        next(items)
+def test_transient_503_and_429_are_retried(online: None) -> None:
+    fake = FakeHub.from_recorded(RECORDED)
+    fake.transient = {"is-valid|nyu-mll/glue": [503, 503], "info|nyu-mll/glue": [429],
+                      "README.md|nyu-mll/glue": [502]}
+    with fake.running() as server:
+        src = HubSource(options=HubOptions(endpoint=server.url, viewer_url=server.viewer_url,
+                                           search="nyu-mll"),
+                        retry=RetryPolicy(max_retries=3, base=0.001, cap=0.002))
+        got = list(src)
+    assert [i.config for i in got if isinstance(i, Unit)] == ["cola", "sst2"]
+    assert src.stats.http.retries == 4
+    assert src.stats.http.statuses[503] == 2 and src.stats.http.statuses[429] == 1
+
+
+def test_an_oversized_card_is_refused_and_counted(online: None) -> None:
+    fake = FakeHub.from_recorded(RECORDED)
+    fake.files["nyu-mll/glue/README.md"] += "x" * 200_000
+    with fake.running() as server:
+        got = list(source(server, search="nyu-mll", max_body=100_000))
+    (item,) = got
+    assert isinstance(item, Skipped) and item.reason == HubSkip.TOO_LARGE
+
+
+def test_closing_early_stops_fetching(recorded: tuple[FakeHub, HubServer]) -> None:
+    fake, server = recorded
+    list(source(server))
+    full = len(fake.requests)
+    fake.requests.clear()
+    items = iter(source(server, fetch_ahead=1))
+    first = next(items)
+    assert first.key == "nyu-mll/glue::cola"
+    items.close()  # the consumer goes away (a --limit reached): the fetcher stops
+    time.sleep(0.2)  # a request sent just before the close may still be arriving
+    settled = len(fake.requests)
+    time.sleep(0.3)
+    assert len(fake.requests) == settled < full
+
+
+def test_an_unreachable_viewer_is_a_source_error(recorded: tuple[FakeHub, HubServer]) -> None:
+    _, server = recorded
+    src = HubSource(options=HubOptions(endpoint=server.url, viewer_url="http://127.0.0.1:9"),
+                    retry=FAST)
+    with pytest.raises(SourceError, match="unreachable.*--source PATH"):
+        list(src)
 
 
 @pytest.mark.skipif(
     not constants.HF_HUB_OFFLINE,
     reason="needs HF_HUB_OFFLINE=1 at import, else the real Hub would be called",
 )
-def test_the_real_hf_api_offline_fails_fast_with_a_source_error() -> None:
+def test_offline_mode_fails_fast_with_a_source_error() -> None:
     start = time.perf_counter()
     with pytest.raises(SourceError, match="unset HF_HUB_OFFLINE"):
-        list(HubSource(limit=3))
+        list(HubSource(datasets=3))
     assert time.perf_counter() - start < 5
 
 
 def test_open_source_hub_builds_without_touching_the_network() -> None:
     source = open_source("hub", limit=2)
     assert source.describe() == "Hugging Face Hub datasets (first 2 units)"
+    hub = open_source("hub", hub=HubOptions(search="glue", datasets=10))
+    assert "search='glue'" in hub.describe() and "datasets=10" in hub.describe()
+
+
+def test_hub_options_refuse_bad_values() -> None:
+    with pytest.raises(ConfigError, match="--hub-sort"):
+        HubOptions(sort="likes")
+    with pytest.raises(ConfigError, match="ISO date"):
+        parse_since("last tuesday")
+    assert parse_since("2026-11-01").tzinfo is not None  # type: ignore[union-attr]

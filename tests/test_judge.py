@@ -47,3 +47,25 @@ def test_verdicts_are_read_strictly() -> None:
     assert fenced is not None and fenced.valid and fenced.reason == "no reason given"
     for bad in (None, "", "yes", '{"valid": "yes"}', "[true]", '{"reason": "x"}'):
         assert parse_verdict(bad) is None, bad
+
+
+def test_the_estimate_prices_the_judge_too() -> None:
+    from dynogen.api import estimate
+    from dynogen.units import Field, Unit
+
+    fields = (Field("text", "string"), Field("label", "class_label", ("neg", "pos")))
+    src = [Unit(f"ds{i}", "default", "Movie reviews.", fields, license="mit",
+                samples=({"text": "A fine film.", "label": 1},)) for i in range(5)]
+    cfg = Config(model="gpt-4o-mini", free=False, licenses="any", languages="any",
+                 splits="all")
+    plain = estimate(cfg, source=src)
+    judged = estimate(cfg.with_(judge=True), source=src)
+    assert plain.judge is None and judged.judge is not None
+    # One expected kept task per answer, up to max_tasks_per_unit per answer.
+    assert judged.judge["requests_expected"] == 5 * 2
+    assert judged.judge["requests_high"] == 5 * 2 * cfg.max_tasks_per_unit
+    assert judged.requests == plain.requests + 10
+    assert judged.input_tokens > plain.input_tokens
+    for tier in ("low", "expected", "high"):
+        assert judged.cost_usd[tier]["online"] > plain.cost_usd[tier]["online"]
+        assert judged.cost_usd[tier]["batch"] > plain.cost_usd[tier]["batch"]

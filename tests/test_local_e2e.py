@@ -49,3 +49,5 @@ async def test_run_local_on_sample_datasets_with_rows(tmp_path: Path) -> None:
     if tasks:
         assert instances, "kept tasks over datasets with rows must give instances"
         assert {i["task_id"] for i in instances} <= {t["id"] for t in tasks}
+    # Both datasets have a test split: none of its rows becomes training data.
+    assert {i["split"] for i in instances} <= {"train"}

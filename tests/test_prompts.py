@@ -39,7 +39,9 @@ def test_schema_enumerates_exact_field_names() -> None:
     body = builder(max_tasks_per_unit=2).request(u, "description").body
     schema = body["response_format"]["json_schema"]["schema"]
     item = schema["properties"]["tasks"]["items"]
-    assert item["properties"]["output_field"]["enum"] == ["question_id", "Antwort (de)", "idx"]
+    # id-like fields are never outputs; the one possible output is not an input.
+    assert item["properties"]["output_field"]["enum"] == ["Antwort (de)"]
+    assert item["properties"]["input_fields"]["items"]["enum"] == ["question_id", "idx"]
     assert schema["properties"]["tasks"]["maxItems"] == 2
     content = body["messages"][-1]["content"]
     assert "- question_id: string" in content and "- Antwort (de): string" in content

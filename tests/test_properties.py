@@ -26,6 +26,7 @@ from dynogen.instances import Instance, InstanceSkip, build_instance
 from dynogen.io.shards import JsonlSource
 from dynogen.parsing import parse_tasks
 from dynogen.prompts import PromptBuilder
+from dynogen.rules import TaskRule
 from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
 from dynogen.units import Field, Skipped, SkipReason, Unit
@@ -39,7 +40,8 @@ SETTINGS = settings(max_examples=60, deadline=None,
 # Slack for token merges at the seams between the pieces of a message.
 SEAM_TOKENS = 8
 SKIP_REASONS = {v for k, v in vars(InstanceSkip).items() if not k.startswith("_")}
-DROP_REASONS = {v for k, v in vars(DropReason).items() if not k.startswith("_")}
+DROP_REASONS = {v for cls in (DropReason, TaskRule)
+                for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, str)}
 
 # ------------------------------------------------------------------------- strategies
 

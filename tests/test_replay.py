@@ -164,7 +164,7 @@ async def grown(tmp_path: Path, url: str) -> Path:
     src.mkdir()
     coll = tmp_path / "coll"
     cfg = Config(base_url=url, free=True, quiet=True, source=str(src), rows_per_split=10,
-                 max_in_flight=4)
+                 max_in_flight=4, licenses="any", languages="any", splits="all")
     shutil.copytree(samples_dir() / "cafe_reviews", src / "cafe_reviews")
     shutil.copytree(samples_dir() / "ag_news", src / "ag_news")
     shutil.copytree(samples_dir() / "boolq", src / "boolq")
@@ -218,7 +218,7 @@ async def test_replay_needs_two_versions(tmp_path: Path) -> None:
         await agrow(coll, Config(base_url=server.url, free=True, quiet=True),
                     source=[])
         await agrow(coll, Config(base_url=server.url, free=True, quiet=True, source="samples",
-                                 rows_per_split=2))
+                                 rows_per_split=2, licenses="any", languages="any"))
     with pytest.raises(ConfigError, match="1 complete version"):
         await areplay(coll, k=2, strategy="random", out=tmp_path / "x.jsonl")
     with pytest.raises(ConfigError, match="unknown --strategy"):

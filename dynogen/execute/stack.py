@@ -109,7 +109,8 @@ async def open_stack(
     """
     limiter = Limiter(rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight)
     ledger = Ledger(price, budget_usd, batch=cfg.mode == "batch")
-    cache = RequestCache(cache_path) if cache_path is not None else None
+    # A cache has one writer at a time (a shared --cache too); a spoiled one is moved aside.
+    cache = RequestCache(cache_path, lock=True) if cache_path is not None else None
     spend = JsonlWriter(spend_path) if spend_path is not None else None
     executor: Any
     try:
@@ -119,7 +120,8 @@ async def open_stack(
                                        state_dir=state_dir, transport=transport)
         else:
             client = ChatClient(cfg.base_url, cfg.api_key.get(),
-                                transport=transport or AiohttpTransport(limit=cfg.max_in_flight),
+                                transport=transport or AiohttpTransport(
+                                    limit=cfg.max_in_flight, max_body=cfg.max_response_bytes),
                                 timeout=cfg.request_timeout)
             policy = RetryPolicy(max_retries=cfg.max_retries, base=cfg.retry_base_delay,
                                  cap=cfg.retry_max_delay)

@@ -57,6 +57,7 @@ class RowsReason:
     NO_DATA_FILES = "no_data_files"
     CONFIG_NOT_FOUND = "config_not_found"
     SPLIT_NOT_FOUND = "split_not_found"
+    NO_TRAINING_SPLIT = "no_training_split"
     LOAD_ERROR = "load_error"
 
 
@@ -153,11 +154,14 @@ def open_rows(
     rows_per_split: int,
     load: Loader | None = None,
     cache_dir: str | None = None,
+    allow: Callable[[str], bool] | None = None,
 ) -> Rows:
     """Open ``data_ref`` (a local folder or a Hub id) for streaming.
 
     ``splits`` gives the order to read them in (the unit's order); ``None``
-    reads every split in the dataset's own order. Raises ``RowsUnavailable``.
+    reads every split in the dataset's own order. ``allow`` (the split policy)
+    leaves out splits it refuses; none left is ``no_training_split``.
+    Raises ``RowsUnavailable``.
     """
     if rows_per_split < 0:
         raise ValueError("rows_per_split must be >= 0")
@@ -193,6 +197,15 @@ def open_rows(
         missing = tuple(s for s in splits if s not in ds)
     else:
         order, missing = available, ()
+    if order and allow is not None:
+        kept = [s for s in order if allow(s)]
+        if not kept:
+            raise RowsUnavailable(
+                RowsReason.NO_TRAINING_SPLIT,
+                f"{data_ref}: no split the split policy allows among {order} "
+                "(--splits all lifts it)",
+            )
+        order = kept
     if not order:
         raise RowsUnavailable(
             RowsReason.SPLIT_NOT_FOUND,

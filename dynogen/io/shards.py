@@ -240,4 +240,23 @@ def collect(
     with ShardWriter(out_dir, shard_size) as writer:
         for item in source:
             writer.write(item)
+    snapshot = _snapshot(source)
+    if snapshot is not None:  # what was read, and when: a later grow lists from there
+        path = writer.out_dir / "source.json"
+        path.with_suffix(".tmp").write_bytes(
+            orjson.dumps({**snapshot, "collected": writer.stats.to_dict()},
+                         option=orjson.OPT_INDENT_2))
+        os.replace(path.with_suffix(".tmp"), path)
     return writer.stats
+
+
+def _snapshot(source: Any) -> dict[str, Any] | None:
+    """``source.snapshot()`` of the source or of one it wraps (e.g. a limited Hub listing)."""
+    for _ in range(4):
+        if callable(getattr(source, "snapshot", None)):
+            data = source.snapshot()
+            return data if isinstance(data, dict) else None
+        source = getattr(source, "source", None)
+        if source is None:
+            return None
+    return None

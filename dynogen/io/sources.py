@@ -19,14 +19,18 @@ import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from dynogen.errors import SourceError
 from dynogen.io.folder import FolderSource
 from dynogen.io.shards import JsonlSource
 from dynogen.units import Skipped, Unit
 
-__all__ = ["LimitedSource", "Source", "open_source", "samples_dir"]
+if TYPE_CHECKING:
+    from dynogen.config import Config
+    from dynogen.io.hub_options import HubOptions
+
+__all__ = ["LimitedSource", "Source", "open_source", "samples_dir", "source_for"]
 
 NOT_FOUND_HINT = "pass a folder of dataset folders, a .jsonl shard, 'samples' or 'hub'"
 
@@ -69,17 +73,31 @@ def samples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "samples"
 
 
-def open_source(spec: str, *, limit: int | None = None) -> Source:
-    """The source ``spec`` names; ``SourceError`` with a fix if there is none."""
-    source = _resolve(spec)
+def open_source(
+    spec: str, *, limit: int | None = None, hub: HubOptions | None = None
+) -> Source:
+    """The source ``spec`` names; ``SourceError`` with a fix if there is none.
+
+    ``hub`` holds the listing filters and limits for ``spec == "hub"``
+    (``HubOptions.from_config(cfg)`` reads them from the ``--hub-*`` flags).
+    """
+    source = _resolve(spec, hub)
     return source if limit is None else LimitedSource(source, limit)
 
 
-def _resolve(spec: str) -> Source:
+def source_for(cfg: Config) -> Source:
+    """The source a ``Config`` names: ``cfg.source``, ``cfg.limit`` and the ``hub_*`` options."""
+    from dynogen.io.hub_options import HubOptions
+
+    hub = HubOptions.from_config(cfg) if cfg.source == "hub" else None
+    return open_source(cfg.source, limit=cfg.limit, hub=hub)
+
+
+def _resolve(spec: str, hub: HubOptions | None = None) -> Source:
     if spec == "hub":
         from dynogen.io.hub import HubSource  # imports huggingface_hub lazily, on first use
 
-        return HubSource()
+        return HubSource(options=hub)
     if spec == "samples":
         folder = samples_dir()
         if not folder.is_dir():
@@ -103,5 +121,7 @@ def _resolve(spec: str) -> Source:
 
 
 def _only_shards(folder: Path) -> bool:
-    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    """Only ``*.jsonl`` files (and the ``source.json`` that ``collect`` writes beside them)."""
+    entries = [e for e in os.scandir(folder)
+               if not e.name.startswith(".") and e.name != "source.json"]
     return bool(entries) and all(e.is_file() and e.name.endswith(".jsonl") for e in entries)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -50,7 +49,7 @@ import orjson
 from xxhash import xxh3_64_hexdigest, xxh3_64_intdigest
 
 from dynogen.builder import instance_dict_hash
-from dynogen.dedup import DedupSeed, text_hash
+from dynogen.dedup import DedupSeed
 from dynogen.errors import RunDirError
 from dynogen.io.shards import _skipped_record
 from dynogen.prompts import PromptBuilder
@@ -176,18 +175,13 @@ class Collection:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """One writer at a time: a second grow on the same collection fails at once."""
+        """One writer at a time (the run directories' lock, on the collection folder):
+        a second grow on the same collection fails at once, naming the holder."""
+        from dynogen.store.lock import RunLock
+
         self.path.mkdir(parents=True, exist_ok=True)
-        with (self.path / ".lock").open("a") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirError(f"another dynogen process is growing {self.path}; wait for it "
-                                  "to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with RunLock(self.path, purpose="grow"):
+            yield
 
     # --------------------------------------------------------------- versions
     @property
@@ -314,16 +308,18 @@ class Collection:
 
     def seed(self, exclude_keys: set[str]) -> DedupSeed:
         """Dedup state of the complete versions, without the units about to be re-done."""
+        from dynogen.validate import TaskFilter
+
         seed = DedupSeed()
+        # The engine's own dedup key, through the same call a resumed run uses.
+        tasks = TaskFilter(1, seen=seed.tasks)
         gone = self.superseded()
         for v in self.complete_versions():
             vdir = self.version_dir(v)
             for rec in iter_jsonl(vdir / "tasks.jsonl"):
                 if rec.get("id") in gone or _task_key(rec) in exclude_keys:
                     continue
-                text = rec.get("instruction")
-                if isinstance(text, str):
-                    seed.tasks.add(text_hash(text))
+                tasks.remember(rec)
             for rec in iter_jsonl(vdir / "instances.jsonl"):
                 if rec.get("task_id") in gone or _task_key(rec) in exclude_keys:
                     continue

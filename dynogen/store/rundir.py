@@ -1,45 +1,99 @@
 """A run directory is the whole state of a run.
 
-    manifest.json     config (no secrets), its prompt fingerprint, versions
+    .dynogen.lock     held (flock) by the one process writing the directory
+    manifest.json     config (no secrets), the run's identity, versions
     units.jsonl       journal: one line per unit committed (done/skipped/failed),
-                      with its counters and the tasks.jsonl offset after it
+                      with its counters and the tasks.jsonl byte range it wrote
     tasks.jsonl       kept tasks, in source order
-    builds.jsonl      journal: one line per unit whose rows were built
+    builds.jsonl      journal: one line per unit whose rows were built, with
+                      the instances.jsonl byte range it wrote
     instances.jsonl   instances, in task order
+    spend.jsonl       one line per paid answer: the budget across resumes
     cache.sqlite      request cache (unless --cache points elsewhere)
     report.json       written at the end of every command (also after a stop)
 
-Opening a directory that holds a run resumes it; if the prompt-shaping config
-changed, it refuses (and says what differs) unless ``force_new``.
+Opening a directory takes its lock first (a second writer is refused), then
+checks the run's identity — everything that shapes its outputs — and refuses
+to resume one that differs (saying what differs) unless ``force_new``; then
+verifies each journal against its data file and cuts both back to the last
+record whose output is whole (see ``journal.verify_chain``), so what was lost
+or torn is redone. What was repaired goes into ``report.json`` under
+``repairs``; nothing about a spoiled file ends in a traceback.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+import xxhash
 
 from dynogen import __version__
-from dynogen.config import Config
+from dynogen.config import BUILD_FIELDS, Config
 from dynogen.errors import RunDirError
-from dynogen.store.journal import iter_jsonl, repair, truncate_to
+from dynogen.store.journal import count_garbage, iter_jsonl, repair, verify_chain
+from dynogen.store.lock import RunLock
+from dynogen.store.storage import atomic_write, storage_error, warn
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "identity_diff", "run_identity"]
 
 MANIFEST = "manifest.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _probe_digest(config: Config) -> str:
+    """A hash of the request bodies this config sends for a fixed unit, per variant.
+
+    Catches what no config field names: the prompt text, the few-shot turns,
+    the schema and how metadata is rendered — any change to them changes what
+    the model is asked, so a run may not be resumed across it.
+    """
+    from dynogen.prompts import PromptBuilder
+    from dynogen.tokens import TokenCounter
+    from dynogen.units import Field, Unit
+
+    probe = Unit("probe/identity", "default", "Short sentences, each with a label.",
+                 (Field("sentence", "string"), Field("label", "class_label", ("no", "yes"))),
+                 license="mit")
+    pb = PromptBuilder(config, TokenCounter(config.encoding))
+    bodies = [pb.request(probe, v).body for v in config.variants]
+    return xxhash.xxh3_64_hexdigest(orjson.dumps(bodies, option=orjson.OPT_SORT_KEYS))
+
+
+def run_identity(config: Config) -> dict[str, Any]:
+    """Everything that shapes a run's outputs: ``Config.identity()`` plus the prompts' digest."""
+    return {**config.identity(), "prompts": _probe_digest(config)}
+
+
+def _jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any]) -> dict[
+        str, tuple[Any, Any]]:
+    """Keys whose values differ; a key an older manifest lacks counts as its default."""
+    out = {}
+    for k in sorted(set(old) | set(new)):
+        a = old.get(k, defaults.get(k)) if k != "prompts" else old.get(k)
+        b = _jsonable(new.get(k))
+        if _jsonable(a) != b and not (k == "prompts" and a is None):
+            out[k] = (a, b)
+    if set(out) - {"prompts"}:
+        out.pop("prompts", None)  # a changed field explains the changed prompts
+    return out
+
+
+def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    parts = []
+    for k, (a, b) in diff.items():
+        if k == "prompts":
+            parts.append("the prompts, few-shot examples or schema changed (another dynogen "
+                         "version?)")
+        else:
+            parts.append(f"{k}: {a!r} -> {b!r}")
+    return "; ".join(parts) or "unknown difference"
 
 
 class RunDir:
@@ -49,12 +103,17 @@ class RunDir:
         self.tasks = self.path / "tasks.jsonl"
         self.builds = self.path / "builds.jsonl"
         self.instances = self.path / "instances.jsonl"
+        self.spend = self.path / "spend.jsonl"
         self.report = self.path / "report.json"
         self.manifest = self.path / MANIFEST
         self.resumed = False
+        self.repairs: dict[str, Any] = {}
+        self.lock: RunLock | None = None
 
-    def open(self, config: Config) -> RunDir:
-        """Create or resume; repair torn files; cut data back to the last commit."""
+    def open(self, config: Config, *, stage: str = "run") -> RunDir:
+        """Lock, create or resume, check identity, repair. ``stage="build"`` (``dynogen
+        build``) may change the build settings (``BUILD_FIELDS``): instances are then
+        rebuilt from scratch rather than mixed."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -65,66 +124,139 @@ class RunDir:
                 f"cannot write to output directory {self.path}: {e.strerror or e}; "
                 "choose another --out"
             ) from None
-        if self.manifest.exists():
-            old = orjson.loads(self.manifest.read_bytes())
-            if old.get("fingerprint") != config.prompt_fingerprint():
-                if not config.force_new:
-                    diff = _diff(old.get("prompt_settings", {}), config.prompt_settings())
-                    raise RunDirError(
-                        f"{self.path} holds a run with different prompt settings ({diff}); "
-                        "resuming would mix two runs. Use a new --out, or --force-new to "
-                        "discard it"
-                    )
-                self._clear()
-            else:
-                self.resumed = True
-        self._write_manifest(config)
-        self._repair()
+        self.lock = RunLock(self.path, purpose=stage).acquire()
+        try:
+            self._open(config, stage)
+        except BaseException:
+            self.close()
+            raise
         return self
 
+    def _open(self, config: Config, stage: str) -> None:
+        identity = run_identity(config)
+        orphaned = not self.manifest.exists() and any(
+            p.exists() and p.stat().st_size for p in (self.units, self.tasks, self.spend))
+        if self.manifest.exists() or orphaned:
+            old = self._read_manifest(config)
+            if old is None:  # spoiled, and force_new: start over
+                self._clear()
+            else:
+                diff = self._diff(old, identity)
+                rebuild = {k: v for k, v in diff.items() if k in BUILD_FIELDS}
+                if diff and stage == "build" and diff == rebuild:
+                    self._clear_builds()
+                    self.repairs["rebuilt_for"] = {k: list(v) for k, v in rebuild.items()}
+                    self.resumed = True
+                elif diff and not config.force_new:
+                    raise RunDirError(
+                        f"{self.path} holds a run with different settings "
+                        f"({_describe_diff(diff)}); resuming would mix two runs. Use a new "
+                        "--out, or --force-new to discard it (the request cache is kept)")
+                elif diff:
+                    self._clear()
+                else:
+                    self.resumed = True
+        self._write_manifest(config, identity)
+        self._repair()
+
+    def close(self) -> None:
+        """Release the lock (the OS does it too if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    # ----------------------------------------------------------------- manifest
+    def _read_manifest(self, config: Config) -> dict[str, Any] | None:
+        try:
+            old = orjson.loads(self.manifest.read_bytes())
+            if not isinstance(old, dict) or not isinstance(
+                    old.get("identity", old.get("prompt_settings")), dict):
+                raise ValueError("not a dynogen manifest")
+            return old
+        except (OSError, ValueError) as e:  # orjson.JSONDecodeError is a ValueError
+            if config.force_new:
+                return None
+            what = ("it is missing" if isinstance(e, FileNotFoundError)
+                    else getattr(e, "strerror", None) or (
+                        "not valid JSON" if isinstance(e, orjson.JSONDecodeError) else str(e)))
+            raise RunDirError(
+                f"{self.manifest} cannot be read ({what}), so whether this run may be resumed "
+                f"is unknown; {self._at_stake()}. Restore manifest.json from a backup and run "
+                "again, or run with --force-new to start over (the request cache is kept)"
+            ) from None
+
+    def _at_stake(self) -> str:
+        units = sum(1 for _ in iter_jsonl(self.units))
+        tasks = sum(1 for _ in iter_jsonl(self.tasks))
+        usd = sum(float(r.get("usd") or 0.0) for r in iter_jsonl(self.spend))
+        return (f"it holds {units} committed units, {tasks} tasks and ${usd:.4f} of paid "
+                "answers")
+
+    @staticmethod
+    def _diff(old: dict[str, Any], identity: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        defaults = Config().identity()
+        if isinstance(old.get("identity"), dict):
+            return identity_diff(old["identity"], identity, defaults)
+        # A manifest from before identities: compare what it recorded.
+        recorded = old.get("prompt_settings", {})
+        return identity_diff(recorded, {k: identity[k] for k in recorded if k in identity},
+                             defaults)
+
+    def _write_manifest(self, config: Config, identity: dict[str, Any]) -> None:
+        data = {
+            "dynogen_version": __version__,
+            "python": sys.version.split()[0],
+            "identity": identity,
+            "fingerprint": xxhash.xxh3_64_hexdigest(orjson.dumps(identity,
+                                                                 option=orjson.OPT_SORT_KEYS)),
+            "config": config.public_dict(),
+        }
+        atomic_write(self.manifest, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+    # ---------------------------------------------------------------- clearing
     def _clear(self) -> None:
         # The request cache stays: it is keyed by the exact request, so it is never
         # stale, and keeping it is what makes re-deriving with new filters free.
         for p in (self.units, self.tasks, self.builds, self.instances, self.report,
-                  self.path / "spend.jsonl", self.path / "calibration.json"):
+                  self.spend, self.path / "calibration.json"):
             p.unlink(missing_ok=True)
         shutil.rmtree(self.path / "export", ignore_errors=True)
 
-    def _write_manifest(self, config: Config) -> None:
-        data = {
-            "dynogen_version": __version__,
-            "python": sys.version.split()[0],
-            "fingerprint": config.prompt_fingerprint(),
-            "prompt_settings": config.prompt_settings(),
-            "config": config.public_dict(),
-        }
-        _atomic_write(self.manifest, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    def _clear_builds(self) -> None:
+        for p in (self.builds, self.instances):
+            p.unlink(missing_ok=True)
 
+    # ----------------------------------------------------------------- repair
     def _repair(self) -> None:
-        for p in (self.units, self.tasks, self.builds, self.instances):
-            repair(p)
-        truncate_to(self.tasks, self._last_offset(self.units, "tasks_end"))
-        truncate_to(self.instances, self._last_offset(self.builds, "instances_end"))
+        try:
+            units = verify_chain(self.units, self.tasks, start="tasks_start", end="tasks_end",
+                                 count="tasks_kept")
+            with_tasks = {str(r.get("key")) for r in iter_jsonl(self.units)
+                          if r.get("tasks_kept")}
+            builds = verify_chain(self.builds, self.instances, start="instances_start",
+                                  end="instances_end", count="instances",
+                                  keep=lambda r: str(r.get("key")) in with_tasks)
+            spend_torn = repair(self.spend)
+            spend_garbage = count_garbage(self.spend)
+        except OSError as e:
+            raise storage_error(e, self.units) from None
+        for name, check in (("units.jsonl", units), ("builds.jsonl", builds)):
+            if check.changed:
+                self.repairs[name] = check.to_dict()
+        if spend_torn or spend_garbage:
+            self.repairs["spend.jsonl"] = {"torn_bytes_cut": spend_torn,
+                                           "garbage_lines_skipped": spend_garbage}
+        if units.dropped or builds.dropped or units.garbage or builds.garbage:
+            warn(f"{self.path}: {units.dropped} unit and {builds.dropped} build records "
+                 f"were cut at {units.reason or builds.reason}; they are redone now (from the "
+                 "request cache where it has them)")
+        if spend_garbage:
+            warn(f"{self.spend}: {spend_garbage} unreadable lines skipped; the spend they "
+                 "recorded is not counted against --budget-usd")
 
-    @staticmethod
-    def _last_offset(journal: Path, key: str) -> int:
-        last = 0
-        for rec in iter_jsonl(journal):
-            v = rec.get(key)
-            if isinstance(v, int):
-                last = v
-        return last
-
+    # ------------------------------------------------------------------ output
     def write_report(self, report: dict[str, Any]) -> None:
-        _atomic_write(self.report, orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        if self.repairs:
+            report = {**report, "repairs": self.repairs}
+        atomic_write(self.report, orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
-
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    parts = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(b, tuple):
-            b = list(b)
-        if a != b:
-            parts.append(f"{k}: {a!r} -> {b!r}")
-    return "; ".join(parts) or "unknown difference"

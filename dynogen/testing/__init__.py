@@ -1,4 +1,4 @@
-"""Test and benchmark helpers shipped with dynogen: a fake OpenAI-compatible server.
+"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible and Hub servers.
 
 Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
 module fresh (an eager import here would make runpy warn about a module
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
+    from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub, synthetic_hub
     from dynogen.testing.fake_openai import (
         FakeOpenAI,
         FakeProcess,
@@ -25,15 +26,19 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
+    "FakeHub",
     "FakeOpenAI",
     "FakeProcess",
     "FakeServer",
     "Fault",
+    "HubServer",
     "Latency",
     "Recorded",
     "make_app",
     "serve",
+    "serve_hub",
     "start_fake_process",
+    "synthetic_hub",
 ]
 
 _HOME = {
@@ -41,6 +46,10 @@ _HOME = {
     "FAULT_KINDS": "fake_answers",
     "Fault": "fake_answers",
     "Latency": "fake_answers",
+    "FakeHub": "fake_hub",
+    "HubServer": "fake_hub",
+    "serve_hub": "fake_hub",
+    "synthetic_hub": "fake_hub",
     "FakeOpenAI": "fake_openai",
     "FakeProcess": "fake_openai",
     "FakeServer": "fake_openai",

@@ -297,6 +297,7 @@ class TaskSpec:
     max_tasks: int = 3
     max_inputs: int = 4
     max_len: int | None = None
+    outputs: tuple[str, ...] = ()  # an anyOf schema: the fields that may be the output
 
 
 def task_spec(body: Mapping[str, Any]) -> TaskSpec | None:
@@ -313,19 +314,38 @@ def task_spec(body: Mapping[str, Any]) -> TaskSpec | None:
 
 def _spec_from_schema(schema: Any) -> TaskSpec | None:
     tasks = _get(schema, "properties", "tasks")
+    branches = _get(tasks, "items", "anyOf")
+    outs: tuple[str, ...] = ()
+    if isinstance(branches, list) and branches:
+        # One branch per possible output, whose inputs leave it out (dynogen.schema).
+        outs = tuple(dict.fromkeys(
+            o for b in branches for o in _str_enum(_get(b, "properties", "output_field",
+                                                        "enum"))[:1]))
+        names = tuple(dict.fromkeys([*outs, *(
+            n for b in branches
+            for n in _str_enum(_get(b, "properties", "input_fields", "items", "enum")))]))
+        props = _get(branches[0], "properties")
+        if len(names) < 2 or not outs:
+            return None
+        return _bounded(TaskSpec(names, outputs=outs), tasks, props)
     props = _get(tasks, "items", "properties")
     names = _str_enum(_get(props, "output_field", "enum")) or _str_enum(
         _get(props, "input_fields", "items", "enum")) or _first_enum(schema)
     if len(names) < 2:
         return None
+    return _bounded(TaskSpec(names), tasks, props)
+
+
+def _bounded(spec: TaskSpec, tasks: Any, props: Any) -> TaskSpec:
     max_tasks = _get(tasks, "maxItems")
     max_inputs = _get(props, "input_fields", "maxItems")
     max_len = _get(props, "instruction", "maxLength")
     return TaskSpec(
-        names,
+        spec.names,
         max_tasks=max_tasks if isinstance(max_tasks, int) and max_tasks > 0 else 3,
         max_inputs=max_inputs if isinstance(max_inputs, int) and max_inputs > 0 else 4,
         max_len=max_len if isinstance(max_len, int) and max_len > 0 else None,
+        outputs=spec.outputs,
     )
 
 
@@ -415,7 +435,8 @@ def auto_content(spec: TaskSpec | None, digest: int, target_chars: int = 0,
     tasks: list[dict[str, Any]] = []
     for i in range(n_tasks):
         h = (digest >> (8 + 7 * i)) ^ (i * 0x9E3779B1)
-        output = names[(h + i) % len(names)]
+        outputs = spec.outputs or names
+        output = outputs[(h + i) % len(outputs)]
         others = [x for x in names if x != output]
         k = 1 + (h >> 3) % min(spec.max_inputs, len(others))
         start = (h >> 5) % len(others)

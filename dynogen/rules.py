@@ -1,0 +1,298 @@
+"""Task rules: whether a generated task makes sense, each failure a counted reason.
+
+Pure functions over a task's instruction, its fields and a few facts about
+the dataset's rows. ``validate.TaskFilter`` runs them in a fixed order and
+counts the first that fails. Rules from Dynosaur and beyond:
+
+Text
+    - ``instruction_too_short``: fewer than 3 words, or 3 words that do not
+      start with a command ("Is the passage");
+    - ``instruction_no_verb``: no verb from a word list (imperatives,
+      auxiliaries, -ify/-ize/-ate verbs): a noun phrase is not an instruction;
+    - ``instruction_copies_description``: "The dataset is constructed by …",
+      or most of its 6-grams taken from the dataset's description;
+    - ``instruction_copies_fewshot``: a few-shot example's instruction (nearly
+      verbatim) on fields other than that example's;
+    - ``instruction_copies_field_values``: the instruction is a sample value or
+      the list of label names;
+    - ``generation_with_label_output``: "write a question/headline/summary …"
+      while the output is a label; ``label_with_text_output`` the reverse.
+Rows (when rows or card samples are known, see ``row_facts``)
+    - ``constant_output``: one value over every sampled row;
+    - ``imbalanced_output``: the top label holds ``IMBALANCE`` of the sampled rows;
+    - ``output_equals_input``: the output repeats an input in most rows;
+    - ``id_like_output``: an id, index, hash or URL column, by name or values;
+    - ``id_like_inputs_only``: every input is such a column (nothing to read).
+
+Word lists stand in for a tagger, which would need model data offline.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+import xxhash
+
+from dynogen.dedup import normalize_text
+from dynogen.units import Field, Unit
+
+__all__ = [
+    "Facts",
+    "ID_NAME",
+    "IMBALANCE",
+    "MAX_SUFFIX_LABELS",
+    "TaskRule",
+    "answer_options",
+    "is_label_like",
+    "row_facts",
+    "row_rule",
+    "text_rule",
+]
+
+Facts = Mapping[str, Sequence[str]]  # field -> rendered value per sampled row ("" if empty)
+MAX_SUFFIX_LABELS = 20
+MAX_LABEL_CHARS = 40
+IMBALANCE = 0.9
+MIN_ROWS_IMBALANCE = 20
+MIN_ROWS_CONSTANT = 5
+FACT_CHARS = 300
+
+
+class TaskRule:
+    """Counted drop reasons of this module (labels used in report.json)."""
+
+    TOO_SHORT = "instruction_too_short"
+    NO_VERB = "instruction_no_verb"
+    COPIES_DESCRIPTION = "instruction_copies_description"
+    COPIES_FEWSHOT = "instruction_copies_fewshot"
+    COPIES_VALUES = "instruction_copies_field_values"
+    GENERATION_LABEL = "generation_with_label_output"
+    LABEL_TEXT = "label_with_text_output"
+    CONSTANT = "constant_output"
+    IMBALANCED = "imbalanced_output"
+    OUTPUT_IS_INPUT = "output_equals_input"
+    ID_LIKE = "id_like_output"
+    ID_INPUT = "id_like_inputs_only"
+
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_IMPERATIVES = _wordset("""
+answer analyze analyse annotate assign categorize categorise check choose classify compare
+complete compose compute convert correct count create decide describe detect determine
+estimate evaluate explain extract fill find generate give guess identify indicate infer
+judge label list locate map match name output paraphrase pick predict produce provide rank
+rate read recognize recommend rewrite score select simplify solve spot state suggest
+summarize summarise tag tell transcribe transform translate use verify write return mark
+reply respond restate recover reconstruct retrieve tokenize segment parse split sort flag
+estimate
+""")
+_OTHER_VERBS = _wordset("""
+is are was were be does do did can could should would will has have may might must given
+contains contain says say asks ask means mean refers refer belongs belong expresses
+express conveys convey entails entail follows follow implies imply supports support
+""")
+_VERB_SUFFIX = ("ify", "ize", "ise", "ate")
+_WORD = re.compile(r"[a-z]+")
+_DATASET_PROSE = re.compile(
+    r"^(this|the|our)\s+(dataset|corpus|data\s*set|collection|benchmark)\b", re.IGNORECASE)
+_GENERATE = re.compile(
+    r"\b(write|generate|compose|create|produce|draft|come up with|formulate|ask)\b"
+    r"[^.]{0,40}?\b(question|questions|headline|title|summary|summar|sentence|paragraph|story|"
+    r"caption|description|article|review|text|essay|poem|dialogue|response)", re.IGNORECASE)
+_CLASSIFY = re.compile(
+    r"\b(classify|categori[sz]e|label (?:the|each|this)|which (?:category|class|label)|"
+    r"true or false|yes or no|sentiment|whether)\b", re.IGNORECASE)
+_TEXT_NAMES = frozenset(("text", "article", "passage", "document", "context", "story", "body",
+                         "content", "paragraph", "review", "abstract", "essay"))
+ID_NAME = re.compile(r"(?i:(^|[_\-\s.])(id|ids|idx|index|uuid|guid|key|hash|url|uri|link|md5|"
+                      r"sha1|sha256|filename|file|path|doi)$)|[a-z](Id|ID|Idx|Url|URL)$")
+_ID_VALUE = re.compile(r"^[\w\-:/.#]+$")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+@cache
+def _fewshot() -> tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]:
+    raw = resources.files("dynogen").joinpath("data/fewshot.json").read_bytes()
+    out = []
+    for ex in orjson.loads(raw)["examples"]:
+        for t in ex["tasks"]:
+            fields = frozenset([*t["input_fields"], t["output_field"]])
+            out.append((normalize_text(t["instruction"]), fields, tuple(_words(t["instruction"]))))
+    return tuple(out)
+
+
+def _values(v: Any) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field,
+              facts: Facts | None) -> str | None:
+    """The first text rule ``instruction`` fails, or ``None``."""
+    words = _words(instruction)
+    if _DATASET_PROSE.match(instruction.strip()):
+        return TaskRule.COPIES_DESCRIPTION
+    g6 = _grams(words, 6)
+    if g6 and unit.description:
+        shared = g6 & _grams(_words(unit.description), 6)
+        if len(shared) >= max(1, len(g6) // 2):
+            return TaskRule.COPIES_DESCRIPTION
+    norm = normalize_text(instruction)
+    fields = frozenset([*inputs, output.name])
+    g4 = _grams(words, 4)
+    for text, ex_fields, ex_words in _fewshot():
+        if ex_fields == fields:
+            continue
+        ex4 = _grams(ex_words, 4)  # nearly verbatim: most of both texts' 4-grams shared
+        if norm == text or (g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4))):
+            return TaskRule.COPIES_FEWSHOT
+    if _copies_values(norm, words, unit, facts):
+        return TaskRule.COPIES_VALUES
+    if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
+        return TaskRule.TOO_SHORT
+    if not any(w in _IMPERATIVES or w in _OTHER_VERBS or (len(w) > 5 and w.endswith(_VERB_SUFFIX))
+               for w in words):
+        return TaskRule.NO_VERB
+    label_like = is_label_like(output, facts)
+    if label_like and _GENERATE.search(instruction):
+        return TaskRule.GENERATION_LABEL
+    if not label_like and _CLASSIFY.search(instruction) and _is_long_text(output, facts):
+        return TaskRule.LABEL_TEXT
+    return None
+
+
+def _copies_values(norm: str, words: list[str], unit: Unit, facts: Facts | None) -> bool:
+    labels = {normalize_text(x) for f in unit.fields for x in f.labels}
+    values: set[str] = set()
+    for s in unit.samples:
+        values.update(normalize_text(_values(v)) for v in s.values())
+    for vs in (facts or {}).values():
+        values.update(normalize_text(v) for v in vs[:20])
+    values.discard("")
+    if norm in labels or norm in values:
+        return True
+    # Label names, and the short values of columns that hold them, listed as an "instruction".
+    short = {v for v in values if len(v.split()) <= 3}
+    label_words = {w for lab in labels | short for w in lab.split()}
+    if (2 <= len(words) <= 12 and label_words
+            and sum(w in label_words for w in words) >= 0.8 * len(words)):
+        return True
+    g5 = _grams(words, 5)
+    if g5:
+        for v in values:
+            if len(g5 & _grams(v.split(), 5)) >= 0.6 * len(g5):
+                return True
+    return False
+
+
+def is_label_like(field: Field, facts: Facts | None) -> bool:
+    """Whether an output field is a label: ClassLabel, bool, or few short repeated values."""
+    if field.labels or field.type == "bool":
+        return True
+    vals = [v for v in (facts or {}).get(field.name, ()) if v]
+    if len(vals) < 10 or field.type.startswith(("list", "struct", "sequence")):
+        return False
+    distinct = set(vals)
+    return (len(distinct) <= MAX_SUFFIX_LABELS and len(distinct) < len(vals) / 2
+            and all(len(v) <= MAX_LABEL_CHARS for v in distinct))
+
+
+def _is_long_text(field: Field, facts: Facts | None) -> bool:
+    vals = [v for v in (facts or {}).get(field.name, ()) if v]
+    if vals:
+        return sum(len(v) for v in vals) / len(vals) > 60
+    return field.name.lower() in _TEXT_NAMES
+
+
+def answer_options(field: Field, facts: Facts | None) -> tuple[str, ...]:
+    """Every answer a label output can take, when it is small and single-valued; else ``()``.
+
+    A suffix "Answers must be one of …" is true only if it lists every answer:
+    ClassLabel names (2 to ``MAX_SUFFIX_LABELS``) of a single-valued column,
+    ``true``/``false`` for a bool, or the values seen in the sampled rows of a
+    label-like text column (the builder drops rows outside them, counted).
+    List-valued outputs (NER tags, multi-label) get none.
+    """
+    if field.type.startswith(("list", "sequence", "struct")):
+        return ()
+    if field.labels:
+        names = tuple(dict.fromkeys(field.labels))
+        return names if 2 <= len(names) <= MAX_SUFFIX_LABELS else ()
+    if field.type == "bool":
+        return ("false", "true")
+    if is_label_like(field, facts):
+        return tuple(sorted({v for v in (facts or {}).get(field.name, ()) if v}))
+    return ()
+
+
+def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str | None:
+    """The first row rule the task fails on the sampled rows, or ``None``."""
+    if ID_NAME.search(output.name):
+        return TaskRule.ID_LIKE
+    if inputs and all(ID_NAME.search(n) for n in inputs):
+        return TaskRule.ID_INPUT
+    if not facts or output.name not in facts:
+        return None
+    outs = list(facts[output.name])
+    vals = [v for v in outs if v]
+    if len(vals) >= MIN_ROWS_CONSTANT and len(set(vals)) == 1:
+        return TaskRule.CONSTANT
+    if len(vals) >= MIN_ROWS_IMBALANCE and is_label_like(output, facts):
+        top = Counter(vals).most_common(1)[0][1]
+        if top >= IMBALANCE * len(vals):
+            return TaskRule.IMBALANCED
+    same = both = 0
+    for i, o in enumerate(outs):
+        ins = [facts[n][i] for n in inputs if n in facts and i < len(facts[n])]
+        if o and any(ins):
+            both += 1
+            same += any(normalize_text(o) == normalize_text(x) for x in ins if x)
+    if both >= 3 and same >= 0.5 * both:
+        return TaskRule.OUTPUT_IS_INPUT
+    if (not output.labels and len(vals) >= MIN_ROWS_CONSTANT and len(set(vals)) == len(vals)
+            and all(_ID_VALUE.match(v) for v in vals)
+            and sum(any(c.isdigit() for c in v) and len(v) >= 6 for v in vals) >= 0.8 * len(vals)):
+        return TaskRule.ID_LIKE
+    return None
+
+
+def _compact(text: str) -> str:
+    if len(text) <= FACT_CHARS:
+        return text
+    return text[:FACT_CHARS] + "…" + xxhash.xxh3_64_hexdigest(text.encode("utf-8", "replace"))
+
+
+def row_facts(rows: Iterable[Mapping[str, Any]],
+              labels: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Each column's rendered values over ``rows`` (long ones cut, with a hash kept).
+
+    Rendered as instances render them (label ids to names), so a rule sees
+    what an instance would hold; values that cannot be rendered are ``""``.
+    """
+    from dynogen.instances import render_value
+
+    rows = list(rows)
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names)
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for r in rows:
+        for n in names:
+            text = render_value(r.get(n), n, labels.get(n)) if n in r else ""
+            out[n].append(_compact(text or ""))
+    return out
