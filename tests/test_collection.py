@@ -293,3 +293,13 @@ async def test_an_unfinished_version_refuses_other_prompt_settings(tmp_path: Pat
         assert part.exit_code == EXIT["budget"]
         with pytest.raises(RunDirError, match="version 1 of .* is unfinished"):
             await agrow(coll, priced.with_(max_tasks_per_unit=5), source=units(0, 6))
+
+
+def test_a_hub_grow_lists_only_what_changed_since_the_last_version_started() -> None:
+    from dynogen.store.grow import open_grow_source
+
+    src: Any = open_grow_source(Config(source="hub"), since="2026-01-01T00:00:00Z")
+    assert src.options.modified_since.isoformat() == "2026-01-01T00:00:00+00:00"
+    mine: Any = open_grow_source(Config(source="hub", hub_modified_since="2025-05-01"),
+                                 since="2026-01-01T00:00:00Z")
+    assert mine.options.modified_since.isoformat().startswith("2025-05-01")  # the flag wins
