@@ -5,8 +5,8 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``inspect``; ``dynogen batch status|cancel``
-are ``batch_status`` and ``batch_cancel``.
+``build``, ``collect``, ``export``, ``call``, ``inspect``, ``grow``, ``replay``;
+``dynogen batch status|cancel`` are ``batch_status`` and ``batch_cancel``.
 """
 
 import typing as _typing
@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 # ``dynogen --help`` do not pay for aiohttp, the tokenizer and the engine.
 _LAZY = {
     "EXIT": "dynogen.api", "RunOutcome": "dynogen.api", "arun": "dynogen.api",
+    "agrow": "dynogen.api", "areplay": "dynogen.api", "grow": "dynogen.api",
+    "replay": "dynogen.api",
     "batch_cancel": "dynogen.api", "batch_status": "dynogen.api",
     "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
     "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
@@ -34,6 +36,8 @@ if _typing.TYPE_CHECKING:
     from dynogen.api import (
         EXIT,
         RunOutcome,
+        agrow,
+        areplay,
         arun,
         batch_cancel,
         batch_status,
@@ -42,7 +46,9 @@ if _typing.TYPE_CHECKING:
         collect,
         estimate,
         export,
+        grow,
         inspect,
+        replay,
         run,
     )
     from dynogen.config import Config, Secret, load_config
@@ -91,6 +97,8 @@ __all__ = [
     "Unit",
     "UserError",
     "__version__",
+    "agrow",
+    "areplay",
     "arun",
     "batch_cancel",
     "batch_status",
@@ -99,7 +107,9 @@ __all__ = [
     "collect",
     "estimate",
     "export",
+    "grow",
     "inspect",
     "load_config",
+    "replay",
     "run",
 ]

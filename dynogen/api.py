@@ -25,6 +25,7 @@ import orjson
 
 from dynogen.builder import build_instances
 from dynogen.config import Config
+from dynogen.dedup import DedupSeed
 from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.engine import EngineResult, TaskEngine
 from dynogen.errors import (
@@ -49,8 +50,9 @@ from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
-    "EXIT", "RunOutcome", "arun", "batch_cancel", "batch_status", "build", "call", "collect",
-    "estimate", "exit_code", "export", "inspect", "resolve_price", "run",
+    "EXIT", "RunOutcome", "agrow", "areplay", "arun", "batch_cancel", "batch_status", "build",
+    "call", "collect", "estimate", "exit_code", "export", "grow", "inspect", "replay",
+    "resolve_price", "run",
 ]
 
 EXIT = {"ok": 0, "error": 1, "budget": 3, "fatal": 4, "interrupted": 130}
@@ -129,8 +131,13 @@ async def arun(
     transport: Transport | None = None,
     handle_signals: bool = False,
     build: bool = True,
+    seed: DedupSeed | None = None,
 ) -> RunOutcome:
-    """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``."""
+    """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``.
+
+    ``seed``: task and instance hashes taken before this run (a collection's
+    earlier versions), so what they hold counts as a duplicate here.
+    """
     cfg = cfg.validate()
     t0 = time.perf_counter()
     if cfg.local:
@@ -144,7 +151,7 @@ async def arun(
                                   max_in_flight=min(cfg.max_in_flight or server.n_parallel,
                                                     server.n_parallel))
             return await arun(local_cfg.with_(local=False), source=source, transport=transport,
-                              handle_signals=handle_signals, build=build)
+                              handle_signals=handle_signals, build=build, seed=seed)
     price = resolve_price(cfg)
     check_key(cfg)
     src = source if source is not None else source_for(cfg)
@@ -158,7 +165,7 @@ async def arun(
         plan = gate(plan, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
     try:
         return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
-                                  plan=plan, counted=source is None)
+                                  plan=plan, counted=source is None, seed=seed)
     finally:
         rundir.close()  # the lock: the next writer may start
 
@@ -166,7 +173,7 @@ async def arun(
 async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], price: Price,
                        transport: Transport | None, handle_signals: bool, build: bool,
                        t0: float, *, plan: Iterable[Unit | Skipped] | None,
-                       counted: bool) -> RunOutcome:
+                       counted: bool, seed: DedupSeed | None = None) -> RunOutcome:
     await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
@@ -191,7 +198,8 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
             transport=transport, meter=progress,
         ) as stack:
             engine = TaskEngine(cfg, executor=stack.executor, counter=counter, rundir=rundir,
-                                progress=progress, stats=stats)
+                                progress=progress, stats=stats,
+                                seen=seed.tasks if seed else None)
             try:
                 async with _signals(engine) if handle_signals else contextlib.nullcontext():
                     result = await engine.run(src, plan=plan)
@@ -207,7 +215,8 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
         progress.close()
     if build and result.stop_reason is None:
         try:
-            await asyncio.to_thread(build_instances, cfg, rundir, stats=stats)
+            await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
+                                    seen=seed.instances if seed else None)
         except StorageError as e:
             result.stop_reason, result.error = "fatal", e
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
@@ -349,10 +358,21 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
     return _collect(open_source(source, limit=limit, hub=hub), Path(out), shard_size=shard_size)
 
 
-def export(out: str | Path, *, fmt: str = "parquet", dest: str | Path | None = None) -> Path:
-    """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable."""
+def export(out: str | Path | None = None, *, fmt: str = "parquet",
+           dest: str | Path | None = None, collection: str | Path | None = None) -> Path:
+    """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable.
+
+    With ``collection``: the collection's merged view (every version, superseded
+    tasks left out), also as ``jsonl``.
+    """
+    if collection is not None:
+        from dynogen.store.grow import export_collection
+
+        return export_collection(collection, fmt=fmt, dest=dest)[0]
     from dynogen.exporter import export_instances
 
+    if out is None:
+        raise ConfigError("export needs a run directory (--out) or a --collection")
     rundir = RunDir(out)
     if not rundir.instances.exists():
         raise ConfigError(f"{rundir.path} has no instances.jsonl: run `dynogen run` or "
@@ -375,14 +395,60 @@ def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
 
 
 def estimate(cfg: Config, *, calibration: str | Path | None = None,
-             source: Iterable[Unit | Skipped] | None = None) -> Estimate:
-    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call."""
+             source: Iterable[Unit | Skipped] | None = None,
+             collection: str | Path | None = None) -> Estimate:
+    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call.
+
+    With ``collection``: only the next grow step (its new and changed units).
+    """
+    if collection is not None:
+        from dynogen.store.grow import estimate_next
+
+        return estimate_next(collection, cfg, calibration=calibration, source=source)
     cfg = cfg.validate()
     price = resolve_price(cfg)
     src = source if source is not None else source_for(cfg)
     src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
     return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
+
+
+async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
+    """Add one version to ``collection`` with what is new or changed in ``cfg.source``."""
+    from dynogen.store.grow import agrow as _agrow
+
+    return await _agrow(collection, cfg, **kwargs)
+
+
+def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
+    """Synchronous ``agrow`` (see ``dynogen.store.grow``)."""
+    return asyncio.run(agrow(collection, cfg, **kwargs))
+
+
+async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
+                  ratio: float = 0.1, mixed: str | Path | None = None,
+                  embed: Config | None = None, dims: int = 256, batch: int = 128,
+                  seed: int = 0, per_task: int = 3) -> Any:
+    """Pick ``k`` tasks of a collection's earlier versions to replay beside its newest one.
+
+    ``embed``: the embedding endpoint (``model``, ``base_url``, limits, budget) for
+    the diverse strategies; ``None`` embeds locally (lexical TF-IDF). Returns a
+    ``dynogen.selection.mix.ReplayResult``.
+    """
+    from dynogen.selection.mix import areplay as _areplay
+    from dynogen.selection.mix import open_embedder
+    from dynogen.store.collection import Collection
+
+    coll = Collection(collection).load()
+    async with open_embedder(None if strategy == "random" else embed, coll, dims=dims,
+                             batch=batch) as embedder:
+        return await _areplay(coll.path, k=k, strategy=strategy, out=out, ratio=ratio,
+                              mixed=mixed, embedder=embedder, seed=seed, per_task=per_task)
+
+
+def replay(collection: str | Path, **kwargs: Any) -> Any:
+    """Synchronous ``areplay``."""
+    return asyncio.run(areplay(collection, **kwargs))
 
 
 def call(cfg: Config, requests: str | Path, out: str | Path, *,

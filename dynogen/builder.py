@@ -40,7 +40,7 @@ from dynogen.store.rundir import RunDir
 from dynogen.store.storage import storage_error
 from dynogen.tasks import Task
 
-__all__ = ["build_instances"]
+__all__ = ["build_instances", "instance_dict_hash"]
 
 MIN_ROWS_FOR_DEGENERATE = 5
 
@@ -77,8 +77,12 @@ def _apply(task: Task, rows: list[tuple[str, dict[str, Any]]],
 
 
 def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
-                    opener: Callable[..., Any] = open_rows) -> Stats:
-    """Build every unit not yet built. ``opener`` is ``open_rows`` (injectable for tests)."""
+                    opener: Callable[..., Any] = open_rows, seen: HashSet | None = None) -> Stats:
+    """Build every unit not yet built. ``opener`` is ``open_rows`` (injectable for tests).
+
+    ``seen`` holds instance hashes already taken elsewhere (a collection's earlier
+    versions), so those instances count as duplicates here too.
+    """
     stats = stats or Stats()
     # Only what building needs, and only for units that kept tasks (bounded memory).
     units = {str(r.get("key")): {"data_ref": r.get("data_ref"), "splits": r.get("splits")}
@@ -87,7 +91,7 @@ def build_instances(cfg: Config, rundir: RunDir, *, stats: Stats | None = None,
     for rec in iter_jsonl(rundir.builds):
         stats.add_build(rec)
         done.add(str(rec.get("key")))
-    seen = HashSet()
+    seen = seen if seen is not None else HashSet()
     for rec in iter_jsonl(rundir.instances):
         seen.add(_dict_hash(rec))
     out = JsonlWriter(rundir.instances)
@@ -166,6 +170,11 @@ def _build_unit(cfg: Config, key: str, tasks: list[Task], unit: dict[str, Any], 
     if skipped:
         rec["skipped"] = dict(skipped)
     return rec
+
+
+def instance_dict_hash(d: dict[str, Any]) -> int:
+    """The dedup hash of an ``instances.jsonl`` record (instruction, input, output)."""
+    return _dict_hash(d)
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)

@@ -50,6 +50,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config fi
 ModeOpt = Annotated[str | None, typer.Option(
     "--mode", help="online (rate-limited calls, default) or batch (OpenAI Batch API jobs: "
     "half the price, answers within 24h).")]
+CollectionOpt = Annotated[Path | None, typer.Option(
+    "--collection", help="A collection (see `grow`): estimate its next step, export its merged "
+    "view (every version, superseded tasks left out).")]
 # Data policies (issue #10): the same names as Config fields and TOML keys.
 LicensesOpt = Annotated[str | None, typer.Option(
     "--licenses", help="Licence allow-list: classes (permissive, share-alike, non-commercial, "
@@ -334,6 +337,7 @@ def estimate(
     hub_concurrency: HubConcurrencyOpt = None,
     hub_viewer_url: HubViewerOpt = None,
     config_file: ConfigOpt = None,
+    collection: CollectionOpt = None,
 ) -> None:
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
     import orjson
@@ -347,7 +351,7 @@ def estimate(
                       splits=splits, judge=judge or None, **_hub_flags(
                           hub_search, hub_task_categories, hub_modified_since, hub_datasets,
                           hub_sort, hub_rpm, hub_concurrency, hub_viewer_url))
-        est = api.estimate(cfg, calibration=calibration)
+        est = api.estimate(cfg, calibration=calibration, collection=collection)
     except DynogenError as e:
         _fail(e)
         return
@@ -432,16 +436,134 @@ def serve_local(
 @app.command()
 def export(
     out: OutOpt = Path("runs/latest"),
-    fmt: Annotated[str, typer.Option("--format", help="parquet or datasets.")] = "parquet",
+    fmt: Annotated[str, typer.Option("--format", help="parquet or datasets (or jsonl, with "
+                                     "--collection).")] = "parquet",
     dest: Annotated[Path | None, typer.Option(help="Where to write (default OUT/export).")] = None,
+    collection: CollectionOpt = None,
 ) -> None:
     """Export instances.jsonl to Parquet or a `datasets` folder."""
     try:
-        path = api.export(out, fmt=fmt, dest=dest)
+        path = api.export(out, fmt=fmt, dest=dest, collection=collection)
     except DynogenError as e:
         _fail(e)
         return
     typer.echo(f"exported to {path}")
+
+
+# --- collections: grow (and replay, below) -------------------------------------------------
+@app.command()
+def grow(
+    collection: Annotated[Path, typer.Argument(help="Collection folder (created if new).")],
+    source: SourceOpt = "samples",
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    mode: ModeOpt = None,
+    local: Annotated[bool, typer.Option(
+        "--local", help="Start the bundled llama.cpp server with SmolLM2-135M and use it.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(help="Read at most N units.")] = None,
+    rows_per_split: Annotated[int | None, typer.Option(help="Rows read per split.")] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="Prompt variants: description,no_description (default both).")] = None,
+    max_tasks: Annotated[int | None, typer.Option(
+        "--max-tasks", help="Tasks asked per unit and variant.")] = None,
+    response_format: Annotated[str | None, typer.Option(
+        help="json_schema (default), json_object or none.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        help="Hard budget in dollars for this grow step (across its resumes).")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    price_out: Annotated[float | None, typer.Option(help="$ per 1M output tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free (local models).")] = False,
+    heldout_fraction: Annotated[float | None, typer.Option(
+        help="Fraction of tasks held out (by task, not row).")] = None,
+    judge: Annotated[bool, typer.Option(
+        "--judge", help="One more request per kept task: the model judges whether it is "
+        "valid; invalid tasks are dropped with its reason.")] = False,
+    licenses: LicensesOpt = None,
+    languages: LanguagesOpt = None,
+    splits: SplitsOpt = None,
+    max_share: MaxShareOpt = None,
+    hub_search: HubSearchOpt = None,
+    hub_task_categories: HubTasksOpt = None,
+    hub_modified_since: HubSinceOpt = None,
+    hub_datasets: HubDatasetsOpt = None,
+    hub_sort: HubSortOpt = None,
+    hub_rpm: HubRpmOpt = None,
+    hub_concurrency: HubConcurrencyOpt = None,
+    hub_viewer_url: HubViewerOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Add a version to a collection with only what is new or changed in --source."""
+    try:
+        cfg = _config(
+            config_file, source=source, model=model, base_url=base_url, local=local or None,
+            mode=mode,
+            limit=limit, rows_per_split=rows_per_split, variants=variants,
+            max_tasks_per_unit=max_tasks, response_format=response_format, rpm=rpm, tpm=tpm,
+            max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
+            price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
+            judge=judge or None, quiet=quiet or None, licenses=licenses, languages=languages,
+            splits=splits, max_share=max_share, **_hub_flags(
+                hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
+                hub_rpm, hub_concurrency, hub_viewer_url),
+        )
+        outcome = api.grow(collection, cfg, handle_signals=True)
+    except DynogenError as e:
+        _fail(e)
+        return
+    typer.echo(outcome.message, err=outcome.exit_code != 0)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def replay(
+    collection: Annotated[Path, typer.Argument(help="A collection with two versions or more.")],
+    k: Annotated[int, typer.Option("--k", help="Tasks to pick from the earlier versions.")],
+    out: Annotated[Path, typer.Option("--out", help="Chosen tasks (JSONL: rank, task_id, "
+                                      "instruction, dataset, config, version).")],
+    strategy: Annotated[str, typer.Option(
+        help="diverse-instruction, diverse-data or random.")] = "diverse-instruction",
+    ratio: Annotated[float, typer.Option(
+        help="Replayed instances per instance of the newest version.")] = 0.1,
+    mixed_out: Annotated[Path | None, typer.Option(
+        help="Mixed training file (default: OUT's name + '-mixed.jsonl').")] = None,
+    embed_model: Annotated[str | None, typer.Option(
+        help="Embedding model at --base-url's /embeddings (default: local lexical TF-IDF, "
+        "no model).")] = None,
+    base_url: BaseUrlOpt = None,
+    embed_dims: Annotated[int, typer.Option(help="Vector size kept per text.")] = 256,
+    embed_batch: Annotated[int, typer.Option(help="Texts per embeddings request.")] = 128,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Hard budget for embeddings.")] = None,
+    price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
+    free: Annotated[bool, typer.Option(help="Declare the server free.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Pick tasks from a collection's earlier versions to replay beside its newest one."""
+    try:
+        embed = None
+        if embed_model is not None:
+            embed = _config(config_file, model=embed_model, base_url=base_url, rpm=rpm, tpm=tpm,
+                            max_in_flight=max_in_flight, budget_usd=budget_usd,
+                            price_in=price_in, price_out=0.0 if price_in is not None else None,
+                            free=free or None, quiet=True)
+        res = api.replay(collection, k=k, strategy=strategy, out=out, ratio=ratio,
+                         mixed=mixed_out, embed=embed, dims=embed_dims, batch=embed_batch,
+                         seed=seed)
+    except DynogenError as e:
+        _fail(e)
+        return
+    cos = f", mean cosine {res.mean_cosine}" if res.mean_cosine is not None else ""
+    typer.echo(f"replay: {len(res.chosen)} of {res.pool} earlier tasks ({res.strategy}{cos}) "
+               f"-> {res.out}; mixed file {res.mixed}: {res.new_instances} new + "
+               f"{res.replayed_instances} replayed instances")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,10 +18,11 @@ import re
 import sys
 from array import array
 from bisect import bisect_left
+from dataclasses import dataclass, field
 
 import xxhash
 
-__all__ = ["HashSet", "normalize_text", "text_hash"]
+__all__ = ["DedupSeed", "HashSet", "normalize_text", "text_hash"]
 
 _PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
 _WS = re.compile(r"\s+", re.UNICODE)
@@ -86,3 +87,15 @@ class HashSet:
         """Approximate memory held, for the report's bytes-per-million-hashes figure."""
         runs = sum(r.buffer_info()[1] * r.itemsize for r in self._runs)
         return runs + sys.getsizeof(self._buf) + 32 * len(self._buf)
+
+
+@dataclass(slots=True)
+class DedupSeed:
+    """Hashes a run starts with: task signatures (``validate.task_signature``) and instances.
+
+    A collection's grow step seeds its run with everything the collection's
+    earlier versions hold, so a task or instance is kept once collection-wide.
+    """
+
+    tasks: HashSet = field(default_factory=HashSet)
+    instances: HashSet = field(default_factory=HashSet)

@@ -135,6 +135,7 @@ class TaskEngine:
         rundir: RunDir,
         progress: Progress | None = None,
         stats: Stats | None = None,
+        seen: HashSet | None = None,
     ) -> None:
         self.cfg = config
         self.executor = executor
@@ -143,7 +144,8 @@ class TaskEngine:
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
-        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction,
+        # ``seen``: instruction hashes already taken (a collection's earlier versions).
+        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction, seen=seen,
                                  sample_path=rundir.path / "dropped_tasks.jsonl")
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)

@@ -254,6 +254,51 @@ class FakeOpenAI:
             reply.delay += self.latency.sample(self.rng, reply.tokens[1])
         return reply
 
+    def embed_reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
+        """Decide the answer to one ``POST /v1/embeddings``: hashed bag-of-words vectors.
+
+        Texts sharing words get similar vectors, so selection by diversity can be
+        tested; ``dimensions`` in the body sets the size (default 64). Counted,
+        recorded and rate-limited like chat requests; the answer queue is not used.
+        """
+        self.stats.requests += 1
+        self._seq += 1
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if self.keep_history:
+            self.history.append(Recorded(body if body is not None else raw.decode(
+                "utf-8", "replace"), {k.lower(): v for k, v in headers.items()}))
+        if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
+            return error_reply(401, "Incorrect API key provided.", "invalid_request_error",
+                               "invalid_api_key")
+        texts = body.get("input") if isinstance(body, dict) else None
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return error_reply(400, "'input' must be a string or a non-empty list of strings.",
+                               "invalid_request_error", "invalid_value", "input")
+        assert isinstance(body, dict)
+        dims = body.get("dimensions", 64)
+        if not isinstance(dims, int) or dims < 1:
+            return error_reply(400, f"Invalid 'dimensions': {dims!r}.", "invalid_request_error",
+                               "invalid_value", "dimensions")
+        tokens = sum(len(t) // 4 + 1 for t in texts)
+        now = self.clock()
+        out_headers = {"content-type": _JSON, "x-request-id": f"req_{self._seq:024x}",
+                       **self.limiter.headers(now)}
+        refusal = self.limiter.admit(tokens=tokens, now=now)
+        if refusal is not None:
+            if refusal.wait > 0:
+                out_headers["retry-after"] = str(max(1, math.ceil(refusal.wait)))
+            return Reply(429, refusal.body, out_headers, limited=refusal.kind)
+        data = [{"object": "embedding", "index": i, "embedding": _bag_vector(t, dims)}
+                for i, t in enumerate(texts)]
+        doc = {"object": "list", "data": data, "model": body.get("model", self.model),
+               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return Reply(200, orjson.dumps(doc), out_headers, tokens=(tokens, 0))
+
     def _render(self, answer: Answer | None, body: dict[str, Any], raw: bytes, prompt_tokens: int,
                 max_tokens: int, headers: dict[str, str], cached: int = 0) -> Reply:
         if isinstance(answer, Fault):
@@ -288,6 +333,15 @@ class FakeOpenAI:
         self.stats.record(self.clock(), reply.status, reply.tokens, reply.fault, reply.limited)
 
 
+def _bag_vector(text: str, dims: int) -> list[float]:
+    vec = [0.0] * dims
+    for word in text.casefold().split():
+        h = xxhash.xxh3_64_intdigest(word.strip(".,;:!?").encode("utf-8", "surrogatepass"))
+        vec[h % dims] += 1.0 if h >> 63 else -1.0
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [round(v / norm, 6) for v in vec]
+
+
 def _encoding_of(model: str) -> str:
     """The model's encoding from dynogen's price table (o200k_base if unknown)."""
     from dynogen.prices import PriceTable
@@ -299,8 +353,8 @@ def _encoding_of(model: str) -> str:
 # ---- the aiohttp app --------------------------------------------------------------------------
 
 def make_app(fake: FakeOpenAI) -> web.Application:
-    """Routes: chat completions, health, models, stats, two admin endpoints, and the Batch API
-    (files and batches, see ``fake_batches``)."""
+    """Routes: chat completions, embeddings, health, models, stats, two admin endpoints, and
+    the Batch API (files and batches, see ``fake_batches``)."""
     closing = asyncio.Event()
 
     async def pause(seconds: float) -> None:
@@ -321,6 +375,11 @@ def make_app(fake: FakeOpenAI) -> web.Application:
         if reply.action != "answer":
             _reset(request)
             return web.Response(status=499)  # never written: the connection is gone
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    async def embeddings(request: web.Request) -> web.StreamResponse:
+        reply = fake.embed_reply(await request.read(), request.headers)
+        fake.finished(reply)
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
     async def health(request: web.Request) -> web.Response:
@@ -352,6 +411,7 @@ def make_app(fake: FakeOpenAI) -> web.Application:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/stats", stats)

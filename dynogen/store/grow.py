@@ -1,0 +1,207 @@
+"""Growing a collection by one version, pricing the next step, exporting the merged view.
+
+A grow step is a run: ``api.arun`` with the version directory as ``out``, the
+collection's request cache as ``cache_path``, the version's plan as the
+source and the collection's dedup state as the seed. So it resumes after a
+kill (a version still ``running`` in ``collection.json`` is resumed, never
+started twice), honours ``--budget-usd`` (per version, across its resumes),
+uses the shared cache (units already answered cost nothing) and runs in
+whatever mode the config names.
+
+>>> outcome = await agrow("data/coll", Config(source="metadata/", model="gpt-4o-mini"))
+>>> outcome.extra["version"], outcome.extra["plan"]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dynogen.config import Config
+from dynogen.errors import ConfigError, RunDirError
+from dynogen.io.shards import JsonlSource
+from dynogen.io.sources import Source, open_source
+from dynogen.prompts import PromptBuilder
+from dynogen.store.collection import PLAN, Collection, Plan
+from dynogen.tokens import TokenCounter
+from dynogen.units import Skipped, Unit
+
+if TYPE_CHECKING:
+    from dynogen.api import RunOutcome
+    from dynogen.dryrun import Estimate
+    from dynogen.execute.transport import Transport
+
+__all__ = ["EXPORT_FORMATS", "agrow", "estimate_next", "export_collection", "open_grow_source"]
+
+EXPORT_FORMATS = ("jsonl", "parquet", "datasets")
+
+
+def open_grow_source(cfg: Config, *, since: str | None) -> Source:
+    """The source a grow step reads: ``cfg``'s, with a Hub listing starting at ``since``.
+
+    ``since`` is when the newest complete version started reading (ISO 8601 UTC),
+    so a dataset modified while that version ran is listed again. An explicit
+    ``hub_modified_since`` wins. This is the one place grow talks to the Hub
+    source's options (``Config.hub_modified_since``, ``sources.source_for``);
+    with neither present it reads the whole listing, and the fingerprints still
+    keep unchanged datasets from being sent.
+    """
+    from dynogen.io import sources
+
+    if cfg.source == "hub" and since is not None and hasattr(cfg, "hub_modified_since") \
+            and not cfg.hub_modified_since:
+        cfg = cfg.with_(hub_modified_since=since)
+    source_for = getattr(sources, "source_for", None)
+    if source_for is not None:
+        src: Source = source_for(cfg)
+        return src
+    return open_source(cfg.source, limit=cfg.limit)
+
+
+def _prompts(cfg: Config) -> PromptBuilder:
+    from dynogen.api import resolve_price
+
+    price = resolve_price(cfg)
+    return PromptBuilder(cfg, TokenCounter(price.encoding or cfg.encoding))
+
+
+def _source_name(cfg: Config) -> str:
+    if cfg.source in ("hub", "samples"):
+        return cfg.source
+    return str(Path(cfg.source).expanduser().resolve())
+
+
+async def agrow(
+    collection: str | Path,
+    cfg: Config,
+    *,
+    source: Iterable[Unit | Skipped] | None = None,
+    transport: Transport | None = None,
+    handle_signals: bool = False,
+) -> RunOutcome:
+    """Add one version holding what is new or changed in ``cfg.source`` (or ``source``)."""
+    from dynogen.api import EXIT, RunOutcome, arun
+
+    cfg = cfg.validate()
+    coll = Collection(collection).create()
+    with coll.locked():
+        coll.load()
+        entry = coll.running_version()
+        resumed = entry is not None
+        if entry is None:
+            src = source if source is not None else open_grow_source(
+                cfg, since=coll.last_started())
+            plan, staging = coll.stage(src, _prompts(cfg))
+            if plan.items == 0:
+                staging_rmtree(staging)
+                last = coll.complete_versions()
+                where = f"version {last[-1]['version']}" if last else "an empty collection"
+                msg = (f"nothing new: {plan.unchanged} units unchanged since {where}; no "
+                       f"requests sent, no version written ({coll.path})")
+                return RunOutcome(EXIT["ok"], coll.path, {}, msg,
+                                  extra={"version": None, "plan": plan.to_dict()})
+            entry = coll.begin(staging, plan, _source_name(cfg), cfg.public_dict(),
+                               listed_since=coll.last_started() if cfg.source == "hub" else None)
+        vdir = coll.version_dir(entry)
+        seed = coll.seed(coll.changed_keys(entry))
+        run_cfg = cfg.with_(out=str(vdir), cache_path=str(coll.cache), source=str(vdir / PLAN),
+                            limit=None)
+        try:
+            outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
+                                 handle_signals=handle_signals, seed=seed)
+        except RunDirError as e:
+            if not resumed:
+                raise
+            raise RunDirError(
+                f"version {entry['version']} of {coll.path} is unfinished and was started with "
+                f"other prompt settings ({e}). Grow with the settings it began with (see "
+                f"{vdir / 'manifest.json'}) to finish it first") from None
+        number = int(entry["version"])
+        outcome.extra.update(version=number, plan=dict(entry.get("units") or {}),
+                             resumed=resumed)
+        if outcome.exit_code != EXIT["ok"]:
+            outcome.message = f"version {number} unfinished: {outcome.message}"
+            return outcome
+        entry = coll.complete(entry, outcome.report)
+        p = entry["units"]
+        outcome.message = (
+            f"version {number}{' (resumed)' if resumed else ''}: {p['new']} new and "
+            f"{p['changed']} changed units ({p['unchanged']} unchanged); {entry['tasks']} tasks "
+            f"kept, {len(entry['supersedes'])} older tasks superseded, {entry['instances']} "
+            f"instances; ${entry['cost_usd']:.4f} spent, {entry['requests_paid']} requests paid. "
+            f"Collection: {coll.data['totals']['tasks']} live tasks in "
+            f"{coll.data['totals']['versions']} versions ({coll.path})")
+        outcome.out = coll.path
+        return outcome
+
+
+def staging_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped]:
+    """A running version's planned items not yet committed (what resuming it would send)."""
+    from dynogen.store.journal import iter_jsonl
+
+    vdir = coll.version_dir(entry)
+    done = {str(r.get("key")) for r in iter_jsonl(vdir / "units.jsonl")
+            if r.get("status") in ("done", "skipped")}
+    for item in JsonlSource(vdir / PLAN):
+        if item.key not in done:
+            yield item
+
+
+def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Path | None = None,
+                  source: Iterable[Unit | Skipped] | None = None) -> Estimate:
+    """Price the next grow step only: its new and changed units (or a running version's rest)."""
+    from dynogen.api import estimate
+
+    coll = Collection(collection)
+    if coll.exists():
+        coll.load()
+        entry = coll.running_version()
+        if entry is not None:
+            return estimate(cfg, calibration=calibration, source=_pending(coll, entry))
+    else:
+        coll.data = {"versions": []}
+    src = source if source is not None else open_grow_source(cfg, since=coll.last_started())
+    cfg = cfg.validate()
+    plan = Plan()
+    selected = (item for item, _fp, _kind in coll.select(src, _prompts(cfg), plan))
+    return estimate(cfg, calibration=calibration, source=selected)
+
+
+def export_collection(collection: str | Path, *, fmt: str = "jsonl",
+                      dest: str | Path | None = None) -> tuple[Path, int]:
+    """The merged view (every version, superseded tasks left out) as JSONL, Parquet or
+    a ``datasets`` folder; returns the path and the number of instances."""
+    from dynogen.exporter import export_instances
+
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    coll = Collection(collection).load()
+    default = {"jsonl": "instances.jsonl", "parquet": "instances.parquet", "datasets": "dataset"}
+    target = Path(dest) if dest else coll.path / "export" / default[fmt]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".merged-", suffix=".jsonl", dir=target.parent)
+    tmp = Path(tmp_name)
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for rec in coll.iter_instances():
+                fh.write(orjson.dumps(rec) + b"\n")
+                n += 1
+        if fmt == "jsonl":
+            os.replace(tmp, target)
+        else:
+            export_instances(tmp, target, fmt, overwrite=True)  # type: ignore[arg-type]
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target, n
