@@ -19,7 +19,10 @@ from dynogen.units import Skipped, SkipReason, Unit
 HF = Path(__file__).parent / "fixtures" / "hf"
 REAL = HF / "2022"
 MODERN = HF / "modern"
-CORPUS = Path("/work/shared/hf-metadata-2022/datasets")
+# The reference corpus lies in shared/ beside the checkout (CI lays a copy there).
+CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared/hf-metadata-2022/datasets",
+                           Path("/work/shared/hf-metadata-2022/datasets")) if p.is_dir()),
+              Path("/work/shared/hf-metadata-2022/datasets"))
 
 
 def items(root: Path | str) -> list[Unit | Skipped]:
