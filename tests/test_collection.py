@@ -303,3 +303,30 @@ def test_a_hub_grow_lists_only_what_changed_since_the_last_version_started() -> 
     mine: Any = open_grow_source(Config(source="hub", hub_modified_since="2025-05-01"),
                                  since="2026-01-01T00:00:00Z")
     assert mine.options.modified_since.isoformat().startswith("2025-05-01")  # the flag wins
+
+
+async def test_grow_in_batch_mode_matches_online_growth(tmp_path: Path) -> None:
+    # A grow step is a run: in batch mode it submits Batch API jobs for the new units
+    # alone, and the collection it grows is the one online growth writes.
+    from dynogen.testing.fake_batches import FakeBatches
+
+    fake = FakeOpenAI()
+    batches = FakeBatches(fake, validating=0.01, in_progress=0.05, finalizing=0.01)
+    async with serve(fake) as server:
+        online = cfg(server.url)
+        batch = online.with_(mode="batch", poll_seconds=0.05, batch_max_requests=4)
+        for c, where in ((online, "online"), (batch, "batch")):
+            first = await agrow(tmp_path / where, c, source=units(0, 4))
+            assert first.exit_code == 0, first.message
+        # Each collection has its own cache: the batch one submitted all 4 units x 2 variants.
+        assert batches.counts()["lines_processed"] == 4 * 2
+        for c, where in ((online, "online"), (batch, "batch")):
+            second = await agrow(tmp_path / where, c, source=units(0, 7))
+            assert second.exit_code == 0, second.message
+    # The second step submitted the 3 new units alone, each request once.
+    assert batches.counts()["lines_processed"] == 4 * 2 + 3 * 2
+    assert batches.counts()["max_processed_per_custom_id"] == 1
+    merged = {where: [t["id"] for t in Collection(tmp_path / where).load().iter_tasks()]
+              for where in ("online", "batch")}
+    assert merged["batch"] == merged["online"] != []
+    assert [v["version"] for v in manifest(tmp_path / "batch")["versions"]] == [1, 2]
