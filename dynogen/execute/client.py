@@ -102,19 +102,8 @@ def parse_answer(resp: RawResponse, endpoint: str = "/chat/completions") -> Comp
     return parse_completion(resp)
 
 
-def parse_embeddings(resp: RawResponse) -> Completion:
-    try:
-        obj = orjson.loads(resp.body)
-    except orjson.JSONDecodeError:
-        raise InvalidResponseError("the server's answer is not JSON", kind="body_not_json",
-                                   status=resp.status) from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("data"), list):
-        raise InvalidResponseError("the answer has no data list", kind="wrong_shape")
-    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
-    return Completion(None, "stop", usage, resp.headers, resp.body)
-
-
-def parse_completion(resp: RawResponse) -> Completion:
+def _json_object(resp: RawResponse) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The answer's JSON object and its ``usage`` (if any); garbled bodies are retryable."""
     try:
         obj = orjson.loads(resp.body)
     except orjson.JSONDecodeError:
@@ -122,7 +111,18 @@ def parse_completion(resp: RawResponse) -> Completion:
                                    status=resp.status) from None
     if not isinstance(obj, dict):
         raise InvalidResponseError("the answer is JSON but not an object", kind="wrong_shape")
-    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    return obj, obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+
+
+def parse_embeddings(resp: RawResponse) -> Completion:
+    obj, usage = _json_object(resp)
+    if not isinstance(obj.get("data"), list):
+        raise InvalidResponseError("the answer has no data list", kind="wrong_shape", usage=usage)
+    return Completion(None, "stop", usage, resp.headers, resp.body)
+
+
+def parse_completion(resp: RawResponse) -> Completion:
+    obj, usage = _json_object(resp)
     choices = obj.get("choices")
     if not isinstance(choices, list):
         raise InvalidResponseError("the answer has no choices list", kind="wrong_shape",
