@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared/hf-metadata-2022/datasets"))
     ap.add_argument("--tasks", help="judge this tasks.jsonl instead of running")
     ap.add_argument("--out", help="keep the run directory here (default: a temporary one)")
+    ap.add_argument("--judge", action="store_true",
+                    help="also ask the model to judge each kept task (dynogen run --judge)")
     ap.add_argument("--request-timeout", type=float, default=120.0,
                     help="seconds; raise it on a loaded machine, where answers queue in llama.cpp")
     args = ap.parse_args()
@@ -83,10 +85,12 @@ def main() -> None:
         tmp = args.out or scratch
         t0 = time.perf_counter()
         cfg = Config(out=tmp, local=True, quiet=True, licenses="any", languages="any",
-                     splits="all", request_timeout=args.request_timeout)
+                     splits="all", request_timeout=args.request_timeout, judge=args.judge)
         outcome = asyncio.run(arun(cfg, source=units, build=False))
         wall = time.perf_counter() - t0
         tasks = list(iter_jsonl(Path(tmp) / "tasks.jsonl"))
+        judged = [i for r in iter_jsonl(Path(tmp) / "units.jsonl")
+                  for i in r.get("judge_invalid", [])]
     rep = outcome.report
     invalid = sum(rep["responses_invalid_by_reason"].values())
     bad_fields = sum(
@@ -114,7 +118,10 @@ def main() -> None:
         "wall_seconds": round(wall, 1),
         "exit_code": outcome.exit_code,
     }
-    out = ROOT / "bench" / "results" / "local_quality.json"
+    if args.judge:
+        result["judge_invalid"] = judged
+    name = "local_quality_judge.json" if args.judge else "local_quality.json"
+    out = ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
