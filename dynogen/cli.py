@@ -486,6 +486,12 @@ def grow(
     languages: LanguagesOpt = None,
     splits: SplitsOpt = None,
     max_share: MaxShareOpt = None,
+    poll_seconds: PollOpt = None, batch_rounds: RoundsOpt = None,
+    batch_max_requests: FileReqOpt = None, batch_enqueued_tokens: EnqueuedOpt = None,
+    batch_price_in: BatchInOpt = None, batch_price_out: BatchOutOpt = None,
+    durability: Annotated[str | None, typer.Option(
+        help="batched (default: synced about once a second) or always (every commit synced).")
+    ] = None,
     hub_search: HubSearchOpt = None,
     hub_task_categories: HubTasksOpt = None,
     hub_modified_since: HubSinceOpt = None,
@@ -507,9 +513,11 @@ def grow(
             max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
             price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
             judge=judge or None, quiet=quiet or None, licenses=licenses, languages=languages,
-            splits=splits, max_share=max_share, **_hub_flags(
+            splits=splits, max_share=max_share, durability=durability, **_hub_flags(
                 hub_search, hub_task_categories, hub_modified_since, hub_datasets, hub_sort,
                 hub_rpm, hub_concurrency, hub_viewer_url),
+            **_batch_flags(poll_seconds, batch_rounds, batch_max_requests,
+                           batch_enqueued_tokens, batch_price_in, batch_price_out),
         )
         outcome = api.grow(collection, cfg, handle_signals=True)
     except DynogenError as e:

@@ -330,3 +330,18 @@ async def test_grow_in_batch_mode_matches_online_growth(tmp_path: Path) -> None:
               for where in ("online", "batch")}
     assert merged["batch"] == merged["online"] != []
     assert [v["version"] for v in manifest(tmp_path / "batch")["versions"]] == [1, 2]
+
+
+def test_cli_grow_takes_the_run_and_batch_settings(tmp_path: Path) -> None:
+    # grow is a run: the settings that shape a run's storage and batches reach its Config.
+    from typer.testing import CliRunner
+
+    from dynogen.cli import app
+
+    runner = CliRunner()
+    coll = str(tmp_path / "coll")
+    bad = runner.invoke(app, ["grow", coll, "--durability", "never"])
+    assert bad.exit_code == 1 and "--durability must be one of" in bad.output
+    rounds = runner.invoke(app, ["grow", coll, "--mode", "batch", "--batch-rounds", "-1"])
+    assert rounds.exit_code == 1 and "batch" in rounds.output.lower()
+    assert not (tmp_path / "coll" / "versions").exists()
