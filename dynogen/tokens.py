@@ -53,6 +53,8 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, Protocol
 
+import orjson
+
 from dynogen.errors import ConfigError
 
 __all__ = [
@@ -84,6 +86,10 @@ RESPONSE_FORMAT_OVERHEAD = 16
 # encode that yields more than 200,000 tokens. Pieces of at most this many
 # characters give at most 4 tokens per character, under both limits.
 _PIECE_CHARS = 40_000
+# Texts this long or longer have their counts remembered (see TokenCounter.count);
+# shorter ones cost less to count than to look up.
+_MEMO_MIN_CHARS = 256
+_MEMO_ENTRIES = 65_536
 
 
 # Bytes of the longest token of each encoding (both 128; checked against the
@@ -260,7 +266,7 @@ class TokenCounter:
     ordinary text, as the API treats message content.
     """
 
-    __slots__ = ("encoding", "_enc", "_per_message", "_per_name")
+    __slots__ = ("encoding", "_enc", "_per_message", "_per_name", "_memo")
 
     def __init__(
         self,
@@ -273,6 +279,9 @@ class TokenCounter:
         self._enc: _Encoder | None = None  # loaded at the first count: a light start
         self._per_message = tokens_per_message
         self._per_name = tokens_per_name
+        # Chat requests repeat most of their text (system prompt, few-shot turns):
+        # counts of long texts are remembered by (length, hash), no text kept.
+        self._memo: dict[tuple[int, int], int] = {}
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.encoding!r})"
@@ -295,8 +304,22 @@ class TokenCounter:
         return out
 
     def count(self, text: str) -> int:
-        if not text:
-            return 0
+        n = len(text)
+        if n < _MEMO_MIN_CHARS:
+            return self._count(text) if text else 0
+        key = (n, hash(text))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._remember(key, self._count(text))
+        return hit
+
+    def _remember(self, key: tuple[int, int], n: int) -> int:
+        if len(self._memo) >= _MEMO_ENTRIES:
+            self._memo.clear()  # bounded; repeated texts come back at once
+        self._memo[key] = n
+        return n
+
+    def _count(self, text: str) -> int:
         text = _clean(text)
         enc = self._enc or self.enc
         if len(text) <= _PIECE_CHARS:
@@ -329,8 +352,18 @@ class TokenCounter:
         """
         if not response_format or response_format.get("type") != "json_schema":
             return 0
-        body = json.dumps(response_format.get("json_schema", {}), ensure_ascii=False)
-        return self.count(body) + RESPONSE_FORMAT_OVERHEAD
+        schema = response_format.get("json_schema", {})
+        try:  # a quick key: json.dumps is ten times slower than orjson
+            raw = orjson.dumps(schema)
+        except TypeError:
+            raw = None
+        key = (-len(raw), hash(raw)) if raw is not None else None
+        hit = self._memo.get(key) if key is not None else None
+        if hit is None:
+            hit = self.count(json.dumps(schema, ensure_ascii=False)) + RESPONSE_FORMAT_OVERHEAD
+            if key is not None:
+                self._remember(key, hit)
+        return hit
 
     def count_messages(
         self,

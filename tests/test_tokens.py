@@ -115,6 +115,32 @@ def test_response_format_estimate() -> None:
     assert O200K.count_response_format(None) == 0
 
 
+def test_remembered_counts_are_the_counts_of_each_text() -> None:
+    """Long texts' counts are remembered (requests repeat their system prompt and
+    few-shot turns); texts of equal length must still be counted apart, and the
+    memory stays bounded."""
+    import dynogen.tokens as tokens
+
+    fresh = TokenCounter("o200k_base")
+    rng = random.Random(3)
+    texts = ["".join(rng.choice(string.ascii_letters + " .,") for _ in range(400))
+             for _ in range(50)]
+    texts += ["a" * 400, "a " * 200, "ab" * 200]  # same length, very different counts
+    expect = [len(fresh.encode(t)) for t in texts]
+    assert len(set(expect[-3:])) == 3
+    for _ in range(3):
+        assert [fresh.count(t) for t in texts] == expect
+    # Schemas of the same size but different content count apart too.
+    a = {"type": "json_schema", "json_schema": {"name": "x" * 300, "v": 1}}
+    b = {"type": "json_schema", "json_schema": {"name": "x " * 150, "v": 1}}
+    assert fresh.count_response_format(a) != fresh.count_response_format(b)
+    assert fresh.count_response_format(a) == (
+        fresh.count(json.dumps(a["json_schema"])) + RESPONSE_FORMAT_OVERHEAD)
+    for i in range(tokens._MEMO_ENTRIES + 10):
+        fresh._remember((i, i), 1)
+    assert len(fresh._memo) <= tokens._MEMO_ENTRIES
+
+
 def test_unknown_encoding_lists_known_ones() -> None:
     with pytest.raises(ConfigError) as ei:
         TokenCounter("p50k_base")
