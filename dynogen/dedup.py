@@ -24,12 +24,16 @@ import xxhash
 
 __all__ = ["DedupSeed", "HashSet", "normalize_text", "text_hash"]
 
-_PUNCT = re.compile(r"[^\w\s]+", re.UNICODE)
-_WS = re.compile(r"\s+", re.UNICODE)
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 
 
 def normalize_text(text: str) -> str:
-    return _WS.sub(" ", _PUNCT.sub(" ", text.casefold())).strip()
+    """Casefolded, punctuation as spaces, whitespace runs as one space, stripped.
+
+    ``str.split()`` splits on exactly the characters ``\\s`` matches (tested over
+    every code point), in C: half the time of a second regex pass.
+    """
+    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
 
 
 def text_hash(text: str) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "IMBALANCE",
     "MAX_SUFFIX_LABELS",
     "TaskRule",
+    "UnitText",
     "answer_options",
     "is_label_like",
     "row_facts",
@@ -123,45 +124,152 @@ def _words(text: str) -> list[str]:
 
 
 def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return set(zip(*(words[i:] for i in range(n)), strict=False))
 
 
 @cache
-def _fewshot() -> tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]:
+def _fewshot() -> tuple[tuple[str, frozenset[str], frozenset[tuple[str, ...]]], ...]:
+    """The few-shot tasks: normalized instruction, fields and 4-grams (computed once)."""
     raw = resources.files("dynogen").joinpath("data/fewshot.json").read_bytes()
     out = []
     for ex in orjson.loads(raw)["examples"]:
         for t in ex["tasks"]:
             fields = frozenset([*t["input_fields"], t["output_field"]])
-            out.append((normalize_text(t["instruction"]), fields, tuple(_words(t["instruction"]))))
+            out.append((normalize_text(t["instruction"]), fields,
+                        frozenset(_grams(_words(t["instruction"]), 4))))
     return tuple(out)
 
+
+def _copies_fewshot(norm: str, words: list[str], fields: frozenset[str]) -> bool:
+    """A few-shot example's instruction, nearly verbatim (most of both texts' 4-grams
+    shared), on fields other than that example's."""
+    g4: set[tuple[str, ...]] | None = None
+    for text, ex_fields, ex4 in _fewshot():
+        if ex_fields == fields:
+            continue
+        if norm == text:
+            return True
+        # Sharing 60 % of the larger set needs at least that many 4-grams.
+        if len(words) - 3 < 0.6 * len(ex4):
+            continue
+        if g4 is None:
+            g4 = _grams(words, 4)
+        if g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4)):
+            return True
+    return False
 
 def _values(v: Any) -> str:
     return v if isinstance(v, str) else ""
 
 
+_VIEW_KEY = "_unit_text"  # in Unit.extra (not serialized)
+
+
+class UnitText:
+    """What the text rules compare instructions against, for one unit.
+
+    A unit's several tasks are checked against the same description, labels
+    and sample values: this holds them normalized and cut into n-grams once per
+    unit (each part on first use), not once per task.
+    """
+
+    __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5")
+
+    def __init__(self, unit: Unit, facts: Facts | None) -> None:
+        self._unit = unit
+        self._facts = facts
+        self._desc: str | None = None
+        self._values: set[str] | None = None
+        self._labels: set[str] | None = None
+        self._label_words: set[str] | None = None
+        self._value5: list[set[tuple[str, ...]]] | None = None
+
+    @classmethod
+    def of(cls, unit: Unit) -> UnitText:
+        """The unit's view, made once and kept with the unit (its variants share it)."""
+        view = unit.extra.get(_VIEW_KEY)
+        facts = unit.extra.get("facts")
+        if not isinstance(view, UnitText) or view._facts is not facts:
+            view = unit.extra[_VIEW_KEY] = cls(unit, facts)
+        return view
+
+    def copies_description(self, words: list[str]) -> bool:
+        """Whether most (half or more) of the word 6-grams of ``words`` appear in the
+        description (case and punctuation aside).
+
+        Substring tests on the description's words, padded, rather than a set of
+        every 6-gram of what can be a long card; stops as soon as the answer is known.
+        """
+        grams = _grams(words, 6)
+        if not grams or not self._unit.description:
+            return False
+        desc = self._desc
+        if desc is None:
+            desc = self._desc = " " + " ".join(_words(self._unit.description)) + " "
+        need = max(1, len(grams) // 2)
+        spare = len(grams) - need  # misses allowed before the answer is no
+        for g in grams:
+            if " " + " ".join(g) + " " in desc:
+                need -= 1
+                if not need:
+                    return True
+            else:
+                spare -= 1
+                if spare < 0:
+                    return False
+        return False
+
+    @property
+    def labels(self) -> set[str]:
+        if self._labels is None:
+            self._labels = {normalize_text(x) for f in self._unit.fields for x in f.labels}
+        return self._labels
+
+    @property
+    def values(self) -> set[str]:
+        """Normalized card sample values and sampled row values (20 a field), no empties."""
+        if self._values is None:
+            values: set[str] = set()
+            for s in self._unit.samples:
+                values.update(normalize_text(_values(v)) for v in s.values())
+            for vs in (self._facts or {}).values():
+                values.update(normalize_text(v) for v in vs[:20])
+            values.discard("")
+            self._values = values
+        return self._values
+
+    @property
+    def label_words(self) -> set[str]:
+        """Words of label names and of short values (columns that hold labels)."""
+        if self._label_words is None:
+            short = {v for v in self.values if len(v.split()) <= 3}
+            self._label_words = {w for lab in self.labels | short for w in lab.split()}
+        return self._label_words
+
+    @property
+    def value_5grams(self) -> list[set[tuple[str, ...]]]:
+        if self._value5 is None:
+            self._value5 = [g for g in (_grams(v.split(), 5) for v in self.values) if g]
+        return self._value5
+
+
 def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field,
-              facts: Facts | None) -> str | None:
-    """The first text rule ``instruction`` fails, or ``None``."""
+              facts: Facts | None, view: UnitText | None = None) -> str | None:
+    """The first text rule ``instruction`` fails, or ``None``.
+
+    ``view``: the unit's ``UnitText``, shared by all its tasks (built here if not given).
+    """
+    if view is None:
+        view = UnitText(unit, facts)
     words = _words(instruction)
     if _DATASET_PROSE.match(instruction.strip()):
         return TaskRule.COPIES_DESCRIPTION
-    g6 = _grams(words, 6)
-    if g6 and unit.description:
-        shared = g6 & _grams(_words(unit.description), 6)
-        if len(shared) >= max(1, len(g6) // 2):
-            return TaskRule.COPIES_DESCRIPTION
+    if view.copies_description(words):
+        return TaskRule.COPIES_DESCRIPTION
     norm = normalize_text(instruction)
-    fields = frozenset([*inputs, output.name])
-    g4 = _grams(words, 4)
-    for text, ex_fields, ex_words in _fewshot():
-        if ex_fields == fields:
-            continue
-        ex4 = _grams(ex_words, 4)  # nearly verbatim: most of both texts' 4-grams shared
-        if norm == text or (g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4))):
-            return TaskRule.COPIES_FEWSHOT
-    if _copies_values(norm, words, unit, facts):
+    if _copies_fewshot(norm, words, frozenset([*inputs, output.name])):
+        return TaskRule.COPIES_FEWSHOT
+    if _copies_values(norm, words, view):
         return TaskRule.COPIES_VALUES
     if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
         return TaskRule.TOO_SHORT
@@ -176,26 +284,20 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     return None
 
 
-def _copies_values(norm: str, words: list[str], unit: Unit, facts: Facts | None) -> bool:
-    labels = {normalize_text(x) for f in unit.fields for x in f.labels}
-    values: set[str] = set()
-    for s in unit.samples:
-        values.update(normalize_text(_values(v)) for v in s.values())
-    for vs in (facts or {}).values():
-        values.update(normalize_text(v) for v in vs[:20])
-    values.discard("")
-    if norm in labels or norm in values:
+def _copies_values(norm: str, words: list[str], view: UnitText) -> bool:
+    if norm in view.labels or norm in view.values:
         return True
     # Label names, and the short values of columns that hold them, listed as an "instruction".
-    short = {v for v in values if len(v.split()) <= 3}
-    label_words = {w for lab in labels | short for w in lab.split()}
+    label_words = view.label_words
     if (2 <= len(words) <= 12 and label_words
             and sum(w in label_words for w in words) >= 0.8 * len(words)):
         return True
-    g5 = _grams(words, 5)
+    value5 = view.value_5grams
+    g5 = _grams(words, 5) if value5 else None
     if g5:
-        for v in values:
-            if len(g5 & _grams(v.split(), 5)) >= 0.6 * len(g5):
+        need = 0.6 * len(g5)
+        for v5 in value5:
+            if len(g5 & v5) >= need:
                 return True
     return False
 

@@ -36,7 +36,7 @@ import xxhash
 
 from dynogen.dedup import HashSet, normalize_text
 from dynogen.instances import is_heldout
-from dynogen.rules import Facts, answer_options, row_rule, text_rule
+from dynogen.rules import Facts, UnitText, answer_options, row_rule, text_rule
 from dynogen.tasks import Task, task_id
 from dynogen.units import Unit, safe_text
 
@@ -115,11 +115,12 @@ class TaskFilter:
                unit_seen: set[int]) -> tuple[list[Task], Counter[str]]:
         kept: list[Task] = []
         drops: Counter[str] = Counter()
+        view = UnitText.of(unit)
         for rec in records:
             if len(kept) >= self.max_tasks:
                 drops[DropReason.TOO_MANY_TASKS] += 1
                 continue
-            reason, task = self._check(unit, variant, rec)
+            reason, task = self._check(unit, variant, rec, view)
             if reason is None:
                 assert task is not None
                 h = task_signature(task.instruction, task.input_fields, task.input_types,
@@ -152,8 +153,8 @@ class TaskFilter:
         with open(self.sample_path, "ab") as f:
             f.write(orjson.dumps(line) + b"\n")
 
-    def _check(self, unit: Unit, variant: str,
-               rec: dict[str, Any]) -> tuple[str | None, Task | None]:
+    def _check(self, unit: Unit, variant: str, rec: dict[str, Any],
+               view: UnitText) -> tuple[str | None, Task | None]:
         instr = " ".join(str(rec.get("instruction", "")).split())
         if not instr:
             return DropReason.EMPTY_INSTRUCTION, None
@@ -180,7 +181,7 @@ class TaskFilter:
             return DropReason.DEGENERATE_LABEL, None
         facts: Facts | None = unit.extra.get("facts")
         reason = row_rule(inputs, out_field, facts) or text_rule(instr, unit, inputs, out_field,
-                                                                 facts)
+                                                                 facts, view)
         if reason:
             return reason, None
         answers = answer_options(out_field, facts)
