@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from dynogen import autosize
 from dynogen.builder import build_instances
 from dynogen.config import Config
 from dynogen.dedup import DedupSeed
@@ -43,7 +44,9 @@ from dynogen.ledger import Ledger
 from dynogen.policy import Policies, gate
 from dynogen.prices import Price
 from dynogen.progress import make_progress
+from dynogen.prompts import PromptBuilder
 from dynogen.report import Stats
+from dynogen.sizing import Lengths
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tokens import TokenCounter
@@ -156,6 +159,7 @@ async def arun(
     check_key(cfg)
     src = source if source is not None else source_for(cfg)
     plan = _plan_source(cfg, source) if cfg.mode == "batch" else None
+    cfg, sizing = autosize.plan(cfg)  # --max-tokens auto: recorded or from a calibration
     rundir = RunDir(cfg.out).open(cfg)  # takes the directory's write lock
     # Data policies (licence, splits, language, readable rows) before any request is sent;
     # a batch plan reads the same units, so it sees the same policies.
@@ -165,7 +169,7 @@ async def arun(
         plan = gate(plan, policies, rows_per_split=cfg.rows_per_split, cache_dir=hf_cache)
     try:
         return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
-                                  plan=plan, counted=source is None, seed=seed)
+                                  plan=plan, counted=source is None, seed=seed, sizing=sizing)
     finally:
         rundir.close()  # the lock: the next writer may start
 
@@ -173,7 +177,8 @@ async def arun(
 async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], price: Price,
                        transport: Transport | None, handle_signals: bool, build: bool,
                        t0: float, *, plan: Iterable[Unit | Skipped] | None,
-                       counted: bool, seed: DedupSeed | None = None) -> RunOutcome:
+                       counted: bool, seed: DedupSeed | None = None,
+                       sizing: autosize.Sizing | None = None) -> RunOutcome:
     await preflight(cfg, transport)
 
     spent_before = _paid(rundir)["usd"]
@@ -197,6 +202,10 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
             spend_path=rundir.path / "spend.jsonl", state_dir=rundir.path,
             transport=transport, meter=progress,
         ) as stack:
+            if sizing is None:  # --max-tokens auto with nothing to go on: a pilot first
+                cfg, sizing, src = await autosize.pilot(
+                    cfg, stack.executor, PromptBuilder(cfg, counter), src)
+                rundir.record(cfg)
             engine = TaskEngine(cfg, executor=stack.executor, counter=counter, rundir=rundir,
                                 progress=progress, stats=stats,
                                 seen=seed.tasks if seed else None)
@@ -220,7 +229,7 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
         except StorageError as e:
             result.stop_reason, result.error = "fatal", e
     return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, lengths=engine.lengths, sizing=sizing)
 
 
 def _plan_source(cfg: Config,
@@ -236,7 +245,8 @@ def _plan_source(cfg: Config,
 
 
 def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, ledger: Ledger,
-            spent_before: float, cache_entries: int, wall: float) -> RunOutcome:
+            spent_before: float, cache_entries: int, wall: float, *,
+            lengths: Lengths | None = None, sizing: autosize.Sizing | None = None) -> RunOutcome:
     report = stats.to_dict()
     session = dict(result.session)
     reqs = session.get("requests", 0)
@@ -264,12 +274,14 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
         "stop_reason": result.stop_reason,
     }
     report["config"] = cfg.public_dict()
+    if sizing is not None and cfg.max_tokens_auto:
+        report["max_tokens"] = sizing.to_dict()
     try:
         rundir.write_report(report)
         write_calibration(rundir.path / "calibration.json", model=cfg.model,
                           requests=stats.flat["responses"],
                           output_tokens=stats.flat["tokens_out"],
-                          input_tokens=stats.flat["tokens_in"])
+                          input_tokens=stats.flat["tokens_in"], lengths=lengths)
     except StorageError as e:
         first = result.error if isinstance(result.error, StorageError) else e
         return RunOutcome(exit_code(first), rundir.path, report, str(first), "storage")
@@ -406,11 +418,15 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
 
         return estimate_next(collection, cfg, calibration=calibration, source=source)
     cfg = cfg.validate()
+    cal = Calibration.load(calibration)
+    if cfg.max_tokens_auto and calibration is not None:
+        # The figure a run with this calibration would use: its worst case is this one's.
+        cfg, _ = autosize.plan(cfg.with_(calibration=str(calibration), out=""))
     price = resolve_price(cfg)
     src = source if source is not None else source_for(cfg)
     src = gate(src, Policies.from_config(cfg), rows_per_split=cfg.rows_per_split)
     counter = TokenCounter(price.encoding or cfg.encoding)
-    return estimate_units(cfg, src, price, counter, Calibration.load(calibration))
+    return estimate_units(cfg, src, price, counter, cal)
 
 
 async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:

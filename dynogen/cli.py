@@ -65,6 +65,12 @@ SplitsOpt = Annotated[str | None, typer.Option(
     "or 'all' (test splits included).")]
 MaxShareOpt = Annotated[float | None, typer.Option(
     "--max-share", help="Largest share of kept tasks one source dataset may have (0-1].")]
+MaxTokensOpt = Annotated[str | None, typer.Option(
+    "--max-tokens", help="max_tokens per request (default 640), or auto: sized once from an "
+    "earlier run's answers (--calibration) or this run's first 16, then recorded.")]
+CalibrationOpt = Annotated[Path | None, typer.Option(
+    "--calibration", help="For --max-tokens auto: an earlier run directory or its "
+    "calibration.json.")]
 
 # --- Hub listing options (for --source hub; see dynogen.io.hub_options) ----------------
 HubSearchOpt = Annotated[str | None, typer.Option(
@@ -193,6 +199,8 @@ def run(
         "--max-tasks", help="Tasks asked per unit and variant.")] = None,
     response_format: Annotated[str | None, typer.Option(
         help="json_schema (default), json_object or none.")] = None,
+    max_tokens: MaxTokensOpt = None,
+    calibration: CalibrationOpt = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
     max_in_flight: Annotated[int | None, typer.Option(
@@ -239,6 +247,7 @@ def run(
             config_file, source=source, out=str(out), model=model, base_url=base_url,
             local=local or None, mode=mode, limit=limit, rows_per_split=rows_per_split,
             variants=variants, max_tasks_per_unit=max_tasks, response_format=response_format,
+            max_tokens=max_tokens, calibration=str(calibration) if calibration else None,
             rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, budget_usd=budget_usd,
             price_in=price_in, price_out=price_out, free=free or None,
             heldout_fraction=heldout_fraction, cache_path=str(cache) if cache else None,
@@ -316,6 +325,7 @@ def estimate(
     limit: Annotated[int | None, typer.Option(help="At most N units.")] = None,
     variants: Annotated[str | None, typer.Option(help="Prompt variants.")] = None,
     max_tasks: Annotated[int | None, typer.Option("--max-tasks")] = None,
+    max_tokens: MaxTokensOpt = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
     price_in: Annotated[float | None, typer.Option(help="$ per 1M input tokens.")] = None,
@@ -346,7 +356,8 @@ def estimate(
 
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
-                      max_tasks_per_unit=max_tasks, rpm=rpm, tpm=tpm, price_in=price_in,
+                      max_tasks_per_unit=max_tasks, max_tokens=max_tokens,
+                      rpm=rpm, tpm=tpm, price_in=price_in,
                       price_out=price_out, licenses=licenses, languages=languages,
                       splits=splits, judge=judge or None, **_hub_flags(
                           hub_search, hub_task_categories, hub_modified_since, hub_datasets,
@@ -469,6 +480,8 @@ def grow(
         "--max-tasks", help="Tasks asked per unit and variant.")] = None,
     response_format: Annotated[str | None, typer.Option(
         help="json_schema (default), json_object or none.")] = None,
+    max_tokens: MaxTokensOpt = None,
+    calibration: CalibrationOpt = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="Tokens per minute limit.")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Concurrent requests cap.")] = None,
@@ -510,6 +523,7 @@ def grow(
             mode=mode,
             limit=limit, rows_per_split=rows_per_split, variants=variants,
             max_tasks_per_unit=max_tasks, response_format=response_format, rpm=rpm, tpm=tpm,
+            max_tokens=max_tokens, calibration=str(calibration) if calibration else None,
             max_in_flight=max_in_flight, budget_usd=budget_usd, price_in=price_in,
             price_out=price_out, free=free or None, heldout_fraction=heldout_fraction,
             judge=judge or None, quiet=quiet or None, licenses=licenses, languages=languages,

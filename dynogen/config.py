@@ -12,11 +12,14 @@ Precedence (lowest first): defaults, a TOML config file, environment
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -61,7 +64,7 @@ class Secret:
 # of any of these would mix two different runs in one directory.
 PROMPT_FIELDS = (
     "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
-    "metadata_token_budget", "response_format", "encoding", "judge",
+    "max_tokens_by_variant", "metadata_token_budget", "response_format", "encoding", "judge",
     # data policies: they decide which units are sent and which tasks and rows are kept
     "licenses", "languages", "splits", "max_share",
 )
@@ -106,6 +109,13 @@ class Config:
     seed: int | None = 0
     max_tokens: int = 640
     max_tokens_retry: int = 1536
+    # --max-tokens auto (dynogen.sizing): resolved once per run from earlier answers into
+    # max_tokens_by_variant ("description:384,no_description:352"; "" = max_tokens for
+    # all), which is recorded in the manifest; `calibration` names where the earlier
+    # answers are (a calibration.json or a run directory; None: a pilot of first answers)
+    max_tokens_auto: bool = False
+    max_tokens_by_variant: str = ""
+    calibration: str | None = None
     metadata_token_budget: int = 900
     response_format: str = "json_schema"  # json_schema | json_object | none
     encoding: str = "o200k_base"
@@ -165,6 +175,13 @@ class Config:
     def with_(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def max_tokens_for(self, variant: str) -> int:
+        """The variant's ``max_tokens``: the resolved ``--max-tokens auto`` figure, if
+        any, else ``max_tokens``."""
+        if not self.max_tokens_by_variant:
+            return self.max_tokens
+        return _by_variant(self.max_tokens_by_variant).get(variant, self.max_tokens)
+
     def prompt_fingerprint(self) -> str:
         return xxhash.xxh3_64_hexdigest(orjson.dumps(self.prompt_settings()))
 
@@ -217,6 +234,13 @@ class Config:
             raise ConfigError("retry delays must satisfy 0 < retry_base_delay <= retry_max_delay")
         if self.max_tokens < 1 or self.max_tokens_retry < self.max_tokens:
             raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
+        if self.max_tokens_by_variant:
+            from dynogen.sizing import parse_by_variant
+
+            if any(n > self.max_tokens_retry
+                   for n in parse_by_variant(self.max_tokens_by_variant).values()):
+                raise ConfigError("max_tokens_by_variant: each figure must be at most "
+                                  "max_tokens_retry")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
         if self.durability not in DURABILITY:
@@ -243,6 +267,13 @@ class Config:
                     "use 2026-11-01 or 2026-11-01T12:00:00Z"
                 ) from None
         return self
+
+
+@functools.lru_cache(maxsize=8)
+def _by_variant(text: str) -> Mapping[str, int]:
+    from dynogen.sizing import parse_by_variant
+
+    return MappingProxyType(parse_by_variant(text))
 
 
 def load_config(
@@ -284,4 +315,13 @@ def load_config(
             values[name] = ",".join(str(x) for x in values[name])
     if isinstance(values.get("api_key"), str):
         key = values.pop("api_key")
+    mt = values.get("max_tokens")
+    if isinstance(mt, str):  # --max-tokens auto | N (the CLI passes text)
+        if mt.strip().lower() == "auto":
+            values.pop("max_tokens")
+            values["max_tokens_auto"] = True
+        elif mt.strip().isdigit():
+            values["max_tokens"] = int(mt)
+        else:
+            raise ConfigError(f"--max-tokens must be a whole number or auto (got {mt!r})")
     return Config(api_key=Secret(key), **values).validate()

@@ -24,10 +24,11 @@ tokens, in 128-token steps); batch prices never stack with it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from dynogen.errors import ConfigError
 from dynogen.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
 from dynogen.prices import Price
 from dynogen.prompts import PromptBuilder, render_metadata
+from dynogen.sizing import Lengths
 from dynogen.tasks import Task
 from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit, skip_reason
@@ -54,12 +56,14 @@ CACHE_STEP = 128
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """Completion tokens per request observed by an earlier run."""
+    """Completion tokens per request observed by an earlier run (and, from dynogen
+    0.2 on, their lengths per variant: what ``--max-tokens auto`` sizes from)."""
 
     mean_output_tokens: float
     requests: int
     model: str = ""
     source: str = "default"
+    lengths: Lengths = field(default_factory=Lengths, compare=False)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Calibration:
@@ -71,21 +75,33 @@ class Calibration:
         try:
             d = orjson.loads(p.read_bytes())
             return cls(float(d["mean_output_tokens"]), int(d["requests"]), str(d.get("model", "")),
-                       str(p))
+                       str(p), Lengths.from_json(d.get("lengths")))
         except FileNotFoundError:
             raise ConfigError(f"calibration file {p} not found: pass a run directory that "
                               "finished, or leave --calibration out for the default") from None
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise ConfigError(f"calibration file {p} is not one dynogen wrote") from None
 
 
 def write_calibration(path: Path, *, model: str, requests: int, output_tokens: int,
-                      input_tokens: int) -> None:
+                      input_tokens: int, lengths: Lengths | None = None) -> None:
+    """``calibration.json``: means for ``estimate``, lengths for ``--max-tokens auto``.
+
+    Lengths already in the file (an earlier session of the same run) are kept and
+    added to: a resumed run calibrates on all its answers.
+    """
     if requests <= 0:
         return
+    merged = Lengths()
+    # None yet, or spoiled: this session's lengths alone.
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        merged.merge(Lengths.from_json(orjson.loads(path.read_bytes()).get("lengths")))
+    if lengths is not None:
+        merged.merge(lengths)
     data = {"model": model, "requests": requests,
             "mean_output_tokens": output_tokens / requests,
-            "mean_input_tokens": input_tokens / requests}
+            "mean_input_tokens": input_tokens / requests,
+            "output_tokens": merged.summary(), "lengths": merged.to_json()}
     from dynogen.store.storage import atomic_write  # StorageError on a full disk, not OSError
 
     atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
@@ -137,7 +153,7 @@ class Estimate:
 def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
                    counter: TokenCounter, calibration: Calibration) -> Estimate:
     pb = PromptBuilder(cfg, counter)
-    units = requests = input_tokens = cached = worst_tpm_tokens = 0
+    units = requests = input_tokens = cached = worst_tpm_tokens = max_out = 0
     skipped: Counter[str] = Counter()
     prefix = {v: pb._prefixes[v][1] for v in cfg.variants}
     # OpenAI places a json_schema before the system message, and ours names the
@@ -165,6 +181,7 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
             requests += 1
             input_tokens += req.prompt_tokens
             worst_tpm_tokens += req.prompt_tokens + req.max_tokens
+            max_out += req.max_tokens
             # The very first request of each variant writes the cache; the rest read it.
             if requests > len(cfg.variants):
                 cached += cache_share[v]
@@ -178,7 +195,7 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
             judge_in["high"] += per * n_high
     exp_out = round(calibration.mean_output_tokens * requests)
     outs = {"low": round(exp_out * LOW_FRACTION), "expected": exp_out,
-            "high": requests * cfg.max_tokens}
+            "high": max_out}  # what the requests' max_tokens allow (--max-tokens auto too)
     j_exp, j_high = round(judge_n["expected"]), int(judge_n["high"])
     judge_out = {"low": j_exp * JUDGE_EXPECTED_OUTPUT, "expected": j_exp * JUDGE_EXPECTED_OUTPUT,
                  "high": j_high * JUDGE_MAX_TOKENS}

@@ -51,6 +51,7 @@ from dynogen.errors import (
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
+from dynogen.execute.client import Completion
 from dynogen.execute.dialect import Dialect, adapt
 from dynogen.instances import Instance, build_instance
 from dynogen.judge import Judge, Verdict
@@ -58,6 +59,7 @@ from dynogen.parsing import parse_tasks
 from dynogen.progress import Quiet
 from dynogen.prompts import PromptBuilder, render_metadata
 from dynogen.report import Stats
+from dynogen.sizing import Lengths
 from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.tasks import Task
@@ -166,6 +168,7 @@ class TaskEngine:
         self._fed_keys = HashSet()
         self._repeats: dict[str, int] = {}
         self.session: Counter[str] = Counter()
+        self.lengths = Lengths()  # completion lengths per variant: calibration.json
         self._load_journal()
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
@@ -282,7 +285,15 @@ class TaskEngine:
             if _key_hash(item.key) in self._done_keys:
                 continue
             for v in self.cfg.variants:
-                yield self._request(prompts, item, v, self.cfg.max_tokens, self.dialect)
+                yield self._request(prompts, item, v, self.cfg.max_tokens_for(v),
+                                    self.dialect)
+
+    def _observe_length(self, variant: str, comp: Completion) -> None:
+        """Completion lengths for ``calibration.json`` (what ``--max-tokens auto`` reads)."""
+        usage = comp.usage
+        n = usage.get("completion_tokens") if usage else None
+        if isinstance(n, int) and n >= 0:
+            self.lengths.add(variant, n, truncated=comp.finish_reason == "length")
 
     @staticmethod
     def _request(prompts: PromptBuilder, unit: Unit, variant: str, max_tokens: int,
@@ -329,7 +340,7 @@ class TaskEngine:
         Returns ``None`` only when the run stopped before an answer was had.
         """
         res = VariantResult()
-        max_tokens = self.cfg.max_tokens
+        max_tokens = self.cfg.max_tokens_for(variant)
         while True:
             dialect = self.dialect
             req = self._request(self.prompts, unit, variant, max_tokens, dialect)
@@ -364,11 +375,14 @@ class TaskEngine:
                     max_tokens = self.cfg.max_tokens_retry
                     self.session["length_retries"] += 1
                     continue
+                self._observe_length(variant, comp)  # cut even on the retry: length unknown
                 res.invalid = "truncated_at_max_tokens"
                 return res
             if comp.finish_reason == "content_filter":
                 res.invalid = "content_filter"
                 return res
+            # An answer cut at max_tokens and asked again is counted once, at its full length.
+            self._observe_length(variant, comp)
             parsed = parse_tasks(comp.content)
             if parsed.error:
                 res.invalid = parsed.error

@@ -206,7 +206,7 @@ class PromptBuilder:
         d = dialect or Dialect(format=cfg.response_format)
         prefix, prefix_tokens = self._prefixes[variant]
         user = self.user_message(unit, variant)
-        mt = max_tokens or cfg.max_tokens
+        mt = max_tokens or cfg.max_tokens_for(variant)
         body: dict[str, Any] = {
             "model": cfg.model,
             "messages": [*prefix, {"role": "user", "content": user}],

@@ -111,6 +111,8 @@ async def agrow(
         seed = coll.seed(coll.changed_keys(entry))
         run_cfg = cfg.with_(out=str(vdir), cache_path=str(coll.cache), source=str(vdir / PLAN),
                             limit=None)
+        if cfg.max_tokens_auto and not cfg.calibration:
+            run_cfg = run_cfg.with_(calibration=_last_calibration(coll))
         try:
             outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
                                  handle_signals=handle_signals, seed=seed)
@@ -156,6 +158,22 @@ def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped
     for item in JsonlSource(vdir / PLAN):
         if item.key not in done:
             yield item
+
+
+def _last_calibration(coll: Collection) -> str | None:
+    """The newest complete version's calibration.json, if it holds enough answer lengths
+    to size ``--max-tokens auto`` (else the step sizes from its own first answers)."""
+    from dynogen.dryrun import Calibration
+    from dynogen.sizing import MIN_ANSWERS
+
+    for entry in reversed(coll.complete_versions()):
+        path = coll.version_dir(entry) / "calibration.json"
+        try:
+            if Calibration.load(path).lengths.answers() >= MIN_ANSWERS:
+                return str(path)
+        except ConfigError:
+            continue
+    return None
 
 
 def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Path | None = None,

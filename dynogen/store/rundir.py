@@ -91,6 +91,9 @@ def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
         if k == "prompts":
             parts.append("the prompts, few-shot examples or schema changed (another dynogen "
                          "version?)")
+        elif k == "max_tokens_by_variant" and a and not b:
+            parts.append(f"max_tokens was sized to {a} by --max-tokens auto; pass "
+                         "--max-tokens auto again to resume it")
         else:
             parts.append(f"{k}: {a!r} -> {b!r}")
     return "; ".join(parts) or "unknown difference"
@@ -158,6 +161,11 @@ class RunDir:
                     self.resumed = True
         self._write_manifest(config, identity)
         self._repair()
+
+    def record(self, config: Config) -> None:
+        """Write the manifest for ``config``: a setting resolved after opening (``--max-tokens
+        auto`` from a pilot) joins the identity before anything is committed."""
+        self._write_manifest(config, run_identity(config))
 
     def close(self) -> None:
         """Release the lock (the OS does it too if the process dies)."""
