@@ -1,8 +1,10 @@
 """Rate limiting for dynogen: pace requests at the API's limits, never past them.
 
 ``Limiter`` (requests/minute, tokens/minute, in-flight cap, 429 pauses, server
-headers), ``backoff`` (pure retry delays), ``headers`` (pure header parsing) and
-``clock`` (the one place time is read; ``FakeClock`` for tests).
+headers; ``limiter``'s docstring maps its parts: ``pacing``, ``following``,
+``waiters``, ``permit``, ``senders``), ``backoff`` (pure retry delays),
+``headers`` (pure header parsing) and ``clock`` (the one place time is read;
+``FakeClock`` for tests).
 """
 
 from dynogen.ratelimit.backoff import RetryPolicy, retry_delay
