@@ -115,11 +115,24 @@ def judge(row: dict[str, Any], stats: dict[str, Any], binding: str, limit: float
             out["steady"] = {"from_s": t5, "to_s": t90, "seconds": t90 - t5,
                              "fraction": round(rate / per_s_limit, 4)}
     first, last = stats.get("first_request"), stats.get("last_answer")
+    last_req = stats.get("last_request")
     if first is not None and last is not None and last > first:
         span = last - first
+        # The drain: from the last request to the last answer. With 1 % of answers taking
+        # 15 s more, one of the last second's requests is nearly always one of them, so
+        # the span ends with a ~18 s answer no client can shorten. The issue judges the
+        # span "wherever one answer time is under 3 % of it": that answer is this one.
+        drain = (last - last_req) if last_req is not None else MEDIAN_ANSWER
         out["api_span"] = {"seconds": round(span, 2),
                            "fraction": round(total * unit / span / per_s_limit, 4),
-                           "applies": 0.03 * span > MEDIAN_ANSWER}
+                           "drain_seconds": round(drain, 2),
+                           "applies": 0.03 * span > drain}
+        if last_req is not None and last_req > first:
+            # While sending: completions over (last request - first request + a median
+            # answer), the part of the span the client decides.
+            sending = last_req - first + MEDIAN_ANSWER
+            out["sending_span"] = {"seconds": round(sending, 2),
+                                   "fraction": round(total * unit / sending / per_s_limit, 4)}
     return out
 
 
@@ -159,15 +172,18 @@ def run_one(name: str, client: str, wl: Workload, work: Path, env: dict[str, str
         row["fraction_of_ideal_wall"] = round(ideal / m.wall_seconds, 4)
     steady = row.get("steady", {}).get("fraction", 0.0)
     span = row.get("api_span", {})
+    sending = row.get("sending_span", {}).get("fraction", 0.0)
     row["bars"] = {
         "steady_ge_97pct": steady >= 0.97,
         "api_span_ge_95pct": (span.get("fraction", 0.0) >= 0.95) or not span.get("applies", True),
+        "sending_span_ge_95pct": sending >= 0.95,
         "429_le_0.5pct": row["pct_429"] <= 0.5,
         "nothing_lost": ok == n,
     }
     if name == "structured":
         row["bars"]["wall_ge_95pct_of_ideal"] = row["fraction_of_ideal_wall"] >= 0.95
     log(f"  {client:10s} steady {100 * steady:5.1f}%  span {100 * span.get('fraction', 0):5.1f}%"
+        f" (drain {span.get('drain_seconds', 0):.1f}s, sending {100 * sending:5.1f}%)"
         f"  429s {row['answered_429']:>5}  done {ok}/{n}  wall {m.wall_seconds:6.1f}s"
         f"  CPU {row['cpu_ms_per_request']:.2f} ms/req  RSS {row['peak_rss_mb']:.0f} MB"
         f"  load {load_before[0]:.1f}->{load_after[0]:.1f}"
@@ -178,13 +194,14 @@ def run_one(name: str, client: str, wl: Workload, work: Path, env: dict[str, str
 
 def markdown(doc: dict[str, Any]) -> str:
     """The README's table for one saved result."""
-    head = ("| client | steady (5-90 % of work) | API span | 429s | done / lost | wall s "
-            "| CPU ms/req | peak RSS MB | load avg (1 min) before → after |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| client | steady (5-90 % of work) | API span (drain) | sending span | 429s "
+            "| done / lost | wall s | CPU ms/req | peak RSS MB "
+            "| load avg (1 min) before → after |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     for r in doc["clients"]:
         if "completed" not in r:
-            rows.append(f"| {r['label']} | error: {r.get('error')} |||||||")
+            rows.append(f"| {r['label']} | error: {r.get('error')} ||||||||")
             continue
         span = r.get("api_span", {})
         extra = (f" (ideal wall: {100 * r['fraction_of_ideal_wall']:.1f} %)"
@@ -192,6 +209,8 @@ def markdown(doc: dict[str, Any]) -> str:
         rows.append(
             f"| {r['label']} | {100 * r.get('steady', {}).get('fraction', 0):.1f} %{extra} "
             f"| {100 * span.get('fraction', 0):.1f} % of {span.get('seconds', 0):.0f} s "
+            f"({span.get('drain_seconds', 0):.0f} s) "
+            f"| {100 * r.get('sending_span', {}).get('fraction', 0):.1f} % "
             f"| {r['answered_429']} ({r['pct_429']:.2f} %) | {r['completed']:,} / {r['lost']} "
             f"| {r['wall_seconds']:.1f} | {r['cpu_ms_per_request']:.2f} | {r['peak_rss_mb']:.0f} "
             f"| {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f} |")

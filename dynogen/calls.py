@@ -218,7 +218,9 @@ def _stop(result: CallResult, ex: Executor, reason: str, err: BaseException | No
 async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
                     counter: TokenCounter, writer: JsonlWriter, bar: Any,
                     result: CallResult) -> None:
-    queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=2 * ex.concurrency)
+    # Lines wait here parsed (a dict is ~5x its JSON): a short queue, refilled by the
+    # feeder, keeps memory flat while thousands of workers are in flight.
+    queue: asyncio.Queue[_Line | None] = asyncio.Queue(maxsize=min(2 * ex.concurrency, 512))
 
     def emit(line: dict[str, Any]) -> None:
         # Flushed per answer: an answer paid for and not on disk would be sent (and
@@ -241,8 +243,10 @@ async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
                 emit(_out_line(item.custom_id, None, {"code": "invalid_request",
                                                       "message": str(item.error)}))
                 continue
+            req = _request(item, cfg, counter)
+            item.body = None  # the request's bytes are all that is needed while it waits
             try:
-                comp = await ex.complete(_request(item, cfg, counter), Accounting())
+                comp = await ex.complete(req, Accounting())
             except RequestFailed as e:
                 result.errors[e.reason] += 1
                 emit(_out_line(item.custom_id, None, {"code": e.reason, "message": str(e.last)}))

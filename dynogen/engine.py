@@ -424,18 +424,19 @@ class TaskEngine:
             rec.update(filtered)
             if self.judge is not None and job.kept and self._tg is not None:
                 job.judging = len(job.kept)
+                unit = job.unit  # the metadata is the same for each of its tasks: render once
+                meta = render_metadata(dataset=unit.dataset, config=unit.config,
+                                       description=unit.description, fields=unit.fields,
+                                       counter=self.counter, budget=self.cfg.metadata_token_budget)
                 for i in range(len(job.kept)):
-                    self._tg.create_task(self._judge_one(job, i))
+                    self._tg.create_task(self._judge_one(job, i, meta))
         job.rec = rec
 
-    async def _judge_one(self, job: _Job, i: int) -> None:
+    async def _judge_one(self, job: _Job, i: int, meta: str) -> None:
         assert self.judge is not None and job.unit is not None
         unit, task = job.unit, job.kept[i]
         try:
             if not self.stopping:
-                meta = render_metadata(dataset=unit.dataset, config=unit.config,
-                                       description=unit.description, fields=unit.fields,
-                                       counter=self.counter, budget=self.cfg.metadata_token_budget)
                 job.verdicts[i] = await self.judge.verdict(
                     meta, task, _sample_instances(unit, task), job.judge_acct, self.dialect)
         except RequestFailed as e:

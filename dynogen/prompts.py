@@ -33,7 +33,7 @@ from dynogen.schema import response_format
 from dynogen.tokens import TokenCounter
 from dynogen.units import Field, Unit
 
-__all__ = ["PromptBuilder", "Request", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]
+__all__ = ["Prompt", "PromptBuilder", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]
 
 SYSTEM_PROMPT = (
     "You design instruction-tuning tasks from the metadata of a dataset. "
@@ -54,8 +54,11 @@ SAMPLE_VALUE_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """One chat-completion request for one unit and variant, ready to send."""
+class Prompt:
+    """One unit's chat-completion body for one variant, with its token counts.
+
+    The executor's ``execute.Request`` is this body serialized (its bytes are the
+    cache key); this is the form prompts are built and inspected in."""
 
     unit_key: str
     variant: str
@@ -155,7 +158,7 @@ class PromptBuilder:
     """Builds every request for a run; the shared prefix is rendered and counted once.
 
     >>> pb = PromptBuilder(Config(), TokenCounter("o200k_base"))
-    >>> reqs = pb.requests(unit)          # one Request per configured variant
+    >>> reqs = pb.requests(unit)          # one Prompt per configured variant
     """
 
     def __init__(self, config: Config, counter: TokenCounter) -> None:
@@ -201,7 +204,7 @@ class PromptBuilder:
         )
 
     def request(self, unit: Unit, variant: str, *, max_tokens: int | None = None,
-                dialect: Dialect | None = None) -> Request:
+                dialect: Dialect | None = None) -> Prompt:
         cfg = self.config
         d = dialect or Dialect(format=cfg.response_format)
         prefix, prefix_tokens = self._prefixes[variant]
@@ -224,7 +227,7 @@ class PromptBuilder:
         # it is billed), so worst-case reservations stay worst-case.
         tokens = self.counter.count_messages([body["messages"][-1]], prefix_tokens=prefix_tokens,
                                              response_format=rf)
-        return Request(unit.key, variant, body, tokens, mt)
+        return Prompt(unit.key, variant, body, tokens, mt)
 
-    def requests(self, unit: Unit) -> list[Request]:
+    def requests(self, unit: Unit) -> list[Prompt]:
         return [self.request(unit, v) for v in self.config.variants]

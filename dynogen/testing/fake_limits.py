@@ -253,7 +253,7 @@ class Stats:
 
     __slots__ = ("started", "requests", "by_status", "faults", "rate_limited", "prompt_tokens",
                  "completion_tokens", "completions", "tokens", "limited", "first_request",
-                 "last_answer")
+                 "last_request", "last_answer")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -267,13 +267,15 @@ class Stats:
         self.tokens: list[int] = []
         self.limited: list[int] = []
         self.first_request: float | None = None  # seconds since start: the API span's ends
-        self.last_answer: float | None = None
+        self.last_request: float | None = None  # ... and the last arrival: what follows is
+        self.last_answer: float | None = None   # the final answers' time (the drain)
 
     def arrived(self, now: float) -> None:
         """A request came in (counted before it is judged)."""
         self.requests += 1
         if self.first_request is None:
             self.first_request = now - self.started
+        self.last_request = now - self.started
 
     def record(self, now: float, status: int, tokens: tuple[int, int], fault: str | None,
                limited: str | None) -> None:
@@ -300,6 +302,7 @@ class Stats:
         return {
             "uptime": round(now - self.started, 3),
             "first_request": None if self.first_request is None else round(self.first_request, 4),
+            "last_request": None if self.last_request is None else round(self.last_request, 4),
             "last_answer": None if self.last_answer is None else round(self.last_answer, 4),
             "totals": {
                 "requests": self.requests,
