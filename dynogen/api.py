@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from dynogen import autosize
+from dynogen import autosize, eventloop
 from dynogen.builder import build_instances
 from dynogen.config import Config
 from dynogen.dedup import DedupSeed
@@ -320,8 +320,8 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
 
 
 def run(cfg: Config, **kwargs: Any) -> RunOutcome:
-    """Synchronous ``arun``: the one ``asyncio.run`` at the boundary."""
-    return asyncio.run(arun(cfg, **kwargs))
+    """Synchronous ``arun``: the one event loop at the boundary (``eventloop.run``)."""
+    return eventloop.run(arun(cfg, **kwargs))
 
 
 def build(out: str | Path, *, rows_per_split: int | None = None,
@@ -438,7 +438,7 @@ async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcom
 
 def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
     """Synchronous ``agrow`` (see ``dynogen.store.grow``)."""
-    return asyncio.run(agrow(collection, cfg, **kwargs))
+    return eventloop.run(agrow(collection, cfg, **kwargs))
 
 
 async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
@@ -464,7 +464,7 @@ async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | P
 
 def replay(collection: str | Path, **kwargs: Any) -> Any:
     """Synchronous ``areplay``."""
-    return asyncio.run(areplay(collection, **kwargs))
+    return eventloop.run(areplay(collection, **kwargs))
 
 
 def call(cfg: Config, requests: str | Path, out: str | Path, *,
@@ -474,8 +474,8 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
     from dynogen.calls import acall
 
     cfg = cfg.validate()
-    res = asyncio.run(acall(cfg, requests, out, transport=transport,
-                            handle_signals=handle_signals))
+    res = eventloop.run(acall(cfg, requests, out, transport=transport,
+                              handle_signals=handle_signals))
     report = res.to_dict()
     failed = sum(res.errors.values())
     spent = report["cost"].get("spent_usd", 0.0)
@@ -523,7 +523,7 @@ def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[s
         price = resolve_price(cfg)
     except DynogenError:
         price = None  # the table does not know the model: show counts without dollars
-    return asyncio.run(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price))
+    return eventloop.run(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price))
 
 
 def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
@@ -532,4 +532,4 @@ def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[s
     from dynogen.execute.batch_admin import acancel
 
     cfg = _batch_config(out, base_url)
-    return asyncio.run(acancel(Path(out), cfg.base_url, cfg.api_key.get()))
+    return eventloop.run(acancel(Path(out), cfg.base_url, cfg.api_key.get()))

@@ -537,7 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fake = _fake_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    asyncio.run(_serve_until_signalled(fake, args.host, args.port))
+    from dynogen import eventloop  # uvloop where installed: more of the 2 cores for clients
+
+    eventloop.run(_serve_until_signalled(fake, args.host, args.port))
     return 0
 
 
