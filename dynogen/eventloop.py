@@ -11,13 +11,17 @@ runs the same on either loop (the test suite runs on asyncio's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 __all__ = ["loop_factory", "run"]
 
 T = TypeVar("T")
+
+GEN0, GEN1, GEN2 = 50_000, 20, 100  # collector thresholds while a command runs (_collector)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -32,6 +36,32 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on the loop ``loop_factory`` picks."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    """``asyncio.run`` on the loop ``loop_factory`` picks, with the collector tuned."""
+    with _collector(), asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
+
+
+@contextlib.contextmanager
+def _collector() -> Iterator[None]:
+    """Fewer, cheaper garbage collections while a command runs.
+
+    Why: every request allocates a few thousand short-lived objects, so CPython's
+    default thresholds (700, 10, 10) run a collection every few requests, and with
+    a thousand requests in flight the older generations it scans are large: at
+    30,000 RPM the collector stopped the loop for over 20 ms a hundred times in a
+    minute (8 s in all). Objects made before the run (imported modules: most of
+    the heap) are frozen out of every collection, and young collections run after
+    ``GEN0`` allocations. Reference cycles are still collected.
+    ``DYNOGEN_GC=default`` keeps CPython's settings.
+    """
+    if os.environ.get("DYNOGEN_GC", "").strip().lower() == "default":
+        yield
+        return
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GEN0, GEN1, GEN2)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
