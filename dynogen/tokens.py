@@ -89,7 +89,7 @@ _PIECE_CHARS = 40_000
 # Texts this long or longer have their counts remembered (see TokenCounter.count);
 # shorter ones cost less to count than to look up.
 _MEMO_MIN_CHARS = 256
-_MEMO_ENTRIES = 65_536
+_MEMO_ENTRIES = 16_384  # at most ~3 MB; the text that repeats is a few prompts
 
 
 # Bytes of the longest token of each encoding (both 128; checked against the
