@@ -3,7 +3,8 @@
 Where the figure comes from, first that applies:
 
 1. ``recorded``: the run directory's manifest (a resumed run keeps what it started
-   with, so its request bodies, cache keys and batch lines stay the same);
+   with, so its request bodies, cache keys and batch lines stay the same; not
+   with ``--force-new``, which starts over where the settings differ);
 2. ``calibration``: an earlier run's ``calibration.json`` (``--calibration``, or for
    ``grow`` the collection's last version);
 3. ``pilot``: the run's first ``PILOT_REQUESTS`` requests, sent at the ceiling
@@ -57,7 +58,8 @@ def plan(cfg: Config) -> tuple[Config, Sizing | None]:
     pilot must run first (see ``pilot``)."""
     if not cfg.max_tokens_auto or cfg.max_tokens_by_variant:
         return cfg, Sizing("fixed", cfg.max_tokens_by_variant)
-    recorded = _recorded(Path(cfg.out)) if cfg.out else None
+    # --force-new asks for a fresh run where settings differ: size it afresh too.
+    recorded = _recorded(Path(cfg.out)) if cfg.out and not cfg.force_new else None
     if recorded is not None:
         return cfg.with_(max_tokens_by_variant=recorded), Sizing(
             "recorded", recorded, detail=str(Path(cfg.out) / "manifest.json"))

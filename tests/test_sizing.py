@@ -148,6 +148,17 @@ async def test_a_run_sizes_max_tokens_from_a_pilot_records_it_and_keeps_it(
         with pytest.raises(RunDirError, match="--max-tokens auto again"):
             await arun(_cfg(tmp_path / "a", server.url, max_tokens_auto=False),
                        source=_units(20), build=False)
+        # A run begun without auto keeps its max_tokens when resumed with auto...
+        plain = await arun(_cfg(tmp_path / "p", server.url, max_tokens_auto=False),
+                           source=_units(5), build=False)
+        kept = await arun(_cfg(tmp_path / "p", server.url), source=_units(5), build=False)
+        assert kept.report["max_tokens"] == {"source": "recorded", "by_variant": "",
+                                             "answers": 0, "detail": str(plain.out /
+                                                                         "manifest.json")}
+        # ...and --force-new starts it over, sized.
+        fresh = await arun(_cfg(tmp_path / "p", server.url, force_new=True), source=_units(5),
+                           build=False)
+        assert fresh.report["max_tokens"]["source"] == "pilot"
 
         # A new run sized from that calibration sends no pilot, and the estimate's worst
         # case uses the same figure.
