@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
-from dynogen.errors import ConfigError, RequestFailed, Stopped
+from dynogen.errors import BadRequestError, ConfigError, RequestFailed, Stopped
 from dynogen.execute.base import Accounting, Executor, Request
 from dynogen.execute.dialect import Dialect
 from dynogen.prompts import PromptBuilder
@@ -121,18 +122,21 @@ async def pilot(cfg: Config, executor: Executor, prompts: PromptBuilder,
         if len(reqs) >= PILOT_REQUESTS:
             break
     lengths = Lengths()
-    failed = 0
+    failed: Counter[str] = Counter()
 
     async def one(variant: str, req: Request) -> None:
-        nonlocal failed
         try:
             comp = await executor.complete(req, Accounting())
-        except (RequestFailed, Stopped):
-            failed += 1
-            return
-        n = comp.usage.get("completion_tokens") if comp.usage else None
-        if isinstance(n, int) and n >= 0:
-            lengths.add(variant, n, truncated=comp.finish_reason == "length")
+        except RequestFailed as e:
+            failed[e.reason] += 1
+        except BadRequestError:
+            # A parameter the server refuses (json_schema, max_tokens...): the engine
+            # adapts its dialect on the first such answer; the pilot only counts it.
+            failed["bad_request"] += 1
+        except Stopped:
+            failed["stopped"] += 1
+        else:
+            lengths.observe(variant, comp.usage, comp.finish_reason)
 
     outcomes = await asyncio.gather(*(one(v, r) for v, r in reqs), return_exceptions=True)
     for o in outcomes:  # a budget or fatal error stops the run as it would any request
@@ -141,8 +145,9 @@ async def pilot(cfg: Config, executor: Executor, prompts: PromptBuilder,
     rest = itertools.chain(head, it)
     by = resolve(lengths, cfg.variants, cfg.max_tokens)
     if by is None:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(failed.items())) or "none failed"
         return cfg, Sizing("ceiling", "", lengths.answers(),
-                           f"{len(reqs)} pilot requests, {failed} failed: too few answers"), rest
+                           f"{len(reqs)} pilot requests ({why}): too few answers"), rest
     text = format_by_variant(by)
     return cfg.with_(max_tokens_by_variant=text), Sizing(
         "pilot", text, lengths.answers(), f"{len(reqs)} pilot requests"), rest

@@ -235,12 +235,15 @@ class Config:
         if self.max_tokens < 1 or self.max_tokens_retry < self.max_tokens:
             raise ConfigError("--max-tokens must be positive and not above max_tokens_retry")
         if self.max_tokens_by_variant:
-            from dynogen.sizing import parse_by_variant
-
-            if any(n > self.max_tokens_retry
-                   for n in parse_by_variant(self.max_tokens_by_variant).values()):
-                raise ConfigError("max_tokens_by_variant: each figure must be at most "
-                                  "max_tokens_retry")
+            by = _by_variant(self.max_tokens_by_variant)  # ConfigError if malformed
+            if set(by) - set(VARIANTS) or any(n > self.max_tokens_retry for n in by.values()):
+                raise ConfigError(
+                    f"max_tokens_by_variant {self.max_tokens_by_variant!r}: variants are "
+                    f"{', '.join(VARIANTS)}, each figure at most max_tokens_retry "
+                    f"({self.max_tokens_retry})")
+        if self.calibration is not None and not self.max_tokens_auto:
+            raise ConfigError("--calibration sizes --max-tokens auto: add --max-tokens auto, "
+                              "or leave --calibration out")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
         if self.durability not in DURABILITY:

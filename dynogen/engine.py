@@ -51,7 +51,6 @@ from dynogen.errors import (
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
-from dynogen.execute.client import Completion
 from dynogen.execute.dialect import Dialect, adapt
 from dynogen.instances import Instance, build_instance
 from dynogen.judge import Judge, Verdict
@@ -288,13 +287,6 @@ class TaskEngine:
                 yield self._request(prompts, item, v, self.cfg.max_tokens_for(v),
                                     self.dialect)
 
-    def _observe_length(self, variant: str, comp: Completion) -> None:
-        """Completion lengths for ``calibration.json`` (what ``--max-tokens auto`` reads)."""
-        usage = comp.usage
-        n = usage.get("completion_tokens") if usage else None
-        if isinstance(n, int) and n >= 0:
-            self.lengths.add(variant, n, truncated=comp.finish_reason == "length")
-
     @staticmethod
     def _request(prompts: PromptBuilder, unit: Unit, variant: str, max_tokens: int,
                  dialect: Dialect) -> Request:
@@ -375,14 +367,15 @@ class TaskEngine:
                     max_tokens = self.cfg.max_tokens_retry
                     self.session["length_retries"] += 1
                     continue
-                self._observe_length(variant, comp)  # cut even on the retry: length unknown
+                # Cut even on the retry: counted as cut (its length is unknown).
+                self.lengths.observe(variant, comp.usage, comp.finish_reason)
                 res.invalid = "truncated_at_max_tokens"
                 return res
             if comp.finish_reason == "content_filter":
                 res.invalid = "content_filter"
                 return res
             # An answer cut at max_tokens and asked again is counted once, at its full length.
-            self._observe_length(variant, comp)
+            self.lengths.observe(variant, comp.usage, comp.finish_reason)
             parsed = parse_tasks(comp.content)
             if parsed.error:
                 res.invalid = parsed.error

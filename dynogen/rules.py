@@ -162,9 +162,6 @@ def _values(v: Any) -> str:
     return v if isinstance(v, str) else ""
 
 
-_VIEW_KEY = "_unit_text"  # in Unit.extra (not serialized)
-
-
 class UnitText:
     """What the text rules compare instructions against, for one unit.
 
@@ -184,14 +181,9 @@ class UnitText:
         self._label_words: set[str] | None = None
         self._value5: list[set[tuple[str, ...]]] | None = None
 
-    @classmethod
-    def of(cls, unit: Unit) -> UnitText:
-        """The unit's view, made once and kept with the unit (its variants share it)."""
-        view = unit.extra.get(_VIEW_KEY)
-        facts = unit.extra.get("facts")
-        if not isinstance(view, UnitText) or view._facts is not facts:
-            view = unit.extra[_VIEW_KEY] = cls(unit, facts)
-        return view
+    def is_for(self, unit: Unit, facts: Facts | None) -> bool:
+        """Whether this view was made for ``unit`` with these facts (its variants share it)."""
+        return self._unit is unit and self._facts is facts
 
     def copies_description(self, words: list[str]) -> bool:
         """Whether most (half or more) of the word 6-grams of ``words`` appear in the

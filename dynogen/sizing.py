@@ -62,6 +62,13 @@ class Lengths:
         if truncated:
             self.cut[variant] += 1
 
+    def observe(self, variant: str, usage: Mapping[str, Any] | None,
+                finish_reason: str | None) -> None:
+        """One answer's ``usage.completion_tokens``, if the server gave a sound one."""
+        n = usage.get("completion_tokens") if usage else None
+        if isinstance(n, int) and n >= 0:
+            self.add(variant, n, truncated=finish_reason == "length")
+
     def merge(self, other: Lengths) -> Lengths:
         for v, h in other.hist.items():
             self.hist.setdefault(v, Counter()).update(h)

@@ -92,7 +92,7 @@ def _examples(facts: Facts | None, inputs: list[str], output: str,
 class TaskFilter:
     """Keeps the run-wide dedup state; ``filter`` is called once per unit and variant."""
 
-    __slots__ = ("seen", "max_tasks", "heldout_fraction", "sample_path", "_sampled")
+    __slots__ = ("seen", "max_tasks", "heldout_fraction", "sample_path", "_sampled", "_view")
 
     def __init__(self, max_tasks: int, heldout_fraction: float = 0.0,
                  seen: HashSet | None = None, sample_path: Path | None = None) -> None:
@@ -101,6 +101,7 @@ class TaskFilter:
         self.heldout_fraction = heldout_fraction
         self.sample_path = sample_path
         self._sampled: Counter[str] = Counter()
+        self._view: UnitText | None = None  # the last unit's, for its other variants
 
     def remember(self, rec: dict[str, Any]) -> None:
         """Add a task already in ``tasks.jsonl`` (a resumed run) to the dedup state."""
@@ -115,7 +116,10 @@ class TaskFilter:
                unit_seen: set[int]) -> tuple[list[Task], Counter[str]]:
         kept: list[Task] = []
         drops: Counter[str] = Counter()
-        view = UnitText.of(unit)
+        facts = unit.extra.get("facts")
+        view = self._view
+        if view is None or not view.is_for(unit, facts):
+            view = self._view = UnitText(unit, facts)
         for rec in records:
             if len(kept) >= self.max_tasks:
                 drops[DropReason.TOO_MANY_TASKS] += 1

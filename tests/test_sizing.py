@@ -23,7 +23,7 @@ from dynogen.sizing import (
     quantile,
     resolve,
 )
-from dynogen.testing import FakeOpenAI, serve
+from dynogen.testing import FakeOpenAI, Fault, serve
 from dynogen.units import Field, Unit
 
 # ----------------------------------------------------------------------------- pure
@@ -95,6 +95,10 @@ def test_by_variant_text_and_config() -> None:
         load_config(env={}, max_tokens="lots")
     with pytest.raises(ConfigError, match="max_tokens_retry"):
         Config(max_tokens_by_variant="description:4000").validate()
+    with pytest.raises(ConfigError, match="variants are"):
+        Config(max_tokens_by_variant="descripton:300").validate()
+    with pytest.raises(ConfigError, match="add --max-tokens auto"):
+        load_config(env={}, calibration="runs/a")
 
 
 # ------------------------------------------------------------------ against the fake
@@ -171,6 +175,25 @@ async def test_a_run_sizes_max_tokens_from_a_pilot_records_it_and_keeps_it(
         est = estimate(Config(max_tokens_auto=True, licenses="any"), calibration=out.out,
                        source=_units(5))
         assert est.output_tokens["high"] == 5 * sum(sized.values())
+
+
+async def test_a_pilot_the_server_refuses_leaves_the_ceiling_and_the_engine_adapts(
+        tmp_path: Path) -> None:
+    """A server that refuses json_schema answers the whole pilot with 400s: the run
+    keeps the ceiling (saying why) and goes on as any run does, stepping down."""
+    fake = FakeOpenAI()
+    refusal = Fault.http(400, {"error": {
+        "message": "Invalid parameter: 'response_format' of type 'json_schema' is not "
+                   "supported with this model.", "type": "invalid_request_error", "code": None}})
+    fake.enqueue(*[refusal] * (PILOT_REQUESTS + 1))  # the pilot's, then the engine's first
+    async with serve(fake) as server:
+        out = await arun(_cfg(tmp_path / "a", server.url, max_in_flight=1), source=_units(10),
+                         build=False)
+    assert out.exit_code == EXIT["ok"], out.message
+    assert out.report["max_tokens"]["source"] == "ceiling"
+    assert f"{PILOT_REQUESTS} bad_request" in out.report["max_tokens"]["detail"]
+    assert out.report["session"]["adapted:format=json_object, max_tokens, temperature=sent"] == 1
+    assert out.report["units"]["processed"] == 10
 
 
 async def test_batch_mode_needs_a_calibration_for_auto(tmp_path: Path) -> None:

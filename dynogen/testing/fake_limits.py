@@ -266,9 +266,11 @@ class Stats:
         self.completions: list[int] = []
         self.tokens: list[int] = []
         self.limited: list[int] = []
-        self.first_request: float | None = None  # seconds since start: the API span's ends
-        self.last_request: float | None = None  # ... and the last arrival: what follows is
-        self.last_answer: float | None = None   # the final answers' time (the drain)
+        # Seconds since start: the API span runs from the first request to the last
+        # answer; from the last request to the last answer is the drain.
+        self.first_request: float | None = None
+        self.last_request: float | None = None
+        self.last_answer: float | None = None
 
     def arrived(self, now: float) -> None:
         """A request came in (counted before it is judged)."""
