@@ -1,0 +1,162 @@
+"""Count dynogen's import graph: modules, edges, cycles, function-level imports.
+
+Every import statement counts: module level, inside functions, and under
+``if TYPE_CHECKING:``; so do the package root's lazy exports (a ``_LAZY``-style
+mapping of name -> module path in an ``__init__``). An edge ``a -> b`` means
+module ``a`` names module ``b`` (``from dynogen.x import y`` names ``dynogen.x``,
+and ``dynogen.x.y`` too when that is a module).
+
+    python scripts/import_graph.py            # the numbers
+    python scripts/import_graph.py --cycles   # and every cycle's members
+    python scripts/import_graph.py --json     # machine-readable
+
+Exit status 1 when there is any cycle, so a check can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = "dynogen"
+
+
+def modules(root: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted((root / PKG).rglob("*.py")):
+        parts = list(p.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _resolve(mod: str, is_pkg: bool, level: int, name: str | None) -> str:
+    if level == 0:
+        return name or ""
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    base = base[: len(base) - (level - 1)] if level > 1 else base
+    return ".".join(base + ([name] if name else []))
+
+
+def edges(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, int], int]:
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    local_imports: dict[str, int] = {}
+    total_statements = 0
+
+    def target(name: str) -> str | None:
+        while name:
+            if name in mods:
+                return name
+            name = name.rpartition(".")[0]
+        return None
+
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        is_pkg = path.name == "__init__.py"
+        # statements inside a function body
+        in_func: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Import | ast.ImportFrom):
+                        in_func.add(id(sub))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(mod, is_pkg, node.level, node.module)
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith(PKG + ".") and " " not in node.value:
+                names = [node.value]  # lazy exports: "dynogen.x.y" strings
+            else:
+                continue
+            hit = False
+            for n in names:
+                t = target(n) if n.startswith(PKG) else None
+                if t and t != mod:
+                    graph[mod].add(t)
+                    hit = True
+            if hit and isinstance(node, ast.Import | ast.ImportFrom):
+                total_statements += 1
+                if id(node) in in_func:
+                    local_imports[mod] = local_imports.get(mod, 0) + 1
+    return graph, local_imports, total_statements
+
+
+def sccs(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of size > 1 (or a self-loop)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+    sys.setrecursionlimit(10000)
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", action="store_true", help="list each cycle's modules")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--root", default=str(ROOT))
+    a = ap.parse_args()
+    mods = modules(Path(a.root))
+    graph, local, statements = edges(mods)
+    cyc = sccs(graph)
+    longest = max(mods.items(), key=lambda kv: len(kv[1].read_text().splitlines()))
+    facts = {
+        "modules": len(mods),
+        "import_edges": sum(len(v) for v in graph.values()),
+        "import_statements": statements,
+        "cycles": len(cyc),
+        "modules_in_cycles": sum(len(c) for c in cyc),
+        "function_level_imports": sum(local.values()),
+        "longest_module": f"{longest[0]} ({len(longest[1].read_text().splitlines())} lines)",
+    }
+    if a.json:
+        print(json.dumps({**facts, "cycle_members": cyc}, indent=2))
+    else:
+        for k, v in facts.items():
+            print(f"{k:24} {v}")
+        if a.cycles:
+            for c in cyc:
+                print("cycle:", " <-> ".join(c))
+    return 1 if cyc else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
