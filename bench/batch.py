@@ -168,7 +168,7 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
                                        "--budget-usd", str(BUDGET_USD), *_batch(file_requests)),
                                  env)
         c = fake._call("/admin/batches")
-        from dynogen.prices import PriceTable
+        from dynogen.execute.prices import PriceTable
 
         price = PriceTable.load().lookup("gpt-4o-mini")
         billed = price.cost(c["billed"]["prompt_tokens"], c["billed"]["completion_tokens"],

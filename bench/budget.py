@@ -36,11 +36,11 @@ from typing import Any
 
 from dynogen.api import arun, estimate
 from dynogen.config import Config, Secret
+from dynogen.execute.prices import PriceTable
 from dynogen.io.sources import open_source
-from dynogen.prices import PriceTable
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.testing import FakeOpenAI, Latency, serve
-from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit, skip_reason
 
 __all__ = ["main", "one_run"]

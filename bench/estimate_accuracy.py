@@ -35,8 +35,8 @@ from typing import Any
 from dynogen.api import arun, estimate
 from dynogen.config import Config, Secret
 from dynogen.io.sources import open_source
+from dynogen.prompts.tokens import RESPONSE_FORMAT_OVERHEAD
 from dynogen.testing import FakeOpenAI, serve
-from dynogen.tokens import RESPONSE_FORMAT_OVERHEAD
 from dynogen.units import Skipped, Unit
 
 __all__ = ["main", "measure"]

@@ -33,8 +33,8 @@ from dynogen.api import arun
 from dynogen.config import Config
 from dynogen.io.sources import open_source
 from dynogen.store.journal import iter_jsonl
+from dynogen.tasks.filter import TaskFilter
 from dynogen.units import Unit, skip_reason
-from dynogen.validate import TaskFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 _SUFFIX = re.compile(r"\s*Answers must be one of: .*$")

@@ -66,8 +66,8 @@ def build_workload(corpus: Path, dest: Path, *, limit: int | None = None) -> Wor
     """
     from dynogen.config import Config
     from dynogen.io.sources import open_source
-    from dynogen.prompts import PromptBuilder
-    from dynogen.tokens import TokenCounter
+    from dynogen.prompts.builder import PromptBuilder
+    from dynogen.prompts.tokens import TokenCounter
     from dynogen.units import Unit, skip_reason
 
     cfg = Config()

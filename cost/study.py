@@ -35,13 +35,13 @@ from typing import Any
 import orjson
 
 from dynogen.api import estimate
+from dynogen.commands.estimate import CACHE_MIN_TOKENS, DEFAULT_EXPECTED_OUTPUT
 from dynogen.config import Config
-from dynogen.dryrun import CACHE_MIN_TOKENS, DEFAULT_EXPECTED_OUTPUT
+from dynogen.execute.prices import PriceTable
 from dynogen.io.sources import open_source
-from dynogen.prices import PriceTable
-from dynogen.prompts import PromptBuilder
-from dynogen.schema import response_format
-from dynogen.tokens import TokenCounter
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.schema import response_format
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.units import Skipped, Unit, skip_reason
 
 __all__ = ["main"]

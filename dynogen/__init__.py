@@ -28,7 +28,7 @@ _LAZY = {
     "APIError": "dynogen.errors", "BudgetExceeded": "dynogen.errors",
     "ConfigError": "dynogen.errors", "DynogenError": "dynogen.errors",
     "FatalAPIError": "dynogen.errors", "RetryableError": "dynogen.errors",
-    "UserError": "dynogen.errors", "Task": "dynogen.tasks", "Field": "dynogen.units",
+    "UserError": "dynogen.errors", "Task": "dynogen.tasks.task", "Field": "dynogen.units",
     "Skipped": "dynogen.units", "Unit": "dynogen.units",
 }
 
@@ -61,7 +61,7 @@ if _typing.TYPE_CHECKING:
         RetryableError,
         UserError,
     )
-    from dynogen.tasks import Task
+    from dynogen.tasks.task import Task
     from dynogen.units import Field, Skipped, Unit
 
 

@@ -1,5 +1,5 @@
 """``python -m dynogen``: the same CLI as the ``dynogen`` script."""
 
-from dynogen.cli import main
+from dynogen.cli.main import main
 
 main()

@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
-from dynogen import autosize, eventloop
-from dynogen.builder import build_instances
+from dynogen import eventloop
+from dynogen.commands.estimate import Calibration, Estimate, estimate_units, write_calibration
 from dynogen.config import Config
 from dynogen.dedup import DedupSeed
-from dynogen.dryrun import Calibration, Estimate, estimate_units, write_calibration
-from dynogen.engine import EngineResult, TaskEngine
+from dynogen.engine import max_tokens as autosize
+from dynogen.engine.engine import EngineResult, TaskEngine
+from dynogen.engine.lengths import Lengths
 from dynogen.errors import (
     APIConnectionError,
     BudgetExceeded,
@@ -37,19 +38,19 @@ from dynogen.errors import (
     FatalAPIError,
     StorageError,
 )
+from dynogen.execute.ledger import Ledger
+from dynogen.execute.prices import Price
 from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
+from dynogen.instances.build import build_instances
 from dynogen.io.sources import open_source, source_for
-from dynogen.ledger import Ledger
 from dynogen.policy import Policies, gate
-from dynogen.prices import Price
 from dynogen.progress import make_progress
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.report import Stats
-from dynogen.sizing import Lengths
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
-from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 __all__ = [
@@ -144,7 +145,7 @@ async def arun(
     cfg = cfg.validate()
     t0 = time.perf_counter()
     if cfg.local:
-        from dynogen.local_server import LocalServer
+        from dynogen.execute.local_server import LocalServer
 
         server = LocalServer()
         async with server:
@@ -378,10 +379,10 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
     tasks left out), also as ``jsonl``.
     """
     if collection is not None:
-        from dynogen.store.grow import export_collection
+        from dynogen.collections.grow import export_collection
 
         return export_collection(collection, fmt=fmt, dest=dest)[0]
-    from dynogen.exporter import export_instances
+    from dynogen.instances.export import export_instances
 
     if out is None:
         raise ConfigError("export needs a run directory (--out) or a --collection")
@@ -398,10 +399,10 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
 def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
     """What the filters did in a run: kept and dropped tasks with instances, shares per source.
 
-    Returns an ``Inspection`` (``to_dict()`` for data, ``dynogen.quality.format_inspection``
-    for the text ``dynogen inspect`` prints).
+    Returns an ``Inspection`` (``to_dict()`` for data,
+    ``dynogen.commands.inspect.format_inspection`` for the text ``dynogen inspect`` prints).
     """
-    from dynogen.quality import inspect_run
+    from dynogen.commands.inspect import inspect_run
 
     return inspect_run(out, kept=kept, per_reason=per_reason)
 
@@ -414,7 +415,7 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
     With ``collection``: only the next grow step (its new and changed units).
     """
     if collection is not None:
-        from dynogen.store.grow import estimate_next
+        from dynogen.collections.grow import estimate_next
 
         return estimate_next(collection, cfg, calibration=calibration, source=source)
     cfg = cfg.validate()
@@ -431,13 +432,13 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
 
 async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
     """Add one version to ``collection`` with what is new or changed in ``cfg.source``."""
-    from dynogen.store.grow import agrow as _agrow
+    from dynogen.collections.grow import agrow as _agrow
 
     return await _agrow(collection, cfg, **kwargs)
 
 
 def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
-    """Synchronous ``agrow`` (see ``dynogen.store.grow``)."""
+    """Synchronous ``agrow`` (see ``dynogen.collections.grow``)."""
     return eventloop.run(agrow(collection, cfg, **kwargs))
 
 
@@ -471,7 +472,7 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
          transport: Transport | None = None, handle_signals: bool = False) -> RunOutcome:
     """Send a Batch API input file's requests (online or as Batch API jobs); answers in
     the Batch API output format."""
-    from dynogen.calls import acall
+    from dynogen.commands.call import acall
 
     cfg = cfg.validate()
     res = eventloop.run(acall(cfg, requests, out, transport=transport,

@@ -109,7 +109,7 @@ class Config:
     seed: int | None = 0
     max_tokens: int = 640
     max_tokens_retry: int = 1536
-    # --max-tokens auto (dynogen.sizing): resolved once per run from earlier answers into
+    # --max-tokens auto (dynogen.engine.lengths): resolved once per run from earlier answers into
     # max_tokens_by_variant ("description:384,no_description:352"; "" = max_tokens for
     # all), which is recorded in the manifest; `calibration` names where the earlier
     # answers are (a calibration.json or a run directory; None: a pilot of first answers)
@@ -119,7 +119,7 @@ class Config:
     metadata_token_budget: int = 900
     response_format: str = "json_schema"  # json_schema | json_object | none
     encoding: str = "o200k_base"
-    # one more request per kept task asking the model whether it is valid (dynogen.judge)
+    # one more request per kept task asking the model whether it is valid (dynogen.tasks.judge)
     judge: bool = False
     # data policies (issue #10): "any"/"all" lift them; see dynogen.policy
     licenses: str = "permissive,share-alike"
@@ -274,7 +274,7 @@ class Config:
 
 @functools.lru_cache(maxsize=8)
 def _by_variant(text: str) -> Mapping[str, int]:
-    from dynogen.sizing import parse_by_variant
+    from dynogen.engine.lengths import parse_by_variant
 
     return MappingProxyType(parse_by_variant(text))
 

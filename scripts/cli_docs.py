@@ -19,7 +19,7 @@ def render() -> str:
     os.environ["NO_COLOR"] = "1"
     from typer.testing import CliRunner
 
-    from dynogen.cli import app
+    from dynogen.cli.main import app
 
     runner = CliRunner()
     parts = ["# dynogen command line\n",

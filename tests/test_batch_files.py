@@ -18,8 +18,8 @@ from dynogen.execute.batch_files import (
     parse_result_line,
     split_lines,
 )
-from dynogen.ledger import Ledger
-from dynogen.prices import Price
+from dynogen.execute.ledger import Ledger
+from dynogen.execute.prices import Price
 from dynogen.store.cache import request_key
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"hi \\u00e9"}],"max_tokens":9}'

@@ -133,7 +133,7 @@ async def test_cancel_from_outside_is_noticed_and_a_resume_finishes(tmp_path: Pa
 
 
 async def test_call_mode_batch_writes_one_answer_per_custom_id(tmp_path: Path) -> None:
-    from dynogen.calls import acall
+    from dynogen.commands.call import acall
 
     lines = []
     for i in range(25):

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from dynogen.calls import acall
+from dynogen.commands.call import acall
 from dynogen.config import Config, Secret
 from dynogen.errors import ResponseTooLargeError
 from dynogen.execute.transport import iter_lines_capped, read_capped_sync

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from dynogen.cli import app
+from dynogen.cli.main import app
 from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeProcess, start_fake_process
 

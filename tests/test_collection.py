@@ -256,7 +256,7 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
 def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dynogen.cli import app
+    from dynogen.cli.main import app
     from dynogen.testing import start_fake_process
 
     runner = CliRunner()
@@ -296,7 +296,7 @@ async def test_an_unfinished_version_refuses_other_prompt_settings(tmp_path: Pat
 
 
 def test_a_hub_grow_lists_only_what_changed_since_the_last_version_started() -> None:
-    from dynogen.store.grow import open_grow_source
+    from dynogen.collections.grow import open_grow_source
 
     src: Any = open_grow_source(Config(source="hub"), since="2026-01-01T00:00:00Z")
     assert src.options.modified_since.isoformat() == "2026-01-01T00:00:00+00:00"
@@ -336,7 +336,7 @@ def test_cli_grow_takes_the_run_and_batch_settings(tmp_path: Path) -> None:
     # grow is a run: the settings that shape a run's storage and batches reach its Config.
     from typer.testing import CliRunner
 
-    from dynogen.cli import app
+    from dynogen.cli.main import app
 
     runner = CliRunner()
     coll = str(tmp_path / "coll")

@@ -15,15 +15,15 @@ import pytest
 import yaml
 
 from dynogen.api import arun, estimate, inspect
+from dynogen.commands.inspect import format_inspection
 from dynogen.config import Config, Secret
 from dynogen.errors import DynogenError
 from dynogen.io.folder import FolderSource
 from dynogen.policy import Policies, gate
-from dynogen.quality import format_inspection
-from dynogen.rules import TaskRule
+from dynogen.tasks.filter import TaskFilter
+from dynogen.tasks.rules import TaskRule
 from dynogen.testing import FakeOpenAI, serve
 from dynogen.units import Skipped, Unit
-from dynogen.validate import TaskFilter
 
 LABELS77 = [f"intent_{i:02d}" for i in range(77)]
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dynogen.execute.dialect import Dialect, adapt
+from dynogen.prompts.dialect import Dialect, adapt
 
 
 def test_each_refusal_changes_one_thing() -> None:

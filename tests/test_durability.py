@@ -112,7 +112,7 @@ def journal_items(out: Path) -> Counter[str]:
 
 def _cli(argv: list[str], env: dict[str, str]) -> None:
     os.environ.update(env)
-    from dynogen.cli import main
+    from dynogen.cli.main import main
 
     main(argv)
 
@@ -120,7 +120,7 @@ def _cli(argv: list[str], env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def launcher() -> Any:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["dynogen.cli", "datasets"])
+    ctx.set_forkserver_preload(["dynogen.cli.main", "datasets"])
     return ctx
 
 

@@ -10,10 +10,10 @@ import pytest
 from dynogen import errors
 from dynogen.execute.base import EMBEDDINGS, Accounting, Request, usage_counts
 from dynogen.execute.client import ChatClient
+from dynogen.execute.ledger import Ledger
 from dynogen.execute.online import OnlineExecutor
+from dynogen.execute.prices import Price
 from dynogen.execute.transport import MockTransport, RawResponse, SentRequest
-from dynogen.ledger import Ledger
-from dynogen.prices import Price
 from dynogen.ratelimit import FakeClock, Limiter, RetryPolicy
 from dynogen.store.cache import RequestCache
 
@@ -30,8 +30,8 @@ def _executor(handler: object, clock: FakeClock, *, cache: RequestCache | None =
 
 
 def test_every_exception_is_rooted_in_the_error_tree() -> None:
-    from dynogen.features import FeaturesError
     from dynogen.io.cards import CardError
+    from dynogen.io.features import FeaturesError
 
     for cls in (errors.RequestFailed, errors.Stopped, CardError, FeaturesError):
         assert issubclass(cls, errors.DynogenError), cls

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dynogen.errors import ConfigError, RunDirError
-from dynogen.exporter import INSTANCE_COLUMNS, export_instances
-from dynogen.instances import Instance
+from dynogen.instances.export import INSTANCE_COLUMNS, export_instances
+from dynogen.instances.render import Instance
 
 
 def _records(n: int) -> list[dict[str, Any]]:

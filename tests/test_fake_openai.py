@@ -502,7 +502,7 @@ def _long_system(n_words: int) -> str:
 
 async def test_exact_tokens_bill_messages_schema_and_content_as_counted(
         session: aiohttp.ClientSession) -> None:
-    from dynogen.tokens import RESPONSE_FORMAT_OVERHEAD, TokenCounter
+    from dynogen.prompts.tokens import RESPONSE_FORMAT_OVERHEAD, TokenCounter
 
     counter = TokenCounter("o200k_base")
     fake = FakeOpenAI(exact_tokens=True, output_tokens=(30, 200), seed=3)
@@ -542,7 +542,7 @@ async def test_exact_tokens_meet_the_target_length_and_cut_at_max_tokens(
 
 async def test_prompt_cache_reports_repeated_prefixes_in_128_token_steps(
         session: aiohttp.ClientSession) -> None:
-    from dynogen.tokens import TokenCounter
+    from dynogen.prompts.tokens import TokenCounter
 
     counter = TokenCounter("o200k_base")
     system = _long_system(900)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynogen.features import FeaturesError, fields_from_features
+from dynogen.io.features import FeaturesError, fields_from_features
 from dynogen.units import Field
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf" / "2022"

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynogen.instances import (
+from dynogen.instances.render import (
     INPUT_CHAR_CAP,
     OUTPUT_CHAR_CAP,
     Instance,
@@ -18,7 +18,7 @@ from dynogen.instances import (
     is_heldout,
     split_heldout,
 )
-from dynogen.tasks import Task, task_id
+from dynogen.tasks.task import Task, task_id
 
 SKIPS = {v for k, v in vars(InstanceSkip).items() if k.isupper()}
 
@@ -195,7 +195,7 @@ def test_any_row_gives_an_instance_or_a_known_reason(
 
 
 def test_translation_subfields_resolve_into_the_dict_column() -> None:
-    from dynogen.tasks import Task
+    from dynogen.tasks.task import Task
 
     t = Task("t", "wmt", "de-en", "description", "Translate German to English.",
              ("translation.de",), "translation.en")

@@ -187,7 +187,7 @@ def test_hf_token_is_sent_and_never_written(monkeypatch: pytest.MonkeyPatch,
 def test_cli_collect_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dynogen.cli import app
+    from dynogen.cli.main import app
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)

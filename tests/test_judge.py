@@ -5,9 +5,15 @@ from __future__ import annotations
 import orjson
 
 from dynogen.config import Config
-from dynogen.execute.dialect import Dialect
-from dynogen.judge import JUDGE_MAX_TOKENS, JUDGE_SYSTEM, judge_body, judge_messages, parse_verdict
-from dynogen.tasks import Task
+from dynogen.prompts.dialect import Dialect
+from dynogen.tasks.judge import (
+    JUDGE_MAX_TOKENS,
+    JUDGE_SYSTEM,
+    judge_body,
+    judge_messages,
+    parse_verdict,
+)
+from dynogen.tasks.task import Task
 
 TASK = Task("t1", "imdb", "plain_text", "description", "Classify the review's sentiment.",
             ("text",), "label", "mit", ("neg", "pos"))

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dynogen.errors import BudgetExceeded, ConfigError
-from dynogen.ledger import Ledger, Reservation
-from dynogen.prices import Price, PriceTable
+from dynogen.execute.ledger import Ledger, Reservation
+from dynogen.execute.prices import Price, PriceTable
 
 TABLE = PriceTable.load()
 MINI = TABLE.lookup("gpt-4o-mini")  # 0.15 in, 0.075 cached, 0.60 out, batch 0.075 / 0.30

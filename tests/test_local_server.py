@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from dynogen.errors import LocalServerError
-from dynogen.local_server import (
+from dynogen.execute.local_server import (
     CTX_PER_SLOT,
     MODEL_ALIAS,
     LocalServer,
@@ -98,7 +98,7 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     """Even a parent killed with SIGKILL (no __exit__, no atexit) leaves no server behind."""
     script = textwrap.dedent("""
         import os, signal, sys
-        from dynogen.local_server import LocalServer
+        from dynogen.execute.local_server import LocalServer
         srv = LocalServer(n_parallel=1, threads=1).start()
         print(srv.pid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -148,7 +148,8 @@ def test_serve_forever_prints_the_url_and_stops_on_ctrl_c() -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-c",
-         "from dynogen.local_server import serve_forever; serve_forever(n_parallel=1, threads=1)"],
+         "from dynogen.execute.local_server import serve_forever; "
+         "serve_forever(n_parallel=1, threads=1)"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

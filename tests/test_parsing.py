@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynogen.parsing import parse_tasks
+from dynogen.tasks.parsing import parse_tasks
 
 GOOD = '{"tasks": [{"instruction": "Do X.", "input_fields": ["a"], "output_field": "b"}]}'
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynogen.errors import ConfigError, UnknownPriceError, UserError
-from dynogen.prices import PICO, Price, PriceTable, price_for, snapshot_base
+from dynogen.execute.prices import PICO, Price, PriceTable, price_for, snapshot_base
 
 REQUIRED = [
     "gpt-3.5-turbo",

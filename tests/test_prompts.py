@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 
 from dynogen.config import Config
-from dynogen.prompts import PromptBuilder, render_metadata
-from dynogen.tokens import TokenCounter
+from dynogen.prompts.builder import PromptBuilder, render_metadata
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.units import Field, Unit
 
 

@@ -21,16 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynogen.config import Config
-from dynogen.features import FeaturesError, fields_from_features
-from dynogen.instances import Instance, InstanceSkip, build_instance
+from dynogen.instances.render import Instance, InstanceSkip, build_instance
+from dynogen.io.features import FeaturesError, fields_from_features
 from dynogen.io.shards import JsonlSource
-from dynogen.parsing import parse_tasks
-from dynogen.prompts import PromptBuilder
-from dynogen.rules import TaskRule
-from dynogen.tasks import Task
-from dynogen.tokens import TokenCounter
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.tokens import TokenCounter
+from dynogen.tasks.filter import MAX_INSTRUCTION_CHARS, DropReason, TaskFilter
+from dynogen.tasks.parsing import parse_tasks
+from dynogen.tasks.rules import TaskRule
+from dynogen.tasks.task import Task
 from dynogen.units import Field, Skipped, SkipReason, Unit
-from dynogen.validate import MAX_INSTRUCTION_CHARS, DropReason, TaskFilter
 
 COUNTER = TokenCounter()
 CONFIG = Config(metadata_token_budget=300)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 
 import dynogen
-from dynogen.cli import app
+from dynogen.cli.main import app
 
 
 def test_exported_names_are_exactly_the_public_ones() -> None:

@@ -230,7 +230,7 @@ def test_cli_replay(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from dynogen.cli import app
+    from dynogen.cli.main import app
 
     async def build() -> Path:
         fake = FakeOpenAI()

@@ -11,8 +11,7 @@ import pytest
 
 from dynogen.api import EXIT, arun, estimate
 from dynogen.config import Config, load_config
-from dynogen.errors import ConfigError, RunDirError
-from dynogen.sizing import (
+from dynogen.engine.lengths import (
     FLOOR,
     MIN_ANSWERS,
     PILOT_REQUESTS,
@@ -23,6 +22,7 @@ from dynogen.sizing import (
     quantile,
     resolve,
 )
+from dynogen.errors import ConfigError, RunDirError
 from dynogen.testing import FakeOpenAI, Fault, serve
 from dynogen.units import Field, Unit
 

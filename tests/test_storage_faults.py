@@ -293,7 +293,7 @@ def test_a_real_full_filesystem_stops_in_one_line_and_the_same_command_resumes(
 
 def test_rows_unreadable_for_a_full_disk_stop_the_build_instead_of_being_journaled(
         tmp_path: Path, reference: Path) -> None:
-    from dynogen.builder import build_instances
+    from dynogen.instances.build import build_instances
     from dynogen.io.rows import RowsUnavailable
     from dynogen.store.rundir import RunDir
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynogen.errors import ConfigError
-from dynogen.tokens import (
+from dynogen.prompts.tokens import (
     GPT35_TURBO_0301_FORMAT,
     KNOWN_ENCODINGS,
     RESPONSE_FORMAT_OVERHEAD,
@@ -119,7 +119,7 @@ def test_remembered_counts_are_the_counts_of_each_text() -> None:
     """Long texts' counts are remembered (requests repeat their system prompt and
     few-shot turns); texts of equal length must still be counted apart, and the
     memory stays bounded."""
-    import dynogen.tokens as tokens
+    import dynogen.prompts.tokens as tokens
 
     fresh = TokenCounter("o200k_base")
     rng = random.Random(3)
@@ -267,7 +267,7 @@ def test_counting_never_imports_the_bpe_openai_package() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, dynogen.tokens as t; n = t.TokenCounter().count('hello world'); "
+    code = ("import sys, dynogen.prompts.tokens as t; n = t.TokenCounter().count('hello world'); "
             "print(n, 'bpe_openai' in sys.modules, 'bpe_openai.compat' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()

@@ -4,9 +4,9 @@ import orjson
 import pytest
 
 from dynogen.dedup import HashSet
-from dynogen.rules import TaskRule
+from dynogen.tasks.filter import DropReason, TaskFilter, label_suffix
+from dynogen.tasks.rules import TaskRule
 from dynogen.units import Field, Unit
-from dynogen.validate import DropReason, TaskFilter, label_suffix
 
 
 def rec(instr: str, inputs: list[str], out: str) -> dict[str, object]:

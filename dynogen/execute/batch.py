@@ -67,7 +67,7 @@ from dynogen.execute.batch_inputs import InputFiles, LiveFile
 from dynogen.execute.batch_remote import BatchRemote
 from dynogen.execute.batch_state import TERMINAL, BatchJournal
 from dynogen.execute.client import Completion
-from dynogen.ledger import Ledger
+from dynogen.execute.ledger import Ledger
 from dynogen.store.cache import RequestCache, request_key
 from dynogen.store.journal import JsonlWriter
 

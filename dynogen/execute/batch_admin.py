@@ -17,8 +17,8 @@ from typing import Any
 from dynogen.errors import APIError, ConfigError
 from dynogen.execute.batch_remote import BatchRemote
 from dynogen.execute.batch_state import TERMINAL, BatchJournal
-from dynogen.ledger import Ledger
-from dynogen.prices import Price
+from dynogen.execute.ledger import Ledger
+from dynogen.execute.prices import Price
 
 __all__ = ["acancel", "astatus", "format_status", "live_status_line"]
 

@@ -19,8 +19,8 @@ from dynogen.errors import DynogenError
 from dynogen.execute.base import Accounting, usage_counts
 from dynogen.execute.batch_files import ResultLine, key_hash
 from dynogen.execute.client import Completion, parse_answer
+from dynogen.execute.ledger import Ledger, Reservation
 from dynogen.execute.transport import RawResponse
-from dynogen.ledger import Ledger, Reservation
 from dynogen.store.cache import RequestCache
 from dynogen.store.journal import JsonlWriter
 

@@ -19,7 +19,7 @@ from dynogen.errors import BudgetExceeded, DynogenError
 from dynogen.execute.base import Request
 from dynogen.execute.batch_files import Caps, InputFile
 from dynogen.execute.batch_state import BatchJournal, FileState
-from dynogen.ledger import Ledger, Reservation
+from dynogen.execute.ledger import Ledger, Reservation
 
 __all__ = ["InputFiles", "LiveFile", "Slot"]
 

@@ -33,8 +33,8 @@ from dynogen.errors import (
 )
 from dynogen.execute.base import Accounting, Request, usage_counts
 from dynogen.execute.client import ChatClient, Completion, classify, parse_answer
+from dynogen.execute.ledger import Ledger, Reservation
 from dynogen.execute.transport import RawResponse
-from dynogen.ledger import Ledger, Reservation
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.store.cache import RequestCache, request_key
 from dynogen.store.journal import JsonlWriter

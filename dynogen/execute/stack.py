@@ -25,10 +25,10 @@ from dynogen.config import DEFAULT_BASE_URL, Config
 from dynogen.errors import AuthenticationError, ConfigError
 from dynogen.execute.base import Executor
 from dynogen.execute.client import ChatClient
+from dynogen.execute.ledger import Ledger
 from dynogen.execute.online import Meter, OnlineExecutor
+from dynogen.execute.prices import Price, PriceTable, price_for
 from dynogen.execute.transport import AiohttpTransport, Transport
-from dynogen.ledger import Ledger
-from dynogen.prices import Price, PriceTable, price_for
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.store.cache import RequestCache
 from dynogen.store.journal import JsonlWriter

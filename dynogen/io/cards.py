@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from dynogen.errors import MetadataError
-from dynogen.features import FeaturesError, fields_from_features
+from dynogen.io.features import FeaturesError, fields_from_features
 from dynogen.units import Skipped, SkipReason, Unit
 
 __all__ = [

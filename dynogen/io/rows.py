@@ -9,7 +9,7 @@ traceback.
 
 Rows are yielded as ``datasets`` gives them: ClassLabel columns keep their
 integer ids (``-1`` marks an unlabelled row). ``RowsInfo.labels`` carries the
-names per column so that ``dynogen.instances.build_instance`` maps ids to
+names per column so that ``dynogen.instances.render.build_instance`` maps ids to
 names, and can tell an unlabelled row from a label called ``-1``.
 
 Safety: ``trust_remote_code`` is never passed. ``datasets`` 5.x refuses

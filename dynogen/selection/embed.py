@@ -32,8 +32,8 @@ import xxhash
 
 from dynogen.errors import InvalidResponseError, UserError
 from dynogen.execute.base import EMBEDDINGS, Accounting, Executor, Request
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.selection.select import normalize_rows
-from dynogen.tokens import TokenCounter
 
 __all__ = ["APIEmbedder", "DEFAULT_BATCH", "DEFAULT_DIMS", "Embedder", "EmbeddingStore",
            "LexicalEmbedder", "project"]

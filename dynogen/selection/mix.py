@@ -85,7 +85,7 @@ async def open_embedder(cfg: Config | None, collection: Collection, *,
         yield LexicalEmbedder(dims)
         return
     from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
-    from dynogen.tokens import TokenCounter
+    from dynogen.prompts.tokens import TokenCounter
 
     cfg = cfg.validate()
     price = resolve_price(cfg)

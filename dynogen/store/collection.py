@@ -48,11 +48,11 @@ from typing import Any
 import orjson
 from xxhash import xxh3_64_hexdigest, xxh3_64_intdigest
 
-from dynogen.builder import instance_dict_hash
 from dynogen.dedup import DedupSeed
 from dynogen.errors import RunDirError
+from dynogen.instances.build import instance_dict_hash
 from dynogen.io.shards import _skipped_record
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts.builder import PromptBuilder
 from dynogen.store.journal import JsonlWriter, iter_jsonl
 from dynogen.units import Skipped, Unit
 
@@ -308,7 +308,7 @@ class Collection:
 
     def seed(self, exclude_keys: set[str]) -> DedupSeed:
         """Dedup state of the complete versions, without the units about to be re-done."""
-        from dynogen.validate import TaskFilter
+        from dynogen.tasks.filter import TaskFilter
 
         seed = DedupSeed()
         # The engine's own dedup key, through the same call a resumed run uses.

@@ -50,8 +50,8 @@ def _probe_digest(config: Config) -> str:
     the schema and how metadata is rendered — any change to them changes what
     the model is asked, so a run may not be resumed across it.
     """
-    from dynogen.prompts import PromptBuilder
-    from dynogen.tokens import TokenCounter
+    from dynogen.prompts.builder import PromptBuilder
+    from dynogen.prompts.tokens import TokenCounter
     from dynogen.units import Field, Unit
 
     probe = Unit("probe/identity", "default", "Short sentences, each with a label.",

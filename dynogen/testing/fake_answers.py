@@ -12,7 +12,7 @@ a prompt it cannot read gets ``{"tasks": []}``, which the engine must count.
 Token counts are ``len(text) // 4`` style estimates by default: cheap, and
 enough for limits and faults. Cost studies need the real figures, so
 ``ExactTokens`` counts as OpenAI bills instead (``FakeOpenAI(exact_tokens=True)``):
-the messages by the cookbook rule (``dynogen.tokens.TokenCounter``), a
+the messages by the cookbook rule (``dynogen.prompts.tokens.TokenCounter``), a
 ``json_schema`` response format as the tokens of its JSON text placed *before*
 the system message (OpenAI's prompt-caching guide: "the structured output
 schema serves as a prefix to the system message"), and the completion as the
@@ -38,8 +38,8 @@ from typing import Any
 import orjson
 import xxhash
 
+from dynogen.prompts.tokens import REPLY_PRIMING_TOKENS, TokenCounter
 from dynogen.testing.fake_limits import insufficient_quota_body, rate_limit_body
-from dynogen.tokens import REPLY_PRIMING_TOKENS, TokenCounter
 
 __all__ = [
     "CACHE_MIN_TOKENS",
@@ -317,7 +317,7 @@ def _spec_from_schema(schema: Any) -> TaskSpec | None:
     branches = _get(tasks, "items", "anyOf")
     outs: tuple[str, ...] = ()
     if isinstance(branches, list) and branches:
-        # One branch per possible output, whose inputs leave it out (dynogen.schema).
+        # One branch per possible output, whose inputs leave it out (dynogen.prompts.schema).
         outs = tuple(dict.fromkeys(
             o for b in branches for o in _str_enum(_get(b, "properties", "output_field",
                                                         "enum"))[:1]))
@@ -481,7 +481,7 @@ _JSON = "application/json"
 
 
 def is_verdict_request(body: Mapping[str, Any]) -> bool:
-    """A judge request (``dynogen.judge``): its response schema is named ``verdict``."""
+    """A judge request (``dynogen.tasks.judge``): its response schema is named ``verdict``."""
     return _get(body, "response_format", "json_schema", "name") == "verdict" or any(
         isinstance(m, Mapping) and m.get("role") == "system"
         and str(m.get("content", "")).startswith("You review instruction-tuning tasks")

@@ -344,7 +344,7 @@ def _bag_vector(text: str, dims: int) -> list[float]:
 
 def _encoding_of(model: str) -> str:
     """The model's encoding from dynogen's price table (o200k_base if unknown)."""
-    from dynogen.prices import PriceTable
+    from dynogen.execute.prices import PriceTable
 
     known = PriceTable.load().find(model)
     return known.encoding if known is not None and known.encoding else "o200k_base"

@@ -41,6 +41,7 @@ from xxhash import xxh3_64_intdigest
 
 from dynogen.config import Config
 from dynogen.dedup import HashSet
+from dynogen.engine.lengths import Lengths
 from dynogen.errors import (
     BadRequestError,
     BudgetExceeded,
@@ -51,20 +52,19 @@ from dynogen.errors import (
     UserError,
 )
 from dynogen.execute.base import Accounting, Executor, Request
-from dynogen.execute.dialect import Dialect, adapt
-from dynogen.instances import Instance, build_instance
-from dynogen.judge import Judge, Verdict
-from dynogen.parsing import parse_tasks
+from dynogen.instances.render import Instance, build_instance
 from dynogen.progress import Quiet
-from dynogen.prompts import PromptBuilder, render_metadata
+from dynogen.prompts.builder import PromptBuilder, render_metadata
+from dynogen.prompts.dialect import Dialect, adapt
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.report import Stats
-from dynogen.sizing import Lengths
 from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
-from dynogen.tasks import Task
-from dynogen.tokens import TokenCounter
+from dynogen.tasks.filter import TaskFilter
+from dynogen.tasks.judge import Judge, Verdict
+from dynogen.tasks.parsing import parse_tasks
+from dynogen.tasks.task import Task
 from dynogen.units import Skipped, SkipReason, Unit, safe_text, skip_reason
-from dynogen.validate import TaskFilter
 
 __all__ = ["EngineResult", "Progress", "TaskEngine"]
 

@@ -26,14 +26,14 @@ from dynogen.config import Config
 from dynogen.errors import ConfigError, RunDirError
 from dynogen.io.shards import JsonlSource
 from dynogen.io.sources import Source, open_source
-from dynogen.prompts import PromptBuilder
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.store.collection import PLAN, Collection, Plan
-from dynogen.tokens import TokenCounter
 from dynogen.units import Skipped, Unit
 
 if TYPE_CHECKING:
     from dynogen.api import RunOutcome
-    from dynogen.dryrun import Estimate
+    from dynogen.commands.estimate import Estimate
     from dynogen.execute.transport import Transport
 
 __all__ = ["EXPORT_FORMATS", "agrow", "estimate_next", "export_collection", "open_grow_source"]
@@ -163,8 +163,8 @@ def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped
 def _last_calibration(coll: Collection) -> str | None:
     """The newest complete version's calibration.json, if it holds enough answer lengths
     to size ``--max-tokens auto`` (else the step sizes from its own first answers)."""
-    from dynogen.dryrun import Calibration
-    from dynogen.sizing import MIN_ANSWERS
+    from dynogen.commands.estimate import Calibration
+    from dynogen.engine.lengths import MIN_ANSWERS
 
     for entry in reversed(coll.complete_versions()):
         path = coll.version_dir(entry) / "calibration.json"
@@ -200,7 +200,7 @@ def export_collection(collection: str | Path, *, fmt: str = "jsonl",
                       dest: str | Path | None = None) -> tuple[Path, int]:
     """The merged view (every version, superseded tasks left out) as JSONL, Parquet or
     a ``datasets`` folder; returns the path and the number of instances."""
-    from dynogen.exporter import export_instances
+    from dynogen.instances.export import export_instances
 
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")

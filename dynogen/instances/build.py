@@ -29,7 +29,7 @@ from typing import Any
 
 from dynogen.config import Config
 from dynogen.dedup import HashSet
-from dynogen.instances import Instance, build_instance, instance_hash
+from dynogen.instances.render import Instance, build_instance, instance_hash
 from dynogen.io.rows import RowsUnavailable, open_rows
 from dynogen.policy.share import share_caps
 from dynogen.policy.splits import SplitPolicy
@@ -38,7 +38,7 @@ from dynogen.report import Stats
 from dynogen.store.journal import Commits, JsonlWriter, iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.store.storage import storage_error
-from dynogen.tasks import Task
+from dynogen.tasks.task import Task
 
 __all__ = ["build_instances", "instance_dict_hash"]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dynogen.errors import ConfigError, UnknownPriceError
-from dynogen.tokens import DEFAULT_ENCODING, KNOWN_ENCODINGS
+from dynogen.prompts.tokens import DEFAULT_ENCODING, KNOWN_ENCODINGS
 
 __all__ = ["PICO", "Price", "PriceTable", "price_for", "snapshot_base"]
 

@@ -54,7 +54,7 @@ from typing import Any
 
 import xxhash
 
-from dynogen.tasks import Task
+from dynogen.tasks.task import Task
 
 __all__ = [
     "INPUT_CHAR_CAP",

@@ -4,7 +4,7 @@
 dynogen can start a real OpenAI-compatible server itself. ``xllamacpp.Server``
 serves from background threads until its process ends and cannot be stopped
 from Python, so the server always runs in a child process
-(``python -m dynogen.local_server``); the parent waits for ``GET /health`` and
+(``python -m dynogen.execute.local_server``); the parent waits for ``GET /health`` and
 stops the child on exit. The child also exits when its stdin reaches EOF, which
 happens when the parent dies for any reason, so no server outlives its owner.
 
@@ -212,14 +212,14 @@ class LocalServer:
         # Not a PIPE: llama.cpp logs freely and a full pipe would stall it. Closed in stop().
         self._log = tempfile.TemporaryFile(prefix="dynogen-llama-")  # noqa: SIM115
         cmd = [
-            self.python, "-m", "dynogen.local_server", "--child",
+            self.python, "-m", "dynogen.execute.local_server", "--child",
             "--port", str(port), "--n-ctx", str(self.n_ctx),
             "--n-parallel", str(self.n_parallel), "--threads", str(self.threads),
             "--model-path", str(model),
         ]
         # The child must import this very package, installed or not.
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         started = self._clock()
         self._proc = subprocess.Popen(
@@ -344,7 +344,7 @@ def _exit_on_eof() -> None:
 
 
 def _child_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dynogen.local_server")
+    parser = argparse.ArgumentParser(prog="python -m dynogen.execute.local_server")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--n-ctx", type=int, required=True)

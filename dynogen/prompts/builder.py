@@ -27,10 +27,10 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
-from dynogen.execute.dialect import Dialect
-from dynogen.rules import ID_NAME
-from dynogen.schema import response_format
-from dynogen.tokens import TokenCounter
+from dynogen.prompts.dialect import Dialect
+from dynogen.prompts.schema import response_format
+from dynogen.prompts.tokens import TokenCounter
+from dynogen.tasks.rules import ID_NAME
 from dynogen.units import Field, Unit
 
 __all__ = ["Prompt", "PromptBuilder", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]

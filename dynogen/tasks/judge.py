@@ -27,9 +27,9 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.execute.base import Accounting, Executor, Request
-from dynogen.execute.dialect import Dialect
-from dynogen.tasks import Task
-from dynogen.tokens import TokenCounter
+from dynogen.prompts.dialect import Dialect
+from dynogen.prompts.tokens import TokenCounter
+from dynogen.tasks.task import Task
 
 __all__ = ["JUDGE_MAX_TOKENS", "JUDGE_SYSTEM", "Judge", "Verdict", "judge_body",
            "judge_messages", "parse_verdict"]

@@ -35,9 +35,9 @@ import orjson
 import xxhash
 
 from dynogen.dedup import HashSet, normalize_text
-from dynogen.instances import is_heldout
-from dynogen.rules import Facts, UnitText, answer_options, row_rule, text_rule
-from dynogen.tasks import Task, task_id
+from dynogen.instances.render import is_heldout
+from dynogen.tasks.rules import Facts, UnitText, answer_options, row_rule, text_rule
+from dynogen.tasks.task import Task, task_id
 from dynogen.units import Unit, safe_text
 
 __all__ = ["DropReason", "SAMPLE_PER_REASON", "TaskFilter", "label_suffix", "task_signature"]

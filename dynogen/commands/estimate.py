@@ -35,13 +35,13 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
+from dynogen.engine.lengths import Lengths
 from dynogen.errors import ConfigError
-from dynogen.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
-from dynogen.prices import Price
-from dynogen.prompts import PromptBuilder, render_metadata
-from dynogen.sizing import Lengths
-from dynogen.tasks import Task
-from dynogen.tokens import TokenCounter
+from dynogen.execute.prices import Price
+from dynogen.prompts.builder import PromptBuilder, render_metadata
+from dynogen.prompts.tokens import TokenCounter
+from dynogen.tasks.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
+from dynogen.tasks.task import Task
 from dynogen.units import Skipped, Unit, skip_reason
 
 __all__ = ["Calibration", "Estimate", "estimate_units", "cacheable_prefix", "write_calibration"]

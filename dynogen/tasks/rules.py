@@ -378,7 +378,7 @@ def row_facts(rows: Iterable[Mapping[str, Any]],
     Rendered as instances render them (label ids to names), so a rule sees
     what an instance would hold; values that cannot be rendered are ``""``.
     """
-    from dynogen.instances import render_value
+    from dynogen.instances.render import render_value
 
     rows = list(rows)
     names: list[str] = []

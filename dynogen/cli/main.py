@@ -352,7 +352,7 @@ def estimate(
     """Dry run: what `run` would send and cost (exact prompt tokens), with no LLM call."""
     import orjson
 
-    from dynogen.dryrun import format_estimate
+    from dynogen.commands.estimate import format_estimate
 
     try:
         cfg = _config(config_file, source=source, model=model, limit=limit, variants=variants,
@@ -421,7 +421,7 @@ def inspect_cmd(
     """Show what the filters did: kept and dropped tasks with instances, shares per source."""
     import orjson
 
-    from dynogen.quality import format_inspection
+    from dynogen.commands.inspect import format_inspection
 
     try:
         ins = api.inspect(out, kept=kept, per_reason=per_reason)
@@ -436,7 +436,7 @@ def serve_local(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,
 ) -> None:
     """Serve the bundled SmolLM2-135M with llama.cpp on 127.0.0.1 until Ctrl-C."""
-    from dynogen.local_server import serve_forever
+    from dynogen.execute.local_server import serve_forever
 
     try:
         serve_forever(port=port or None)

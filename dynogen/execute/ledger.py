@@ -38,7 +38,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from dynogen.errors import BudgetExceeded, ConfigError
-from dynogen.prices import PICO, Price
+from dynogen.execute.prices import PICO, Price
 
 __all__ = ["Ledger", "Reservation"]
 
@@ -131,7 +131,7 @@ def _parse_usage(usage: Mapping[str, Any]) -> tuple[int, int, int] | None:
 class Ledger:
     """Spent, reserved and left of one run's budget.
 
-    >>> from dynogen.prices import PriceTable
+    >>> from dynogen.execute.prices import PriceTable
     >>> ledger = Ledger(PriceTable.load().lookup("gpt-4o-mini"), budget_usd=1.0)
     >>> r = ledger.reserve(prompt_tokens=1000, max_tokens=500)
     >>> ledger.settle(r, {"prompt_tokens": 1000, "completion_tokens": 200})

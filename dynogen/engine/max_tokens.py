@@ -1,4 +1,4 @@
-"""Resolving ``--max-tokens auto`` for one run, once (the I/O side of ``dynogen.sizing``).
+"""Resolving ``--max-tokens auto`` for one run, once (the I/O side of ``dynogen.engine.lengths``).
 
 Where the figure comes from, first that applies:
 
@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
+from dynogen.engine.lengths import PILOT_REQUESTS, Lengths, format_by_variant, resolve
 from dynogen.errors import BadRequestError, ConfigError, RequestFailed, Stopped
 from dynogen.execute.base import Accounting, Executor, Request
-from dynogen.execute.dialect import Dialect
-from dynogen.prompts import PromptBuilder
-from dynogen.sizing import PILOT_REQUESTS, Lengths, format_by_variant, resolve
+from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.dialect import Dialect
 from dynogen.units import Skipped, Unit, skip_reason
 
 __all__ = ["Sizing", "pilot", "plan"]
@@ -65,7 +65,7 @@ def plan(cfg: Config) -> tuple[Config, Sizing | None]:
         return cfg.with_(max_tokens_by_variant=recorded), Sizing(
             "recorded", recorded, detail=str(Path(cfg.out) / "manifest.json"))
     if cfg.calibration:
-        from dynogen.dryrun import Calibration
+        from dynogen.commands.estimate import Calibration
 
         cal = Calibration.load(cfg.calibration)
         by = resolve(cal.lengths, cfg.variants, cfg.max_tokens)
@@ -108,7 +108,9 @@ async def pilot(cfg: Config, executor: Executor, prompts: PromptBuilder,
     Returns the resolved config, how it was resolved, and the source with the units
     read ahead put back in front.
     """
-    from dynogen.engine import TaskEngine  # the engine's own request: same body, same cache key
+    from dynogen.engine.engine import (
+        TaskEngine,  # the engine's own request: same body, same cache key
+    )
 
     it = iter(source)
     head: list[Unit | Skipped] = []

@@ -49,9 +49,9 @@ from dynogen.execute.client import Completion
 from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
 from dynogen.progress import make_progress
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
 from dynogen.store.lock import RunLock
-from dynogen.tokens import TokenCounter
 
 __all__ = ["CallResult", "acall", "read_batch_lines"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dynogen.schema import next_format
+from dynogen.prompts.schema import next_format
 
 __all__ = ["Dialect", "adapt"]
 

@@ -1,0 +1,1 @@
+"""What each command does beyond the pipeline's stages: estimate (the dry run), call, inspect."""

@@ -1,0 +1,3 @@
+"""The instance stage: kept tasks applied to dataset rows (rendering, the build journal) and
+export of what was built.
+"""
