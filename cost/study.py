@@ -35,8 +35,9 @@ from typing import Any
 import orjson
 
 from dynogen.api import estimate
-from dynogen.commands.estimate import CACHE_MIN_TOKENS, DEFAULT_EXPECTED_OUTPUT
+from dynogen.commands.estimate import CACHE_MIN_TOKENS
 from dynogen.config import Config
+from dynogen.engine.calibration import DEFAULT_EXPECTED_OUTPUT
 from dynogen.execute.prices import PriceTable
 from dynogen.io.sources import open_source
 from dynogen.prompts.builder import PromptBuilder

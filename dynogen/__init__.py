@@ -11,8 +11,7 @@ Every CLI command is a function here with the same name: ``run``, ``estimate``,
 
 import typing as _typing
 
-# Set before anything else: modules read it while the package initialises.
-__version__ = "0.1.0"
+from dynogen.version import __version__
 
 # Every name below is imported on first use (PEP 562), so ``import dynogen`` and
 # ``dynogen --help`` do not pay for aiohttp, the tokenizer and the engine.

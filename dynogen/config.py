@@ -20,15 +20,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 import xxhash
 
 from dynogen.errors import ConfigError
+from dynogen.policy.languages import LanguagePolicy
+from dynogen.policy.licenses import LicensePolicy
+from dynogen.policy.splits import SplitPolicy
 
-__all__ = ["BUILD_FIELDS", "Config", "DEFAULT_BASE_URL", "DURABILITY", "IDENTITY_FIELDS", "Secret",
-           "VARIANTS", "load_config"]
+__all__ = [
+    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DURABILITY", "IDENTITY_FIELDS", "SECTIONS", "VARIANTS",
+    "BatchSettings", "Config", "CostSettings", "GenerationSettings", "InstanceSettings",
+    "LimitSettings", "OutputSettings", "PolicySettings", "Secret", "ServerSettings",
+    "SourceSettings", "format_by_variant", "load_config", "parse_by_variant",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 VARIANTS = ("description", "no_description")
@@ -60,29 +67,166 @@ class Secret:
         return 0
 
 
-# Fields whose change alters what is sent to the LLM: resuming across a change
-# of any of these would mix two different runs in one directory.
-PROMPT_FIELDS = (
-    "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
-    "max_tokens_by_variant", "metadata_token_budget", "response_format", "encoding", "judge",
-    # data policies: they decide which units are sent and which tasks and rows are kept
-    "licenses", "languages", "splits", "max_share",
-)
-# A run's identity: every field that shapes its outputs (request bodies, filters and
-# data policies, instance building). A resume whose identity differs refuses and says
-# what differs. A new field that shapes outputs joins by adding its name here; a run
-# directory written before it existed is taken to have used its default.
-IDENTITY_FIELDS = (
-    *PROMPT_FIELDS,
-    "max_tokens_retry",
-    "heldout_fraction",
-    "rows_per_split",
-)
-# Identity fields that only shape instances: `dynogen build` may change them (it then
-# rebuilds every instance instead of mixing old and new).
-BUILD_FIELDS = ("rows_per_split",)
+# ---- sections ------------------------------------------------------------------------
+# ``Config`` is the flat aggregate TOML, the CLI and the manifest read and write (its
+# keys are the TOML keys and the option names). Each component receives its own
+# section: a frozen view of the fields it needs (``cfg.limits``, ``cfg.batch``...).
+# A section declares, next to its fields, which of them are part of a run's identity
+# (everything that shapes its outputs: a resume whose identity differs refuses and
+# says what differs) and which of those change what is sent to the model.
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """What to read: a folder, a shard, the bundled samples or the Hub (``hub_*``)."""
+
+    source: str
+    limit: int | None
+    hub_search: str | None
+    hub_task_categories: tuple[str, ...]
+    hub_modified_since: str | None
+    hub_datasets: int | None
+    hub_sort: str | None
+    hub_rpm: float | None
+    hub_concurrency: int
+    hub_viewer_url: str
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The model and the server that answers: where, with which key, how long to wait."""
+
+    model: str
+    base_url: str
+    api_key: Secret
+    local: bool
+    request_timeout: float
+    max_response_bytes: int
+    IDENTITY: ClassVar[tuple[str, ...]] = ("model",)
+    PROMPT: ClassVar[tuple[str, ...]] = ("model",)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    """What each request asks for: prompt variants, tasks per unit, sampling, max_tokens."""
+
+    variants: tuple[str, ...]
+    max_tasks_per_unit: int
+    temperature: float
+    seed: int | None
+    max_tokens: int
+    max_tokens_retry: int
+    max_tokens_auto: bool
+    max_tokens_by_variant: str
+    calibration: str | None
+    metadata_token_budget: int
+    response_format: str
+    encoding: str
+    judge: bool
+    PROMPT: ClassVar[tuple[str, ...]] = (
+        "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
+        "max_tokens_by_variant", "metadata_token_budget", "response_format", "encoding", "judge")
+    IDENTITY: ClassVar[tuple[str, ...]] = (*PROMPT, "max_tokens_retry")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """Data policies: which units are sent and which rows are kept (``dynogen.policy``)."""
+
+    licenses: str
+    languages: str
+    splits: str
+    max_share: float | None
+    PROMPT: ClassVar[tuple[str, ...]] = ("licenses", "languages", "splits", "max_share")
+    IDENTITY: ClassVar[tuple[str, ...]] = PROMPT
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSettings:
+    """The instance stage: rows read per split, the share of tasks held out."""
+
+    rows_per_split: int
+    heldout_fraction: float
+    IDENTITY: ClassVar[tuple[str, ...]] = ("heldout_fraction", "rows_per_split")
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+    # identity fields ``dynogen build`` may change: it then rebuilds every instance
+    BUILD: ClassVar[tuple[str, ...]] = ("rows_per_split",)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """The account's limits and the retry policy (``dynogen.ratelimit``)."""
+
+    rpm: float | None
+    tpm: float | None
+    max_in_flight: int | None
+    max_retries: int
+    retry_base_delay: float
+    retry_max_delay: float
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CostSettings:
+    """The budget and where prices come from (``dynogen.execute.prices``)."""
+
+    budget_usd: float | None
+    price_in: float | None
+    price_out: float | None
+    free: bool
+    prices_file: str | None
+    batch_price_in: float | None
+    batch_price_out: float | None
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """How requests reach the model (``mode``) and, in batch mode, how jobs are run."""
+
+    mode: str
+    poll_seconds: float
+    batch_rounds: int
+    batch_max_requests: int
+    batch_enqueued_tokens: int | None
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """Where a run writes, its cache, and how hard it syncs (``dynogen.store``)."""
+
+    out: str
+    cache_path: str | None
+    force_new: bool
+    quiet: bool
+    durability: str
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+    PROMPT: ClassVar[tuple[str, ...]] = ()
+
+
+SECTIONS: dict[str, Any] = {
+    "sources": SourceSettings, "server": ServerSettings, "generation": GenerationSettings,
+    "policies": PolicySettings, "instances": InstanceSettings, "limits": LimitSettings,
+    "cost": CostSettings, "batch": BatchSettings, "output": OutputSettings,
+}
+# Fields whose change alters what is sent to the LLM, then the rest of a run's identity;
+# a new field that shapes outputs joins by naming it in its section's IDENTITY (a run
+# directory written before it existed is taken to have used its default).
+PROMPT_FIELDS = (*ServerSettings.PROMPT, *GenerationSettings.PROMPT, *PolicySettings.PROMPT)
+IDENTITY_FIELDS = (*PROMPT_FIELDS, *(
+    f for s in SECTIONS.values() for f in s.IDENTITY if f not in PROMPT_FIELDS))
+BUILD_FIELDS = InstanceSettings.BUILD
 DURABILITY = ("batched", "always")
 POLICY_FIELDS = ("licenses", "languages", "splits")
+
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +319,46 @@ class Config:
     def with_(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def section(self, kind: type[S]) -> S:
+        """The frozen view of this config a component receives."""
+        return kind(*(getattr(self, f.name) for f in dataclasses.fields(kind)))  # type: ignore[arg-type]
+
+    @property
+    def sources(self) -> SourceSettings:
+        return self.section(SourceSettings)
+
+    @property
+    def server(self) -> ServerSettings:
+        return self.section(ServerSettings)
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return self.section(GenerationSettings)
+
+    @property
+    def policies(self) -> PolicySettings:
+        return self.section(PolicySettings)
+
+    @property
+    def instances(self) -> InstanceSettings:
+        return self.section(InstanceSettings)
+
+    @property
+    def limits(self) -> LimitSettings:
+        return self.section(LimitSettings)
+
+    @property
+    def cost(self) -> CostSettings:
+        return self.section(CostSettings)
+
+    @property
+    def batch(self) -> BatchSettings:
+        return self.section(BatchSettings)
+
+    @property
+    def output(self) -> OutputSettings:
+        return self.section(OutputSettings)
+
     def max_tokens_for(self, variant: str) -> int:
         """The variant's ``max_tokens``: the resolved ``--max-tokens auto`` figure, if
         any, else ``max_tokens``."""
@@ -252,9 +436,10 @@ class Config:
             raise ConfigError("max_response_bytes must be at least 1024")
         if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
             raise ConfigError("--max-share must be in (0, 1]")
-        from dynogen.policy import Policies
-
-        Policies.from_config(self)  # raises ConfigError on an empty or odd list
+        # ConfigError on an empty or odd list (the vocabularies' parsers import nothing above)
+        LicensePolicy.parse(self.licenses)
+        LanguagePolicy.parse(self.languages)
+        SplitPolicy.parse(self.splits)
         if self.hub_sort not in (None, "downloads", "last_modified"):
             raise ConfigError("--hub-sort must be downloads or last_modified")
         if self.hub_concurrency < 1 or (self.hub_rpm is not None and self.hub_rpm <= 0):
@@ -274,9 +459,24 @@ class Config:
 
 @functools.lru_cache(maxsize=8)
 def _by_variant(text: str) -> Mapping[str, int]:
-    from dynogen.engine.lengths import parse_by_variant
-
     return MappingProxyType(parse_by_variant(text))
+
+
+def format_by_variant(by_variant: Mapping[str, int]) -> str:
+    """``{"description": 384}`` -> ``"description:384"``: a plain string in configs and
+    manifests (stable under JSON and TOML)."""
+    return ",".join(f"{v}:{n}" for v, n in sorted(by_variant.items()))
+
+
+def parse_by_variant(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, num = part.partition(":")
+        if not sep or not num.strip().isdigit() or int(num) < 1:
+            raise ConfigError(f"max_tokens_by_variant {text!r}: expected variant:tokens pairs "
+                              "like description:384,no_description:352")
+        out[name.strip()] = int(num)
+    return out
 
 
 def load_config(

@@ -12,10 +12,16 @@ to the LLM (``string``, ``int32``, ``class_label``, ``list[string]``,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Field", "Unit", "Skipped", "SkipReason", "safe_text", "skip_reason"]
+__all__ = ["ID_NAME", "Field", "Unit", "Skipped", "SkipReason", "safe_text", "skip_reason"]
+
+# Field names that name an identifier, not content (ids, keys, hashes, links, paths):
+# the prompt leaves their sample values out and the rules refuse them as the only inputs.
+ID_NAME = re.compile(r"(?i:(^|[_\-\s.])(id|ids|idx|index|uuid|guid|key|hash|url|uri|link|md5|"
+                      r"sha1|sha256|filename|file|path|doi)$)|[a-z](Id|ID|Idx|Url|URL)$")
 
 TEXTUAL_PREFIXES = ("string", "large_string", "list[string]", "list[large_string]", "translation")
 
@@ -128,6 +134,11 @@ class Skipped:
     @property
     def key(self) -> str:
         return f"{self.dataset}::{self.config}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record a metadata shard or a collection's plan holds for a skip."""
+        return {"skipped": True, "dataset": self.dataset, "config": self.config,
+                "reason": self.reason, "detail": self.detail}
 
 
 class SkipReason:

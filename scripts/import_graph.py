@@ -3,14 +3,17 @@
 Every import statement counts: module level, inside functions, and under
 ``if TYPE_CHECKING:``; so do the package root's lazy exports (a ``_LAZY``-style
 mapping of name -> module path in an ``__init__``). An edge ``a -> b`` means
-module ``a`` names module ``b`` (``from dynogen.x import y`` names ``dynogen.x``,
-and ``dynogen.x.y`` too when that is a module).
+module ``a`` names module ``b`` (``from dynogen.x import y`` names ``dynogen.x.y``
+when that is a module, else ``dynogen.x``).
 
     python scripts/import_graph.py            # the numbers
     python scripts/import_graph.py --cycles   # and every cycle's members
     python scripts/import_graph.py --json     # machine-readable
 
-Exit status 1 when there is any cycle, so a check can run it.
+It also checks the layers: ``LAYERS`` lists dynogen's rooms from the bottom up,
+and a module may import its own layer or one below, never one above (the package
+root, the CLI and the test fakes sit on top). Exit status 1 on any cycle or
+upward import, so ``scripts/check`` runs it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,42 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = "dynogen"
+
+# Bottom first. A prefix names a module or a whole room; the longest prefix decides.
+LAYERS: list[tuple[str, ...]] = [
+    # leaves: plain data, vocabularies and settings
+    ("dynogen.version", "dynogen.errors", "dynogen.units", "dynogen.tasks.task",
+     "dynogen.dedup", "dynogen.eventloop", "dynogen.report", "dynogen.progress",
+     "dynogen.outcome", "dynogen.policy.licenses", "dynogen.policy.languages",
+     "dynogen.policy.splits", "dynogen.policy.share", "dynogen.config"),
+    ("dynogen.store", "dynogen.ratelimit"),      # files and journals; the limiter
+    ("dynogen.io",),                              # sources: cards, folders, the Hub, rows
+    ("dynogen.instances.render",),                # a row under a task, as text
+    ("dynogen.policy",),                          # the data policies' gate
+    ("dynogen.prompts",),                         # what is asked of the model
+    ("dynogen.execute",),                         # how it is asked: online or batch
+    ("dynogen.tasks",),                           # answers to kept tasks
+    ("dynogen.engine",),                          # the task stage
+    ("dynogen.instances",),                       # the instance stage and export
+    ("dynogen.compose",),                         # the composition root
+    ("dynogen.commands",),                        # run, build, estimate, call, inspect
+    ("dynogen.collections", "dynogen.selection"), # grow; replay
+    ("dynogen.api",),
+    ("dynogen.cli", "dynogen.__main__", "dynogen", "dynogen.testing"),
+]
+
+
+def layer_of(mod: str) -> int:
+    best, level = -1, len(LAYERS)
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and len(p) > best:
+                best, level = len(p), i
+    return level
+
+
+def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, bs in graph.items() for b in bs if layer_of(b) > layer_of(a))
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -70,8 +109,11 @@ def edges(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, int], i
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
+                # ``from pkg import mod`` depends on ``pkg.mod``; ``from mod import name``
+                # on ``mod`` (the name is an attribute of it).
                 base = _resolve(mod, is_pkg, node.level, node.module)
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                         for a in node.names]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     and node.value.startswith(PKG + ".") and " " not in node.value:
                 names = [node.value]  # lazy exports: "dynogen.x.y" strings
@@ -137,6 +179,7 @@ def main() -> int:
     mods = modules(Path(a.root))
     graph, local, statements = edges(mods)
     cyc = sccs(graph)
+    up = upward(graph)
     longest = max(mods.items(), key=lambda kv: len(kv[1].read_text().splitlines()))
     facts = {
         "modules": len(mods),
@@ -145,17 +188,20 @@ def main() -> int:
         "cycles": len(cyc),
         "modules_in_cycles": sum(len(c) for c in cyc),
         "function_level_imports": sum(local.values()),
+        "upward_imports": len(up),
         "longest_module": f"{longest[0]} ({len(longest[1].read_text().splitlines())} lines)",
     }
     if a.json:
-        print(json.dumps({**facts, "cycle_members": cyc}, indent=2))
+        print(json.dumps({**facts, "cycle_members": cyc, "upward": up}, indent=2))
     else:
         for k, v in facts.items():
             print(f"{k:24} {v}")
         if a.cycles:
             for c in cyc:
                 print("cycle:", " <-> ".join(c))
-    return 1 if cyc else 0
+        for x, y in up:
+            print(f"upward: {x} -> {y}")
+    return 1 if cyc or up else 0
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ async def test_budget_run_never_bills_more_than_the_budget(tmp_path: Path) -> No
                          source=units(40), build=False)
     assert out.exit_code == EXIT["budget"], out.message
     billed = batches.counts()["billed"]
-    from dynogen.execute.stack import resolve_price
+    from dynogen.compose import resolve_price
 
     price = resolve_price(Config(model="gpt-4o-mini"))
     server_cost = price.cost(billed["prompt_tokens"], billed["completion_tokens"], batch=True)

@@ -118,7 +118,7 @@ def test_project_pads_narrow_vectors_and_shrinks_wide_ones() -> None:
 
 
 async def test_api_embedder_batches_stores_and_never_pays_twice(tmp_path: Path) -> None:
-    from dynogen.execute.stack import open_stack, resolve_price
+    from dynogen.compose import open_stack, resolve_price
 
     fake = FakeOpenAI()
     texts = [f"instruction number {i} about topic {i % 7}" for i in range(50)]
@@ -139,8 +139,8 @@ async def test_api_embedder_batches_stores_and_never_pays_twice(tmp_path: Path) 
 
 
 async def test_api_embedder_stops_at_the_budget(tmp_path: Path) -> None:
+    from dynogen.compose import open_stack, resolve_price
     from dynogen.errors import BudgetExceeded
-    from dynogen.execute.stack import open_stack, resolve_price
 
     fake = FakeOpenAI()
     texts = [f"text {i} " * 40 for i in range(64)]

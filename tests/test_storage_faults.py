@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from dynogen.api import EXIT, arun, exit_code
+from dynogen.compose import run_identity
 from dynogen.config import Config, Secret
 from dynogen.errors import StorageError
 from dynogen.store import cache as cache_mod
@@ -308,7 +309,7 @@ def test_rows_unreadable_for_a_full_disk_stop_the_build_instead_of_being_journal
 
     cfg = Config(**{k: v for k, v in orjson.loads((out / "manifest.json").read_bytes())[
         "config"].items() if k != "variants"})
-    rundir = RunDir(out).open(cfg, stage="build")
+    rundir = RunDir(out).open(cfg, identity=run_identity(cfg), stage="build")
     try:
         with pytest.raises(StorageError, match=f"no space left in {out}: free some"):
             build_instances(cfg, rundir, opener=opener)

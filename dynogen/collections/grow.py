@@ -22,18 +22,23 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from dynogen.collections.memory import collection_seed, unit_fingerprint
+from dynogen.commands.estimate import Estimate, estimate
+from dynogen.commands.run import arun
+from dynogen.compose import counter_for, resolve_price
 from dynogen.config import Config
+from dynogen.engine.calibration import Calibration
+from dynogen.engine.lengths import MIN_ANSWERS
 from dynogen.errors import ConfigError, RunDirError
 from dynogen.io.shards import JsonlSource
-from dynogen.io.sources import Source, open_source
+from dynogen.io.sources import Source, source_for
+from dynogen.outcome import EXIT, RunOutcome
 from dynogen.prompts.builder import PromptBuilder
-from dynogen.prompts.tokens import TokenCounter
-from dynogen.store.collection import PLAN, Collection, Plan
+from dynogen.store.collection import PLAN, Collection, Fingerprint, Plan
+from dynogen.store.journal import iter_jsonl
 from dynogen.units import Skipped, Unit
 
 if TYPE_CHECKING:
-    from dynogen.api import RunOutcome
-    from dynogen.commands.estimate import Estimate
     from dynogen.execute.transport import Transport
 
 __all__ = ["EXPORT_FORMATS", "agrow", "estimate_next", "export_collection", "open_grow_source"]
@@ -51,23 +56,14 @@ def open_grow_source(cfg: Config, *, since: str | None) -> Source:
     with neither present it reads the whole listing, and the fingerprints still
     keep unchanged datasets from being sent.
     """
-    from dynogen.io import sources
-
-    if cfg.source == "hub" and since is not None and hasattr(cfg, "hub_modified_since") \
-            and not cfg.hub_modified_since:
+    if cfg.source == "hub" and since is not None and not cfg.hub_modified_since:
         cfg = cfg.with_(hub_modified_since=since)
-    source_for = getattr(sources, "source_for", None)
-    if source_for is not None:
-        src: Source = source_for(cfg)
-        return src
-    return open_source(cfg.source, limit=cfg.limit)
+    return source_for(cfg)
 
 
-def _prompts(cfg: Config) -> PromptBuilder:
-    from dynogen.api import resolve_price
-
-    price = resolve_price(cfg)
-    return PromptBuilder(cfg, TokenCounter(price.encoding or cfg.encoding))
+def _fingerprint(cfg: Config) -> Fingerprint:
+    prompts = PromptBuilder(cfg, counter_for(cfg, resolve_price(cfg)))
+    return lambda item: unit_fingerprint(item, prompts)
 
 
 def _source_name(cfg: Config) -> str:
@@ -85,8 +81,6 @@ async def agrow(
     handle_signals: bool = False,
 ) -> RunOutcome:
     """Add one version holding what is new or changed in ``cfg.source`` (or ``source``)."""
-    from dynogen.api import EXIT, RunOutcome, arun
-
     cfg = cfg.validate()
     coll = Collection(collection).create()
     with coll.locked():
@@ -96,7 +90,7 @@ async def agrow(
         if entry is None:
             src = source if source is not None else open_grow_source(
                 cfg, since=coll.last_started())
-            plan, staging = coll.stage(src, _prompts(cfg))
+            plan, staging = coll.stage(src, _fingerprint(cfg))
             if plan.items == 0:
                 staging_rmtree(staging)
                 last = coll.complete_versions()
@@ -108,7 +102,7 @@ async def agrow(
             entry = coll.begin(staging, plan, _source_name(cfg), cfg.public_dict(),
                                listed_since=coll.last_started() if cfg.source == "hub" else None)
         vdir = coll.version_dir(entry)
-        seed = coll.seed(coll.changed_keys(entry))
+        seed = collection_seed(coll, coll.changed_keys(entry))
         run_cfg = cfg.with_(out=str(vdir), cache_path=str(coll.cache), source=str(vdir / PLAN),
                             limit=None)
         if cfg.max_tokens_auto and not cfg.calibration:
@@ -150,8 +144,6 @@ def staging_rmtree(path: Path) -> None:
 
 def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped]:
     """A running version's planned items not yet committed (what resuming it would send)."""
-    from dynogen.store.journal import iter_jsonl
-
     vdir = coll.version_dir(entry)
     done = {str(r.get("key")) for r in iter_jsonl(vdir / "units.jsonl")
             if r.get("status") in ("done", "skipped")}
@@ -163,9 +155,6 @@ def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped
 def _last_calibration(coll: Collection) -> str | None:
     """The newest complete version's calibration.json, if it holds enough answer lengths
     to size ``--max-tokens auto`` (else the step sizes from its own first answers)."""
-    from dynogen.commands.estimate import Calibration
-    from dynogen.engine.lengths import MIN_ANSWERS
-
     for entry in reversed(coll.complete_versions()):
         path = coll.version_dir(entry) / "calibration.json"
         try:
@@ -179,8 +168,6 @@ def _last_calibration(coll: Collection) -> str | None:
 def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Path | None = None,
                   source: Iterable[Unit | Skipped] | None = None) -> Estimate:
     """Price the next grow step only: its new and changed units (or a running version's rest)."""
-    from dynogen.api import estimate
-
     coll = Collection(collection)
     if coll.exists():
         coll.load()
@@ -192,7 +179,7 @@ def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Pat
     src = source if source is not None else open_grow_source(cfg, since=coll.last_started())
     cfg = cfg.validate()
     plan = Plan()
-    selected = (item for item, _fp, _kind in coll.select(src, _prompts(cfg), plan))
+    selected = (item for item, _fp, _kind in coll.select(src, _fingerprint(cfg), plan))
     return estimate(cfg, calibration=calibration, source=selected)
 
 

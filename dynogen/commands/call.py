@@ -21,9 +21,7 @@ answers arrive (the Batch API's output is unordered too).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +32,8 @@ from typing import Any
 import orjson
 import xxhash
 
+from dynogen import eventloop
+from dynogen.compose import check_key, counter_for, open_stack, preflight, resolve_price, signals
 from dynogen.config import Config
 from dynogen.errors import (
     BudgetExceeded,
@@ -46,14 +46,14 @@ from dynogen.errors import (
 )
 from dynogen.execute.base import Accounting, Executor, Request
 from dynogen.execute.client import Completion
-from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
 from dynogen.execute.transport import Transport
+from dynogen.outcome import EXIT, RunOutcome, exit_code
 from dynogen.progress import make_progress
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
 from dynogen.store.lock import RunLock
 
-__all__ = ["CallResult", "acall", "read_batch_lines"]
+__all__ = ["CallResult", "acall", "call", "read_batch_lines"]
 
 SUPPORTED_URLS = ("/v1/chat/completions", "/chat/completions")
 
@@ -136,24 +136,6 @@ def _request(line: _Line, cfg: Config, counter: TokenCounter) -> Request:
     return Request(orjson.dumps(body), pt, int(mt))
 
 
-@contextlib.contextmanager
-def _signals(stop: Any) -> Iterator[None]:
-    """First SIGINT/SIGTERM stops sending (answers in flight are still written); a
-    second one is the default KeyboardInterrupt."""
-    try:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, stop)
-        loop.add_signal_handler(signal.SIGTERM, stop)
-    except (NotImplementedError, RuntimeError, ValueError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
                 transport: Transport | None = None,
                 handle_signals: bool = False) -> CallResult:
@@ -163,7 +145,7 @@ async def acall(cfg: Config, requests_path: str | Path, out_path: str | Path, *,
         raise ConfigError(f"requests file {src} not found")
     price = resolve_price(cfg)
     check_key(cfg)
-    await preflight(cfg, transport)
+    await preflight(cfg, transport)  # before the lock and the output file: nothing to undo
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -183,7 +165,7 @@ async def _acall_locked(cfg: Config, src: Path, out: Path, transport: Transport 
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     done = {str(r.get("custom_id")) for r in iter_jsonl(out)}
-    counter = TokenCounter(price.encoding or cfg.encoding)
+    counter = counter_for(cfg, price)
     bar = make_progress(cfg.quiet, "requests", rpm=cfg.rpm, tpm=cfg.tpm, budget=cfg.budget_usd)
     result = CallResult()
     t0 = time.perf_counter()
@@ -197,8 +179,7 @@ async def _acall_locked(cfg: Config, src: Path, out: Path, transport: Transport 
             if cfg.mode == "batch":
                 ex.plan(_request(line, cfg, counter) for line in read_batch_lines(src)
                         if line.body is not None and line.custom_id not in done)
-            with _signals(lambda: _stop(result, ex, "interrupted", None)) \
-                    if handle_signals else contextlib.nullcontext():
+            with signals(lambda: _stop(result, ex, "interrupted", None), enabled=handle_signals):
                 await _send_all(ex, cfg, src, done, counter, writer, bar, result)
             result.ledger = stack.ledger.totals()
             result.session = dict(ex.session)
@@ -286,3 +267,31 @@ async def _send_all(ex: Executor, cfg: Config, src: Path, done: set[str],
         for _ in range(ex.concurrency):
             tg.create_task(worker())
         tg.create_task(feed())
+
+
+def call(cfg: Config, requests: str | Path, out: str | Path, *,
+         transport: Transport | None = None, handle_signals: bool = False) -> RunOutcome:
+    """Send a Batch API input file's requests (online or as Batch API jobs); answers in
+    the Batch API output format."""
+    cfg = cfg.validate()
+    res = eventloop.run(acall(cfg, requests, out, transport=transport,
+                              handle_signals=handle_signals))
+    report = res.to_dict()
+    failed = sum(res.errors.values())
+    spent = report["cost"].get("spent_usd", 0.0)
+    if res.stop_reason == "budget":
+        msg = (f"budget reached: spent ${spent:.4f} of ${cfg.budget_usd:.4f}; {res.written} "
+               f"lines written to {out}. Run again with a larger --budget-usd to continue.")
+        return RunOutcome(EXIT["budget"], Path(out), report, msg, "budget")
+    if isinstance(res.error, StorageError):
+        return RunOutcome(exit_code(res.error), Path(out), report, str(res.error), "storage")
+    if res.stop_reason == "fatal":
+        msg = f"stopped: {res.error}. {res.written} lines written to {out}; run again to resume."
+        return RunOutcome(EXIT["fatal"], Path(out), report, msg, "fatal")
+    if res.stop_reason == "interrupted":
+        msg = (f"interrupted: {res.written} lines written to {out}. Run the same command "
+               "again to resume.")
+        return RunOutcome(EXIT["interrupted"], Path(out), report, msg, "interrupted")
+    msg = (f"done: {res.requests} answered, {failed} failed, {res.already_done} already done; "
+           f"${spent:.4f} spent in {res.wall_seconds:.1f}s. Output: {out}")
+    return RunOutcome(EXIT["ok"], Path(out), report, msg)

@@ -24,19 +24,17 @@ tokens, in 128-token steps); batch prices never stack with it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from dynogen.compose import counter_for, gated, open_sources, resolve_price
 from dynogen.config import Config
-from dynogen.engine.lengths import Lengths
-from dynogen.errors import ConfigError
+from dynogen.engine import max_tokens as autosize
+from dynogen.engine.calibration import Calibration
 from dynogen.execute.prices import Price
 from dynogen.prompts.builder import PromptBuilder, render_metadata
 from dynogen.prompts.tokens import TokenCounter
@@ -44,67 +42,13 @@ from dynogen.tasks.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
 from dynogen.tasks.task import Task
 from dynogen.units import Skipped, Unit, skip_reason
 
-__all__ = ["Calibration", "Estimate", "estimate_units", "cacheable_prefix", "write_calibration"]
+__all__ = ["Estimate", "cacheable_prefix", "estimate", "estimate_units", "format_estimate"]
 
-DEFAULT_EXPECTED_OUTPUT = 150
 JUDGE_TASKS_EXPECTED = 1.0  # kept tasks per answer, measured on the corpus against the fake
 JUDGE_EXPECTED_OUTPUT = 40
 LOW_FRACTION = 0.4
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """Completion tokens per request observed by an earlier run (and, from dynogen
-    0.2 on, their lengths per variant: what ``--max-tokens auto`` sizes from)."""
-
-    mean_output_tokens: float
-    requests: int
-    model: str = ""
-    source: str = "default"
-    lengths: Lengths = field(default_factory=Lengths, compare=False)
-
-    @classmethod
-    def load(cls, path: str | Path | None) -> Calibration:
-        if path is None:
-            return cls(DEFAULT_EXPECTED_OUTPUT, 0)
-        p = Path(path)
-        if p.is_dir():
-            p = p / "calibration.json"
-        try:
-            d = orjson.loads(p.read_bytes())
-            return cls(float(d["mean_output_tokens"]), int(d["requests"]), str(d.get("model", "")),
-                       str(p), Lengths.from_json(d.get("lengths")))
-        except FileNotFoundError:
-            raise ConfigError(f"calibration file {p} not found: pass a run directory that "
-                              "finished, or leave --calibration out for the default") from None
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            raise ConfigError(f"calibration file {p} is not one dynogen wrote") from None
-
-
-def write_calibration(path: Path, *, model: str, requests: int, output_tokens: int,
-                      input_tokens: int, lengths: Lengths | None = None) -> None:
-    """``calibration.json``: means for ``estimate``, lengths for ``--max-tokens auto``.
-
-    Lengths already in the file (an earlier session of the same run) are kept and
-    added to: a resumed run calibrates on all its answers.
-    """
-    if requests <= 0:
-        return
-    merged = Lengths()
-    # None yet, or spoiled: this session's lengths alone.
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-        merged.merge(Lengths.from_json(orjson.loads(path.read_bytes()).get("lengths")))
-    if lengths is not None:
-        merged.merge(lengths)
-    data = {"model": model, "requests": requests,
-            "mean_output_tokens": output_tokens / requests,
-            "mean_input_tokens": input_tokens / requests,
-            "output_tokens": merged.summary(), "lengths": merged.to_json()}
-    from dynogen.store.storage import atomic_write  # StorageError on a full disk, not OSError
-
-    atomic_write(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def cacheable_prefix(prefix_tokens: int) -> int:
@@ -279,3 +223,20 @@ def format_estimate(e: Estimate) -> str:
     if not math.isfinite(c["expected"]["online"]):
         lines.append("warning: cost is not finite")
     return "\n".join(lines)
+
+
+def estimate(cfg: Config, *, calibration: str | Path | None = None,
+             source: Iterable[Unit | Skipped] | None = None) -> Estimate:
+    """Dry run: units, requests, exact prompt tokens, cost online and batch; no LLM call.
+
+    Built from the same parts as a run (``dynogen.compose``): its price, tokenizer,
+    ``--max-tokens auto`` figure, source and data policies.
+    """
+    cfg = cfg.validate()
+    cal = Calibration.load(calibration)
+    if cfg.max_tokens_auto and calibration is not None:
+        # The figure a run with this calibration would use: its worst case is this one's.
+        cfg, _ = autosize.plan(cfg.with_(calibration=str(calibration), out=""))
+    price = resolve_price(cfg)
+    src, _ = open_sources(cfg, source)
+    return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal)

@@ -121,9 +121,10 @@ def _take(it: Iterator[Unit | Skipped], n: int) -> list[Unit | Skipped]:
 class TaskEngine:
     """Runs task generation for one run directory.
 
-    >>> async with open_stack(cfg, price=price, stage="tasks", ...) as stack:
-    ...     engine = TaskEngine(cfg, executor=stack.executor, counter=TokenCounter(),
-    ...                         rundir=RunDir(out).open(cfg))
+    Its parts are handed in by the composition root (``dynogen.compose.make_engine``):
+
+    >>> async with open_executor(cfg, stage="tasks", ...) as stack:
+    ...     engine = make_engine(cfg, stack, counter, rundir)
     ...     result = await engine.run(FolderSource("metadata/"))
     """
 
@@ -134,27 +135,28 @@ class TaskEngine:
         executor: Executor,
         counter: TokenCounter,
         rundir: RunDir,
+        prompts: PromptBuilder,
+        task_filter: TaskFilter,
+        judge: Judge | None = None,
+        spend: JsonlWriter | None = None,
         progress: Progress | None = None,
         stats: Stats | None = None,
-        seen: HashSet | None = None,
     ) -> None:
         self.cfg = config
         self.executor = executor
         self.counter = counter
-        self.prompts = PromptBuilder(config, counter)
+        self.prompts = prompts
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
         self.stats = stats or Stats()
-        # ``seen``: instruction hashes already taken (a collection's earlier versions).
-        self.filter = TaskFilter(config.max_tasks_per_unit, config.heldout_fraction, seen=seen,
-                                 sample_path=rundir.path / "dropped_tasks.jsonl")
+        self.filter = task_filter
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
         self.window = max(256, 2 * self.workers)  # workers = limiter.max_senders: up to 4,096
         self._queue: asyncio.Queue[tuple[_Job, str] | None] = asyncio.Queue(
             maxsize=2 * self.workers)
         self._jobs: dict[int, _Job] = {}
-        self.judge = Judge(config, executor, counter) if config.judge else None
+        self.judge = judge
         self._tg: asyncio.TaskGroup | None = None
         self._next_filter = 0
         self._next_commit = 0
@@ -172,9 +174,8 @@ class TaskEngine:
         self._units = JsonlWriter(rundir.units)
         self._tasks = JsonlWriter(rundir.tasks)
         # Commit order on disk: the spend journal and tasks first, the unit's line last.
-        spend = getattr(executor, "spend", None)
         self._journals = Commits(self._units, data=[self._tasks],
-                                 side=[spend] if isinstance(spend, JsonlWriter) else [],
+                                 side=[spend] if spend is not None else [],
                                  durability=config.durability)
 
     # ----------------------------------------------------------------- resume

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dynogen.errors import ConfigError
+from dynogen.config import format_by_variant, parse_by_variant
 
 __all__ = ["FLOOR", "MARGIN", "MIN_ANSWERS", "PILOT_REQUESTS", "QUANTILE", "STEP", "Lengths",
            "choose", "format_by_variant", "parse_by_variant"]
@@ -159,21 +159,4 @@ def resolve(lengths: Lengths, variants: Iterable[str], ceiling: int) -> dict[str
         if pick is None:
             return None
         out[v] = pick
-    return out
-
-
-def format_by_variant(by_variant: Mapping[str, int]) -> str:
-    """``{"description": 384}`` -> ``"description:384"``: a plain string in configs and
-    manifests (stable under JSON and TOML)."""
-    return ",".join(f"{v}:{n}" for v, n in sorted(by_variant.items()))
-
-
-def parse_by_variant(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, num = part.partition(":")
-        if not sep or not num.strip().isdigit() or int(num) < 1:
-            raise ConfigError(f"max_tokens_by_variant {text!r}: expected variant:tokens pairs "
-                              "like description:384,no_description:352")
-        out[name.strip()] = int(num)
     return out

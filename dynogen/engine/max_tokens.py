@@ -30,6 +30,8 @@ from typing import Any
 import orjson
 
 from dynogen.config import Config
+from dynogen.engine.calibration import Calibration
+from dynogen.engine.engine import TaskEngine  # its own request: same body, same key
 from dynogen.engine.lengths import PILOT_REQUESTS, Lengths, format_by_variant, resolve
 from dynogen.errors import BadRequestError, ConfigError, RequestFailed, Stopped
 from dynogen.execute.base import Accounting, Executor, Request
@@ -65,8 +67,6 @@ def plan(cfg: Config) -> tuple[Config, Sizing | None]:
         return cfg.with_(max_tokens_by_variant=recorded), Sizing(
             "recorded", recorded, detail=str(Path(cfg.out) / "manifest.json"))
     if cfg.calibration:
-        from dynogen.commands.estimate import Calibration
-
         cal = Calibration.load(cfg.calibration)
         by = resolve(cal.lengths, cfg.variants, cfg.max_tokens)
         if by is None:
@@ -108,10 +108,6 @@ async def pilot(cfg: Config, executor: Executor, prompts: PromptBuilder,
     Returns the resolved config, how it was resolved, and the source with the units
     read ahead put back in front.
     """
-    from dynogen.engine.engine import (
-        TaskEngine,  # the engine's own request: same body, same cache key
-    )
-
     it = iter(source)
     head: list[Unit | Skipped] = []
     reqs: list[tuple[str, Request]] = []

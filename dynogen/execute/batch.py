@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynogen.config import Config
+from dynogen.config import BatchSettings, ServerSettings
 from dynogen.dedup import HashSet
 from dynogen.errors import (
     APIError,
@@ -105,12 +105,14 @@ def _unexpected(doing: str, e: Exception) -> FatalAPIError:
 class BatchExecutor:
     """Answers requests from Batch API jobs; see the module docstring.
 
-    >>> ex = BatchExecutor(cfg, ledger=Ledger(price, 5.0, batch=True), cache=cache, state_dir=out)
+    >>> ex = BatchExecutor(cfg.batch, cfg.server, ledger=Ledger(price, 5.0, batch=True),
+    ...                    cache=cache, state_dir=out)
     >>> ex.plan(requests); comp = await ex.complete(requests[0], Accounting())
     """
 
-    def __init__(self, cfg: Config, *, ledger: Ledger, cache: RequestCache | None,
-                 state_dir: Path | None, concurrency: int = 1024,
+    def __init__(self, batch: BatchSettings, server: ServerSettings, *, ledger: Ledger,
+                 cache: RequestCache | None, state_dir: Path | None, max_retries: int = 6,
+                 quiet: bool = False, concurrency: int = 1024,
                  spend: JsonlWriter | None = None, meter: Meter | None = None,
                  stage: str = "tasks", options: BatchOptions | None = None, client: Any = None,
                  limiter: Any = None, transport: Any = None) -> None:
@@ -119,9 +121,9 @@ class BatchExecutor:
         if state_dir is None:
             raise ConfigError("--mode batch needs a directory for its input files and journal")
         opts = options or BatchOptions(
-            poll_seconds=cfg.poll_seconds, rounds=cfg.batch_rounds,
-            caps=Caps(requests=cfg.batch_max_requests), enqueued_tokens=cfg.batch_enqueued_tokens,
-            quiet=cfg.quiet)
+            poll_seconds=batch.poll_seconds, rounds=batch.batch_rounds,
+            caps=Caps(requests=batch.batch_max_requests),
+            enqueued_tokens=batch.batch_enqueued_tokens, quiet=quiet)
         if opts.enqueued_tokens is not None and opts.caps.tokens is None:
             # A file must fit under the enqueued cap on its own.
             opts = dataclasses.replace(opts, caps=dataclasses.replace(
@@ -139,8 +141,9 @@ class BatchExecutor:
         self.journal = BatchJournal(state_dir).open()
         run_id = self.journal.run_id(create=True)
         assert run_id is not None
-        self.remote = BatchRemote(cfg.base_url, cfg.api_key.get(), run_id=run_id, client=client,
-                                  max_retries=cfg.max_retries, timeout=cfg.request_timeout)
+        self.remote = BatchRemote(server.base_url, server.api_key.get(), run_id=run_id,
+                                  client=client, max_retries=max_retries,
+                                  timeout=server.request_timeout)
         self.session: Counter[str] = Counter()
         self.inputs = InputFiles(self.journal, self.opts.caps, ledger, self.session)
         self.files = self.inputs.files   # the journal's view of every file of the run

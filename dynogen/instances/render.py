@@ -57,6 +57,7 @@ import xxhash
 from dynogen.tasks.task import Task
 
 __all__ = [
+    "FACT_CHARS",
     "INPUT_CHAR_CAP",
     "OUTPUT_CHAR_CAP",
     "Instance",
@@ -65,6 +66,7 @@ __all__ = [
     "instance_hash",
     "is_heldout",
     "render_value",
+    "row_facts",
     "split_heldout",
 ]
 
@@ -383,3 +385,31 @@ def split_heldout(
     for t in tasks:
         (heldout if is_heldout(t.id, fraction, seed) else train).append(t.id)
     return train, heldout
+
+
+FACT_CHARS = 300  # longer rendered values are cut, with a hash of the whole kept
+
+
+def _compact(text: str) -> str:
+    if len(text) <= FACT_CHARS:
+        return text
+    return text[:FACT_CHARS] + "…" + xxhash.xxh3_64_hexdigest(text.encode("utf-8", "replace"))
+
+
+def row_facts(rows: Iterable[Mapping[str, Any]],
+              labels: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Each column's rendered values over ``rows`` (long ones cut, with a hash kept).
+
+    Rendered as instances render them (label ids to names), so a rule sees
+    what an instance would hold; values that cannot be rendered are ``""``.
+    """
+    rows = list(rows)
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names)
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for r in rows:
+        for n in names:
+            text = render_value(r.get(n), n, labels.get(n)) if n in r else ""
+            out[n].append(_compact(text or ""))
+    return out

@@ -122,16 +122,6 @@ def _check_record(data: Any) -> str:
     return ""
 
 
-def _skipped_record(item: Skipped) -> dict[str, Any]:
-    return {
-        "skipped": True,
-        "dataset": item.dataset,
-        "config": item.config,
-        "reason": item.reason,
-        "detail": item.detail,
-    }
-
-
 @dataclass(slots=True)
 class CollectStats:
     """What ``collect`` wrote: units, skipped records by reason, and the shard files."""
@@ -192,7 +182,7 @@ class ShardWriter:
             self._fh.write(orjson.dumps(item.to_dict()) + b"\n")
             self.stats.written += 1
         else:
-            self._fh.write(orjson.dumps(_skipped_record(item)) + b"\n")
+            self._fh.write(orjson.dumps(item.to_dict()) + b"\n")
             self.stats.skipped[item.reason] += 1
         self._in_shard += 1
         if self._in_shard >= self.shard_size:

@@ -5,7 +5,7 @@ refuses becomes a ``Skipped`` with a counted reason, so no request is paid for
 data a user cannot train on. A unit that points at rows (``data_ref``: a data
 folder, a Hub dataset) has them opened here: rows that cannot be read skip
 the unit (``rows_<reason>``) before its requests; rows that can are sampled
-into ``unit.extra["facts"]`` (see ``dynogen.tasks.rules.row_facts``) for the task
+into ``unit.extra["facts"]`` (see ``dynogen.instances.render.row_facts``) for the task
 rules that need them (imbalance, constant output, output equal to an input,
 id-like outputs, the true label suffix). Metadata-only units (no
 ``data_ref``) are judged on their card alone.
@@ -86,8 +86,8 @@ def gate(source: Iterable[Unit | Skipped], policies: Policies, *, rows_per_split
 
 def _with_rows(unit: Unit, policies: Policies, rows_per_split: int, opener: Opener | None,
                cache_dir: str | None) -> Unit | Skipped:
+    from dynogen.instances.render import row_facts
     from dynogen.io.rows import RowsUnavailable, open_rows
-    from dynogen.tasks.rules import row_facts
 
     open_ = opener or open_rows
     data_ref = unit.data_ref or ""

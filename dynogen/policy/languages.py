@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dynogen.errors import ConfigError
+
 __all__ = ["DEFAULT_LANGUAGES", "LanguagePolicy", "english_share", "unit_languages"]
 
 DEFAULT_LANGUAGES = "en"
@@ -96,8 +98,6 @@ class LanguagePolicy:
 
     @classmethod
     def parse(cls, spec: str | list[str] | tuple[str, ...] | None) -> LanguagePolicy:
-        from dynogen.errors import ConfigError
-
         raw = spec if spec is not None else DEFAULT_LANGUAGES
         items = [_primary(s) for s in (raw.split(",") if isinstance(raw, str) else raw)
                  if str(s).strip()]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dynogen.errors import ConfigError
+
 __all__ = [
     "DEFAULT_LICENSES",
     "LICENSE_CLASSES",
@@ -120,8 +122,6 @@ class LicensePolicy:
 
     @classmethod
     def parse(cls, spec: str | list[str] | tuple[str, ...] | None) -> LicensePolicy:
-        from dynogen.errors import ConfigError
-
         items = _items(spec if spec is not None else DEFAULT_LICENSES)
         if not items:
             raise ConfigError("--licenses is empty: name classes or ids, or 'any'")

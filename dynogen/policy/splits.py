@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dynogen.errors import ConfigError
+
 __all__ = ["DEFAULT_SPLITS", "SplitPolicy", "split_kind"]
 
 DEFAULT_SPLITS = "train,validation"
@@ -59,8 +61,6 @@ class SplitPolicy:
 
     @classmethod
     def parse(cls, spec: str | list[str] | tuple[str, ...] | None) -> SplitPolicy:
-        from dynogen.errors import ConfigError
-
         raw = spec if spec is not None else DEFAULT_SPLITS
         items = [s.strip() for s in (raw.split(",") if isinstance(raw, str) else raw)
                  if str(s).strip()]

@@ -30,8 +30,7 @@ from dynogen.config import Config
 from dynogen.prompts.dialect import Dialect
 from dynogen.prompts.schema import response_format
 from dynogen.prompts.tokens import TokenCounter
-from dynogen.tasks.rules import ID_NAME
-from dynogen.units import Field, Unit
+from dynogen.units import ID_NAME, Field, Unit
 
 __all__ = ["Prompt", "PromptBuilder", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]
 

@@ -200,7 +200,7 @@ class EmbeddingStore:
 class APIEmbedder:
     """Vectors from an OpenAI-compatible ``/v1/embeddings`` endpoint through ``executor``.
 
-    The executor is the run's (``dynogen.execute.stack.open_stack``): the same
+    The executor is the run's (``dynogen.compose.open_stack``): the same
     limiter, ledger, budget and request cache as chat calls. Texts already in
     ``store`` are not sent; the rest go ``batch`` to a request, as many
     requests at once as the executor takes. Vectors wider than ``dims`` are

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from dynogen.compose import counter_for, open_executor
 from dynogen.config import Config
 from dynogen.errors import ConfigError
 from dynogen.selection.embed import (
@@ -42,7 +43,7 @@ from dynogen.selection.embed import (
 from dynogen.selection.select import k_center, mean_pairwise_cosine, random_pick, reduce_dims
 from dynogen.store.collection import Collection
 
-__all__ = ["STRATEGIES", "ReplayResult", "areplay", "open_embedder"]
+__all__ = ["STRATEGIES", "ReplayResult", "areplay", "open_embedder", "select_replay"]
 
 STRATEGIES = ("diverse-instruction", "diverse-data", "random")
 # Of each instance shown to the embedder: input, output. Enough to tell what the data
@@ -84,22 +85,16 @@ async def open_embedder(cfg: Config | None, collection: Collection, *,
     if cfg is None:
         yield LexicalEmbedder(dims)
         return
-    from dynogen.execute.stack import check_key, open_stack, preflight, resolve_price
-    from dynogen.prompts.tokens import TokenCounter
-
     cfg = cfg.validate()
-    price = resolve_price(cfg)
-    check_key(cfg)
-    await preflight(cfg, None)
     store = EmbeddingStore(collection.path / "embeddings.sqlite")
     state = collection.path / "embed"
     state.mkdir(parents=True, exist_ok=True)
     try:
-        async with open_stack(cfg, price=price, stage="embed", budget_usd=cfg.budget_usd,
-                              cache_path=collection.cache, spend_path=state / "spend.jsonl",
-                              state_dir=state) as stack:
+        async with open_executor(cfg, stage="embed", budget_usd=cfg.budget_usd,
+                                 cache_path=collection.cache, spend_path=state / "spend.jsonl",
+                                 state_dir=state) as stack:
             yield APIEmbedder(stack.executor, cfg.model, store, dims=dims, batch=batch,
-                              counter=TokenCounter(price.encoding or cfg.encoding))
+                              counter=counter_for(cfg, stack.price))
     finally:
         store.close()
 
@@ -166,8 +161,21 @@ def _quotas(available: dict[str, int], order: list[str], total: int) -> dict[str
 
 async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
                   ratio: float = 0.1, mixed: str | Path | None = None,
-                  embedder: Embedder | None = None, seed: int = 0,
-                  per_task: int = 3) -> ReplayResult:
+                  embed: Config | None = None, dims: int = DEFAULT_DIMS,
+                  batch: int = DEFAULT_BATCH, seed: int = 0, per_task: int = 3) -> ReplayResult:
+    """``dynogen replay``: the collection's embedder opened (``embed``: an endpoint through
+    the composition root; ``None`` or ``random``: local), then ``select_replay``."""
+    coll = Collection(collection).load()
+    async with open_embedder(None if strategy == "random" else embed, coll, dims=dims,
+                             batch=batch) as embedder:
+        return await select_replay(coll.path, k=k, strategy=strategy, out=out, ratio=ratio,
+                                   mixed=mixed, embedder=embedder, seed=seed, per_task=per_task)
+
+
+async def select_replay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
+                        ratio: float = 0.1, mixed: str | Path | None = None,
+                        embedder: Embedder | None = None, seed: int = 0,
+                        per_task: int = 3) -> ReplayResult:
     """Pick ``k`` tasks from the earlier versions of ``collection`` (see the module doc)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown --strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")

@@ -40,24 +40,24 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from xxhash import xxh3_64_hexdigest, xxh3_64_intdigest
+from xxhash import xxh3_64_intdigest
 
-from dynogen.dedup import DedupSeed
 from dynogen.errors import RunDirError
-from dynogen.instances.build import instance_dict_hash
-from dynogen.io.shards import _skipped_record
-from dynogen.prompts.builder import PromptBuilder
 from dynogen.store.journal import JsonlWriter, iter_jsonl
+from dynogen.store.lock import RunLock
 from dynogen.units import Skipped, Unit
 
+# What a unit's answer depends on, hashed (handed in by the collections layer).
+Fingerprint = Callable[[Unit | Skipped], str]
+
 __all__ = [
-    "ANSWERED", "FORMAT", "Collection", "Plan", "unit_fingerprint",
+    "ANSWERED", "FORMAT", "Collection", "Fingerprint", "Plan", "task_key",
 ]
 
 FORMAT = "dynogen-collection/1"
@@ -84,20 +84,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def unit_fingerprint(item: Unit | Skipped, prompts: PromptBuilder) -> str:
-    """What the LLM would be shown of this unit, hashed; for a source's skip, its reason.
-
-    Not the skip's detail: it often names the path the source was read from, and
-    reading the same cards from another folder is not a change.
-    """
-    if isinstance(item, Skipped):
-        parts = ["skipped", item.reason]
-    else:
-        parts = ["unit", *(prompts.user_message(item, v) for v in prompts.config.variants)]
-    return xxh3_64_hexdigest("\x1e".join(parts).encode("utf-8", "surrogatepass"))
-
-
-def _task_key(rec: dict[str, Any]) -> str:
+def task_key(rec: dict[str, Any]) -> str:
     return f"{rec.get('dataset')}::{rec.get('config')}"
 
 
@@ -177,8 +164,6 @@ class Collection:
     def locked(self) -> Iterator[None]:
         """One writer at a time (the run directories' lock, on the collection folder):
         a second grow on the same collection fails at once, naming the holder."""
-        from dynogen.store.lock import RunLock
-
         self.path.mkdir(parents=True, exist_ok=True)
         with RunLock(self.path, purpose="grow"):
             yield
@@ -225,10 +210,13 @@ class Collection:
                     index[_kh(key)] = str(rec.get("fp"))
         return index
 
-    def select(self, source: Iterable[Unit | Skipped], prompts: PromptBuilder,
+    def select(self, source: Iterable[Unit | Skipped], fingerprint: Fingerprint,
                plan: Plan, index: dict[int, str] | None = None,
                ) -> Iterator[tuple[Unit | Skipped, str | None, str]]:
         """The source's items that are new or changed, with fingerprint and kind.
+
+        ``fingerprint`` is handed in (``dynogen.collections.grow.unit_fingerprint``: what
+        the model would be shown of a unit, hashed); the store builds no prompts.
 
         A key the source repeats is passed on (``kind == "repeat"``, no fingerprint)
         only when its first occurrence was, so the run counts it as it would.
@@ -244,7 +232,7 @@ class Collection:
                     yield item, None, "repeat"
                 continue
             seen.add(kh)
-            fp = unit_fingerprint(item, prompts)
+            fp = fingerprint(item)
             old = index.get(kh)
             if old == fp:
                 plan.unchanged += 1
@@ -258,7 +246,8 @@ class Collection:
                 plan.changed_keys.add(item.key)
                 yield item, fp, "changed"
 
-    def stage(self, source: Iterable[Unit | Skipped], prompts: PromptBuilder) -> tuple[Plan, Path]:
+    def stage(self, source: Iterable[Unit | Skipped], fingerprint: Fingerprint,
+              ) -> tuple[Plan, Path]:
         """Write the plan of the next version into a staging folder; returns it and the folder."""
         staging = self.versions_dir / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -267,8 +256,8 @@ class Collection:
         units = JsonlWriter(staging / PLAN)
         index = JsonlWriter(staging / PLAN_INDEX)
         try:
-            for item, fp, kind in self.select(source, prompts, plan):
-                rec = item.to_dict() if isinstance(item, Unit) else _skipped_record(item)
+            for item, fp, kind in self.select(source, fingerprint, plan):
+                rec = item.to_dict()
                 units.write(rec)
                 if fp is not None:
                     index.write({"key": item.key, "fp": fp, "change": kind})
@@ -306,26 +295,6 @@ class Collection:
         return {str(r["key"]) for r in iter_jsonl(self.version_dir(entry) / PLAN_INDEX)
                 if r.get("change") == "changed"}
 
-    def seed(self, exclude_keys: set[str]) -> DedupSeed:
-        """Dedup state of the complete versions, without the units about to be re-done."""
-        from dynogen.tasks.filter import TaskFilter
-
-        seed = DedupSeed()
-        # The engine's own dedup key, through the same call a resumed run uses.
-        tasks = TaskFilter(1, seen=seed.tasks)
-        gone = self.superseded()
-        for v in self.complete_versions():
-            vdir = self.version_dir(v)
-            for rec in iter_jsonl(vdir / "tasks.jsonl"):
-                if rec.get("id") in gone or _task_key(rec) in exclude_keys:
-                    continue
-                tasks.remember(rec)
-            for rec in iter_jsonl(vdir / "instances.jsonl"):
-                if rec.get("task_id") in gone or _task_key(rec) in exclude_keys:
-                    continue
-                seed.instances.add(instance_dict_hash(rec))
-        return seed
-
     def complete(self, entry: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
         """Record a finished version: counts, cost, and the older tasks it supersedes."""
         vdir = self.version_dir(entry)
@@ -337,7 +306,7 @@ class Collection:
             for v in self.complete_versions():
                 for rec in iter_jsonl(self.version_dir(v) / "tasks.jsonl"):
                     tid = rec.get("id")
-                    if isinstance(tid, str) and tid not in gone and _task_key(rec) in redone:
+                    if isinstance(tid, str) and tid not in gone and task_key(rec) in redone:
                         supersedes.append(tid)
         cost = report.get("cost") or {}
         entry.update(

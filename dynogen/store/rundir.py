@@ -31,40 +31,16 @@ from typing import Any
 import orjson
 import xxhash
 
-from dynogen import __version__
 from dynogen.config import BUILD_FIELDS, Config
 from dynogen.errors import RunDirError
 from dynogen.store.journal import count_garbage, iter_jsonl, repair, verify_chain
 from dynogen.store.lock import RunLock
 from dynogen.store.storage import atomic_write, storage_error, warn
+from dynogen.version import __version__
 
-__all__ = ["RunDir", "identity_diff", "run_identity"]
+__all__ = ["RunDir", "identity_diff"]
 
 MANIFEST = "manifest.json"
-
-
-def _probe_digest(config: Config) -> str:
-    """A hash of the request bodies this config sends for a fixed unit, per variant.
-
-    Catches what no config field names: the prompt text, the few-shot turns,
-    the schema and how metadata is rendered — any change to them changes what
-    the model is asked, so a run may not be resumed across it.
-    """
-    from dynogen.prompts.builder import PromptBuilder
-    from dynogen.prompts.tokens import TokenCounter
-    from dynogen.units import Field, Unit
-
-    probe = Unit("probe/identity", "default", "Short sentences, each with a label.",
-                 (Field("sentence", "string"), Field("label", "class_label", ("no", "yes"))),
-                 license="mit")
-    pb = PromptBuilder(config, TokenCounter(config.encoding))
-    bodies = [pb.request(probe, v).body for v in config.variants]
-    return xxhash.xxh3_64_hexdigest(orjson.dumps(bodies, option=orjson.OPT_SORT_KEYS))
-
-
-def run_identity(config: Config) -> dict[str, Any]:
-    """Everything that shapes a run's outputs: ``Config.identity()`` plus the prompts' digest."""
-    return {**config.identity(), "prompts": _probe_digest(config)}
 
 
 def _jsonable(v: Any) -> Any:
@@ -113,10 +89,14 @@ class RunDir:
         self.repairs: dict[str, Any] = {}
         self.lock: RunLock | None = None
 
-    def open(self, config: Config, *, stage: str = "run") -> RunDir:
+    def open(self, config: Config, *, identity: dict[str, Any], stage: str = "run") -> RunDir:
         """Lock, create or resume, check identity, repair. ``stage="build"`` (``dynogen
         build``) may change the build settings (``BUILD_FIELDS``): instances are then
-        rebuilt from scratch rather than mixed."""
+        rebuilt from scratch rather than mixed.
+
+        ``identity`` is the run's whole identity, handed in by the composition root
+        (``dynogen.compose.run_identity``: the config's identity fields and a digest of
+        the prompts); the store does not build prompts."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -129,14 +109,13 @@ class RunDir:
             ) from None
         self.lock = RunLock(self.path, purpose=stage).acquire()
         try:
-            self._open(config, stage)
+            self._open(config, identity, stage)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _open(self, config: Config, stage: str) -> None:
-        identity = run_identity(config)
+    def _open(self, config: Config, identity: dict[str, Any], stage: str) -> None:
         orphaned = not self.manifest.exists() and any(
             p.exists() and p.stat().st_size for p in (self.units, self.tasks, self.spend))
         if self.manifest.exists() or orphaned:
@@ -162,10 +141,10 @@ class RunDir:
         self._write_manifest(config, identity)
         self._repair()
 
-    def record(self, config: Config) -> None:
+    def record(self, config: Config, identity: dict[str, Any]) -> None:
         """Write the manifest for ``config``: a setting resolved after opening (``--max-tokens
         auto`` from a pilot) joins the identity before anything is committed."""
-        self._write_manifest(config, run_identity(config))
+        self._write_manifest(config, identity)
 
     def close(self) -> None:
         """Release the lock (the OS does it too if the process dies)."""

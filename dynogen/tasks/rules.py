@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import orjson
-import xxhash
 
 from dynogen.dedup import normalize_text
-from dynogen.units import Field, Unit
+from dynogen.units import ID_NAME, Field, Unit
 
 __all__ = [
     "Facts",
@@ -51,7 +50,6 @@ __all__ = [
     "UnitText",
     "answer_options",
     "is_label_like",
-    "row_facts",
     "row_rule",
     "text_rule",
 ]
@@ -62,7 +60,7 @@ MAX_LABEL_CHARS = 40
 IMBALANCE = 0.9
 MIN_ROWS_IMBALANCE = 20
 MIN_ROWS_CONSTANT = 5
-FACT_CHARS = 300
+
 
 
 class TaskRule:
@@ -114,8 +112,6 @@ _CLASSIFY = re.compile(
     r"true or false|yes or no|sentiment|whether)\b", re.IGNORECASE)
 _TEXT_NAMES = frozenset(("text", "article", "passage", "document", "context", "story", "body",
                          "content", "paragraph", "review", "abstract", "essay"))
-ID_NAME = re.compile(r"(?i:(^|[_\-\s.])(id|ids|idx|index|uuid|guid|key|hash|url|uri|link|md5|"
-                      r"sha1|sha256|filename|file|path|doi)$)|[a-z](Id|ID|Idx|Url|URL)$")
 _ID_VALUE = re.compile(r"^[\w\-:/.#]+$")
 
 
@@ -363,30 +359,3 @@ def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str |
             and sum(any(c.isdigit() for c in v) and len(v) >= 6 for v in vals) >= 0.8 * len(vals)):
         return TaskRule.ID_LIKE
     return None
-
-
-def _compact(text: str) -> str:
-    if len(text) <= FACT_CHARS:
-        return text
-    return text[:FACT_CHARS] + "…" + xxhash.xxh3_64_hexdigest(text.encode("utf-8", "replace"))
-
-
-def row_facts(rows: Iterable[Mapping[str, Any]],
-              labels: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Each column's rendered values over ``rows`` (long ones cut, with a hash kept).
-
-    Rendered as instances render them (label ids to names), so a rule sees
-    what an instance would hold; values that cannot be rendered are ``""``.
-    """
-    from dynogen.instances.render import render_value
-
-    rows = list(rows)
-    names: list[str] = []
-    for r in rows:
-        names.extend(k for k in r if k not in names)
-    out: dict[str, list[str]] = {n: [] for n in names}
-    for r in rows:
-        for n in names:
-            text = render_value(r.get(n), n, labels.get(n)) if n in r else ""
-            out[n].append(_compact(text or ""))
-    return out

@@ -1,0 +1,51 @@
+"""``dynogen batch status|cancel``: a batch run's jobs, seen from another terminal.
+
+They read the run directory's journal (never its lock, so they work while the
+run polls) and ask the server with the API key from the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dynogen import eventloop
+from dynogen.compose import resolve_price
+from dynogen.config import Config, load_config
+from dynogen.errors import DynogenError
+from dynogen.execute.batch_admin import acancel, astatus
+from dynogen.store.rundir import RunDir
+
+__all__ = ["batch_cancel", "batch_status"]
+
+
+def _batch_config(out: str | Path, base_url: str | None) -> Config:
+    """The server and prices a run directory's batches were sent with (its manifest), the
+    API key from the environment."""
+    manifest = RunDir(out).manifest
+    saved = orjson.loads(manifest.read_bytes()).get("config", {}) if manifest.exists() else {}
+    keep = ("base_url", "model", "price_in", "price_out", "batch_price_in", "batch_price_out",
+            "prices_file", "free")
+    values = {k: saved[k] for k in keep if saved.get(k) is not None}
+    if base_url:
+        values["base_url"] = base_url
+    return load_config(None, **values)
+
+
+def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Every batch of a ``--mode batch`` run directory: state, counts, age, cost so far."""
+    cfg = _batch_config(out, base_url)
+    try:
+        price = resolve_price(cfg)
+    except DynogenError:
+        price = None  # the table does not know the model: show counts without dollars
+    return eventloop.run(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price))
+
+
+def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
+    """Cancel a batch run's running batches; what finished is kept, and the run (if it is
+    polling) notices, submits nothing new and marks the rest failed for a later resume."""
+    cfg = _batch_config(out, base_url)
+    return eventloop.run(acancel(Path(out), cfg.base_url, cfg.api_key.get()))
