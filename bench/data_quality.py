@@ -29,7 +29,8 @@ from typing import Any
 from dynogen.api import arun
 from dynogen.config import Config, Secret
 from dynogen.io.sources import open_source
-from dynogen.policy import license_class, license_ids, split_kind
+from dynogen.policy.licenses import license_class, license_ids
+from dynogen.policy.splits import split_kind
 from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeOpenAI, serve
 from dynogen.units import Unit

@@ -25,11 +25,14 @@ from dynogen.commands.batch import batch_cancel, batch_status
 from dynogen.commands.call import call
 from dynogen.commands.estimate import Estimate
 from dynogen.commands.estimate import estimate as _estimate
+from dynogen.commands.inspect import inspect_run
 from dynogen.commands.run import arun
 from dynogen.commands.run import build as build
 from dynogen.compose import resolve_price
 from dynogen.config import Config
 from dynogen.errors import ConfigError
+from dynogen.io.shards import collect as _collect
+from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
 from dynogen.store.rundir import RunDir
 from dynogen.units import Skipped, Unit
@@ -49,9 +52,6 @@ def run(cfg: Config, **kwargs: Any) -> RunOutcome:
 def collect(source: str, out: str | Path, *, limit: int | None = None,
             shard_size: int = 1000, hub: Any = None) -> Any:
     """Read a metadata source and write JSONL shards that ``run --source`` accepts."""
-    from dynogen.io.shards import collect as _collect  # the Hub lister only when collecting
-    from dynogen.io.sources import open_source
-
     return _collect(open_source(source, limit=limit, hub=hub), Path(out), shard_size=shard_size)
 
 
@@ -84,8 +84,6 @@ def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
     Returns an ``Inspection`` (``to_dict()`` for data,
     ``dynogen.commands.inspect.format_inspection`` for the text ``dynogen inspect`` prints).
     """
-    from dynogen.commands.inspect import inspect_run
-
     return inspect_run(out, kept=kept, per_reason=per_reason)
 
 

@@ -41,7 +41,7 @@ from dynogen.execute.online import Meter, OnlineExecutor
 from dynogen.execute.prices import Price, PriceTable, price_for
 from dynogen.execute.transport import AiohttpTransport, Transport
 from dynogen.io.sources import source_for
-from dynogen.policy import Policies, gate
+from dynogen.policy.gate import Policies, gate
 from dynogen.prompts.builder import PromptBuilder
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.ratelimit import Limiter, RetryPolicy

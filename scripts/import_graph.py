@@ -85,6 +85,7 @@ def _resolve(mod: str, is_pkg: bool, level: int, name: str | None) -> str:
 def edges(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, int], int]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     local_imports: dict[str, int] = {}
+    parents: dict[str, set[str]] = {}
     total_statements = 0
 
     def target(name: str) -> str | None:
@@ -125,10 +126,21 @@ def edges(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, int], i
                 if t and t != mod:
                     graph[mod].add(t)
                     hit = True
+                    parents.setdefault(mod, set()).add(t)
             if hit and isinstance(node, ast.Import | ast.ImportFrom):
                 total_statements += 1
                 if id(node) in in_func:
                     local_imports[mod] = local_imports.get(mod, 0) + 1
+    # Importing dynogen.a.b runs dynogen/a/__init__.py first: a sub-package whose
+    # __init__ imports anything is part of every import of its modules. (The root's
+    # exports are lazy, so the root is left out.)
+    for mod, targets in parents.items():
+        for t in targets:
+            parent = t.rpartition(".")[0]
+            while parent and parent != PKG:
+                if graph.get(parent) and parent != mod and not mod.startswith(parent + "."):
+                    graph[mod].add(parent)
+                parent = parent.rpartition(".")[0]
     return graph, local_imports, total_statements
 
 

@@ -19,7 +19,7 @@ from dynogen.commands.inspect import format_inspection
 from dynogen.config import Config, Secret
 from dynogen.errors import DynogenError
 from dynogen.io.folder import FolderSource
-from dynogen.policy import Policies, gate
+from dynogen.policy.gate import Policies, gate
 from dynogen.tasks.filter import TaskFilter
 from dynogen.tasks.rules import TaskRule
 from dynogen.testing import FakeOpenAI, serve

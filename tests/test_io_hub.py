@@ -16,8 +16,9 @@ import pytest
 from huggingface_hub import constants
 
 from dynogen.errors import ConfigError, SourceError
-from dynogen.io import HubSkip, HubSource, open_source
-from dynogen.io.hub_options import HubOptions, parse_since
+from dynogen.io.hub import HubSource
+from dynogen.io.hub_options import HubOptions, HubSkip, parse_since
+from dynogen.io.sources import open_source
 from dynogen.ratelimit import RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, HubServer
 from dynogen.units import Skipped, SkipReason, Unit

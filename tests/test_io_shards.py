@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from dynogen.errors import RunDirError, SourceError
-from dynogen.io import FolderSource, JsonlSource, ShardWriter, collect
+from dynogen.io.folder import FolderSource
+from dynogen.io.shards import JsonlSource, ShardWriter, collect
 from dynogen.units import Field, Skipped, SkipReason, Unit
 
 HF = Path(__file__).parent / "fixtures" / "hf"

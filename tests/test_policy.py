@@ -6,9 +6,10 @@ import pytest
 
 from dynogen.config import Config, load_config
 from dynogen.errors import ConfigError
-from dynogen.policy import LanguagePolicy, LicensePolicy, SplitPolicy, license_class, split_kind
-from dynogen.policy.licenses import normalize_license
+from dynogen.policy.languages import LanguagePolicy
+from dynogen.policy.licenses import LicensePolicy, license_class, normalize_license
 from dynogen.policy.share import share_caps
+from dynogen.policy.splits import SplitPolicy, split_kind
 
 
 @pytest.mark.parametrize(("raw", "cls"), [

@@ -15,7 +15,6 @@ from dynogen import eventloop
 from dynogen.compose import resolve_price
 from dynogen.config import Config, load_config
 from dynogen.errors import DynogenError
-from dynogen.execute.batch_admin import acancel, astatus
 from dynogen.store.rundir import RunDir
 
 __all__ = ["batch_cancel", "batch_status"]
@@ -36,6 +35,8 @@ def _batch_config(out: str | Path, base_url: str | None) -> Config:
 
 def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
     """Every batch of a ``--mode batch`` run directory: state, counts, age, cost so far."""
+    from dynogen.execute.batch_admin import astatus  # the openai SDK: only when asked
+
     cfg = _batch_config(out, base_url)
     try:
         price = resolve_price(cfg)
@@ -47,5 +48,7 @@ def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[s
 def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[str, Any]]:
     """Cancel a batch run's running batches; what finished is kept, and the run (if it is
     polling) notices, submits nothing new and marks the rest failed for a later resume."""
+    from dynogen.execute.batch_admin import acancel  # the openai SDK: only when asked
+
     cfg = _batch_config(out, base_url)
     return eventloop.run(acancel(Path(out), cfg.base_url, cfg.api_key.get()))

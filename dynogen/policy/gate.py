@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dynogen.instances.render import row_facts
+from dynogen.io.rows import RowsUnavailable, open_rows
 from dynogen.policy.languages import LanguagePolicy
 from dynogen.policy.licenses import LicensePolicy
 from dynogen.policy.splits import SplitPolicy
@@ -86,9 +88,6 @@ def gate(source: Iterable[Unit | Skipped], policies: Policies, *, rows_per_split
 
 def _with_rows(unit: Unit, policies: Policies, rows_per_split: int, opener: Opener | None,
                cache_dir: str | None) -> Unit | Skipped:
-    from dynogen.instances.render import row_facts
-    from dynogen.io.rows import RowsUnavailable, open_rows
-
     open_ = opener or open_rows
     data_ref = unit.data_ref or ""
     n = max(1, min(CHECK_ROWS, rows_per_split))
