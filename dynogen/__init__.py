@@ -6,6 +6,7 @@
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
 ``build``, ``collect``, ``export``, ``call``, ``inspect``, ``grow``, ``replay``;
+``dataset(run_dir)`` loads a run's instances (or tasks) as a ``datasets.Dataset``;
 ``dynogen batch status|cancel`` are ``batch_status`` and ``batch_cancel``.
 """
 
@@ -21,6 +22,7 @@ _LAZY = {
     "replay": "dynogen.api",
     "batch_cancel": "dynogen.api", "batch_status": "dynogen.api",
     "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
+    "dataset": "dynogen.api",
     "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
     "run": "dynogen.api",
     "Config": "dynogen.config", "Secret": "dynogen.config", "load_config": "dynogen.config",
@@ -43,6 +45,7 @@ if _typing.TYPE_CHECKING:
         build,
         call,
         collect,
+        dataset,
         estimate,
         export,
         grow,
@@ -104,6 +107,7 @@ __all__ = [
     "build",
     "call",
     "collect",
+    "dataset",
     "estimate",
     "export",
     "grow",

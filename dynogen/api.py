@@ -34,13 +34,14 @@ from dynogen.errors import ConfigError
 from dynogen.io.shards import collect as _collect
 from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
+from dynogen.outcome import load_dataset as dataset
 from dynogen.store.rundir import RunDir
 from dynogen.units import Skipped, Unit
 
 __all__ = [
     "EXIT", "RunOutcome", "agrow", "areplay", "arun", "batch_cancel", "batch_status", "build",
-    "call", "collect", "estimate", "exit_code", "export", "grow", "inspect", "replay",
-    "resolve_price", "run",
+    "call", "collect", "dataset", "estimate", "exit_code", "export", "grow", "inspect",
+    "replay", "resolve_price", "run",
 ]
 
 

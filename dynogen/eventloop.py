@@ -11,6 +11,7 @@ runs the same on either loop (the test suite runs on asyncio's).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import os
@@ -36,8 +37,25 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on the loop ``loop_factory`` picks, with the collector tuned."""
-    with _collector(), asyncio.Runner(loop_factory=loop_factory()) as runner:
+    """``asyncio.run`` on the loop ``loop_factory`` picks, with the collector tuned.
+
+    Called where a loop is already running in this thread (a Jupyter notebook, an
+    async web handler), it runs the command on a fresh loop in a worker thread and
+    waits for it: no signal handlers there (they need the main thread), the user's
+    loop and the collector left as they are. ``await dynogen.arun(...)`` is the
+    native way from async code; this keeps ``dynogen.run(...)`` working too.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with _collector(), asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dynogen") as pool:
+        return pool.submit(_run_fresh, coro).result()
+
+
+def _run_fresh(coro: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
 
 
