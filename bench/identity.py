@@ -22,12 +22,13 @@ more than its own tree; pass the same ``--fake-checkout`` to both sides to make
 sure only dynogen differs if the redesign touches the fake. This script imports
 nothing from dynogen: it talks to both programs over argv, files and HTTP.
 
-What is compared: sha256 and line counts of ``tasks.jsonl`` and
-``instances.jsonl``, the exit code, and ``report.json`` with its wall-clock
-fields removed (see ``TIME_KEY``) and run-specific strings (run directory, fake
-URL, checkout path) replaced by placeholders. Listed but not failing ("extra"):
-``units.jsonl``, ``dropped_tasks.jsonl``, ``builds.jsonl`` (paths normalised)
-and the fake's own request counts.
+What is compared (and fails): the exit code, sha256 and line counts of
+``tasks.jsonl`` and ``instances.jsonl``, and ``report.json`` value by value with
+its wall-clock fields removed (see ``TIME_KEY``) and run-specific strings (run
+directory, fake URL, checkout path) replaced by placeholders; its ``config``
+echo is a column of its own, so counts and settings are told apart. Listed but
+not failing ("extra"): ``units.jsonl``, ``dropped_tasks.jsonl``,
+``builds.jsonl`` (paths normalised) and the fake's own request counts.
 """
 
 from __future__ import annotations
@@ -230,7 +231,9 @@ def run_one(python: str, checkout: Path, fake: Fake, corpus: Path, group: str, m
         path = out / name
         doc[name] = sha_lines(path.read_bytes()) if path.exists() else None
     raw = (out / "report.json").read_text("utf-8") if (out / "report.json").exists() else "{}"
-    doc["report"], dropped = strip_times(json.loads(normalise(raw, subs)))
+    report, dropped = strip_times(json.loads(normalise(raw, subs)))
+    doc["config"] = report.pop("config", None)  # the settings echoed: apart from the counts
+    doc["report"] = report
     extra: dict[str, Any] = {"server": fake.counts(mode)}
     for name in EXTRA_FILES:
         path = out / name
@@ -307,8 +310,8 @@ def _diff(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
     """Print a table of run x part (same/DIFF) and each differing field; 1 if the bar breaks."""
-    parts = ("exit", *BAR_FILES, "report")
-    head = f"{'run':<24}" + "".join(f"{p:>17}" for p in parts) + f"{'extra':>10}"
+    parts = ("exit", *BAR_FILES, "report", "config")
+    head = f"{'run':<24}" + "".join(f"{p:>16}" for p in parts) + f"{'extra':>9}"
     print(head + "\n" + "-" * len(head))
     details: list[str] = []
     failed = False
@@ -327,7 +330,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
                         for f, va, vb in diffs[:20]]
             if len(diffs) > 20:
                 details.append(f"  {key} {part}: ... {len(diffs) - 20} more")
-        print(f"{key:<24}" + "".join(f"{c:>17}" for c in cells[:-1]) + f"{cells[-1]:>10}")
+        print(f"{key:<24}" + "".join(f"{c:>16}" for c in cells[:-1]) + f"{cells[-1]:>9}")
     if details:
         print("\nDifferences (A -> B; 'extra' ones do not fail the bar):\n" + "\n".join(details))
     print(f"\nA: {a['meta']['checkout']} @ {a['meta']['commit'][:12]} (fake from "
