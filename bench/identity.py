@@ -140,8 +140,9 @@ class Fake:
             line = self.proc.stdout.readline() if sel.select(120) else b""
         if not line:
             self.stop()
-            raise RuntimeError(f"the fake did not start from {checkout} (see {log}); "
-                               "pass --fake-checkout with a checkout that has "
+            tail = log.read_text("utf-8", "replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the fake did not start from {checkout}: {tail}; pass "
+                               "--fake-checkout with a checkout that has "
                                "dynogen/testing/fake_openai.py")
         self.url: str = json.loads(line)["url"]
         self.root = self.url.removesuffix("/v1")
@@ -257,6 +258,17 @@ def measure(checkout: Path, fake_checkout: Path, corpus: Path, python: str, grou
     writes no output to compare, whereas a real regression fails every attempt."""
     work = Path(tempfile.mkdtemp(prefix="dynogen-identity-"))
     env = clean_env(work)
+    try:
+        return _measure(checkout, fake_checkout, corpus, python, groups, attempts, work, env)
+    finally:
+        if keep:
+            print(f"  kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(checkout: Path, fake_checkout: Path, corpus: Path, python: str, groups: list[str],
+             attempts: int, work: Path, env: dict[str, str]) -> dict[str, Any]:
     meta = {"checkout": str(checkout), "commit": git(checkout, "rev-parse", "HEAD"),
             "dirty": bool(git(checkout, "status", "--porcelain", "--untracked-files=no")),
             "dynogen_module": check_import(python, checkout, "dynogen", env, work),
@@ -287,10 +299,6 @@ def measure(checkout: Path, fake_checkout: Path, corpus: Path, python: str, grou
                       file=sys.stderr, flush=True)
     finally:
         fake.stop()
-        if keep:
-            print(f"  kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     meta["total_seconds"] = round(time.perf_counter() - t0, 1)
     return {"meta": meta, "runs": runs}
 
@@ -366,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.corpus.is_dir():
         p.error(f"corpus {args.corpus} not found: pass --corpus PATH")
     checkout = args.checkout.resolve()
-    doc = measure(checkout, (args.fake_checkout or checkout).resolve(), args.corpus.resolve(),
-                  args.python, groups, max(1, args.attempts), args.keep)
+    try:
+        doc = measure(checkout, (args.fake_checkout or checkout).resolve(),
+                      args.corpus.resolve(), args.python, groups, max(1, args.attempts), args.keep)
+    except RuntimeError as e:  # a checkout or fake that is not what it claims: say so, no trace
+        p.exit(2, f"python -m bench.identity: {e}\n")
     bad = [k for k, r in doc["runs"].items() if r["exit"] != 0]
     again = [k for k, r in doc["runs"].items() if r["info"]["failed_attempts"]]
     print(f"{len(doc['runs'])} runs in {doc['meta']['total_seconds']} s"
