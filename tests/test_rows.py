@@ -182,3 +182,45 @@ def test_real_hub_id_while_offline() -> None:
 def test_bugs_in_the_loader_are_not_hidden() -> None:
     with pytest.raises(TypeError):
         open_rows("x", "default", rows_per_split=5, load=FakeLoader(TypeError("a bug")))
+
+
+def test_two_threads_reading_rows_never_lose_tqdm_s_lock() -> None:
+    # datasets reads files through tqdm's thread_map, whose ensure_lock deletes a class
+    # lock it created once it is done, even while another thread's bars use it. A batch
+    # run reads its plan and its source in two threads: this crashed ~1 run in 12.
+    import threading
+
+    from tqdm import std
+    from tqdm.contrib.concurrent import ensure_lock
+
+    from dynogen.io import rows
+
+    saved = getattr(std.tqdm, "_lock", None)
+    if saved is not None:
+        del std.tqdm._lock
+    rows._give_tqdm_a_lock.cache_clear()
+    rows._give_tqdm_a_lock()  # what open_rows does before its first read
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with ensure_lock(std.tqdm):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with ensure_lock(std.tqdm):
+            b_in.set()
+            a_out.wait(10)
+            seen.append(hasattr(std.tqdm, "_lock"))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    if saved is not None:
+        std.tqdm.set_lock(saved)
+    assert seen == [True]

@@ -25,6 +25,7 @@ raised before any code runs); that refusal is reported as ``script_only``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -146,6 +147,23 @@ class Rows:
                 yield split, dict(row)
 
 
+@functools.cache
+def _give_tqdm_a_lock() -> None:
+    """Give tqdm's base class its write lock before two threads read rows at once.
+
+    Why: ``load_dataset`` reads files through ``tqdm.contrib.concurrent.thread_map``,
+    whose ``ensure_lock`` creates a class lock when none exists and deletes it when it
+    is done, even while another thread's bars still use it (``AttributeError: type
+    object 'tqdm' has no attribute '_lock'``; huggingface/datasets#7660, tqdm#982).
+    A batch run reads its plan and its source in two threads, and that race ended
+    about one batch run in twelve, or could have skipped a unit silently. With a
+    lock in place before any thread starts, ``ensure_lock`` never deletes one.
+    """
+    from tqdm import std
+
+    std.tqdm.get_lock()
+
+
 def open_rows(
     data_ref: str,
     config: str | None,
@@ -169,6 +187,7 @@ def open_rows(
     if load is None:
         import datasets
 
+        _give_tqdm_a_lock()
         load = datasets.load_dataset
     name = config or None
     # Lock files `datasets` writes even when streaming go here, not in ~/.cache.
