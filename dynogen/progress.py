@@ -3,18 +3,23 @@
 A display only: the engine informs it (``unit_done``, ``request_done``) and
 never reads from it, and it reads the limiter and ledger only to print them.
 Redraws are throttled by tqdm (``mininterval``), so informing it is cheap on
-the hot path. ``quiet`` gives a display that prints nothing.
+the hot path. ``quiet`` gives a display that prints nothing; a stderr that is
+not a terminal (nohup, cron, Slurm, a CI log) gets ``Plain``: one line every
+``PLAIN_SECONDS``, with no carriage returns to fill the log.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
-__all__ = ["Bar", "Quiet", "make_progress"]
+__all__ = ["PLAIN_SECONDS", "Bar", "Plain", "Quiet", "make_progress"]
+
+PLAIN_SECONDS = 30.0
 
 
 class Quiet:
@@ -83,5 +88,61 @@ class Bar:
         self.bar.close()
 
 
-def make_progress(quiet: bool, desc: str, **kw: Any) -> Bar | Quiet:
-    return Quiet() if quiet else Bar(desc, **kw)
+class Plain:
+    """The same figures as ``Bar``, as a plain line every ``every`` seconds and at the end."""
+
+    def __init__(self, desc: str, total: int | None = None, *, rpm: float | None = None,
+                 tpm: float | None = None, budget: float | None = None,
+                 spent_before: float = 0.0, every: float = PLAIN_SECONDS,
+                 file: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.desc, self.total = desc, total
+        self.rpm, self.tpm, self.budget = rpm, tpm, budget
+        self.units = self.requests = self.tokens = 0
+        self.spent = spent_before
+        self.every, self.clock = every, clock
+        self.file = file if file is not None else sys.stderr
+        self.t0 = self._last = clock()
+
+    def unit_done(self, n: int = 1) -> None:
+        self.units += n
+        self._maybe()
+
+    def request_done(self, tokens: int, cost_usd: float) -> None:
+        self.requests += 1
+        self.tokens += tokens
+        self.spent += cost_usd
+        self._maybe()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def line(self) -> str:
+        dt = max(1e-6, self.clock() - self.t0)
+        of = f"/{self.total:,}" if self.total is not None else ""
+        parts = [f"{self.desc}: {self.units:,}{of} units", f"{self.requests / dt:.1f} req/s",
+                 f"{self.tokens / dt * 60:,.0f}" + (f"/{self.tpm:,.0f}" if self.tpm else "")
+                 + " tok/min"]
+        if self.rpm:
+            parts.append(f"{self.requests / dt * 60:,.0f}/{self.rpm:,.0f} rpm")
+        parts.append(f"${self.spent:.4f}" + (f"/{self.budget:.2f}" if self.budget else ""))
+        parts.append(f"{dt:,.0f}s")
+        return ", ".join(parts)
+
+    def _maybe(self) -> None:
+        now = self.clock()
+        if now - self._last >= self.every:
+            self._last = now
+            self._print()
+
+    def _print(self) -> None:
+        print(self.line(), file=self.file, flush=True)
+
+    def close(self) -> None:
+        self._print()
+
+
+def make_progress(quiet: bool, desc: str, **kw: Any) -> Bar | Plain | Quiet:
+    if quiet:
+        return Quiet()
+    return Bar(desc, **kw) if sys.stderr.isatty() else Plain(desc, **kw)

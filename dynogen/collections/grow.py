@@ -109,7 +109,8 @@ async def agrow(
             run_cfg = run_cfg.with_(calibration=_last_calibration(coll))
         try:
             outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
-                                 handle_signals=handle_signals, seed=seed)
+                                 handle_signals=handle_signals, seed=seed,
+                                 status_also=coll.path)
         except RunDirError as e:
             if not resumed:
                 raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from dynogen.commands.watch import Watch, close_run_log, open_run_log, watching
 from dynogen.compose import (
     check_key,
     counter_for,
@@ -35,7 +37,7 @@ from dynogen.config import Config
 from dynogen.dedup import DedupSeed
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import write_calibration
-from dynogen.engine.engine import EngineResult
+from dynogen.engine.engine import EngineResult, TaskEngine
 from dynogen.engine.lengths import Lengths
 from dynogen.errors import BudgetExceeded, ConfigError, DynogenError, StorageError
 from dynogen.execute.ledger import Ledger
@@ -44,12 +46,14 @@ from dynogen.execute.transport import Transport
 from dynogen.instances.build import build_instances
 from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
-from dynogen.progress import make_progress
+from dynogen.progress import Bar, Plain, Quiet, make_progress
 from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.tokens import TokenCounter
 from dynogen.report import Stats
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.units import Skipped, Unit
+from dynogen.version import __version__
 
 __all__ = ["arun", "build"]
 
@@ -75,18 +79,21 @@ async def arun(
     handle_signals: bool = False,
     build: bool = True,
     seed: DedupSeed | None = None,
+    status_also: Path | None = None,
 ) -> RunOutcome:
     """Generate tasks (and, unless ``build=False``, instances) into ``cfg.out``.
 
     ``seed``: task and instance hashes taken before this run (a collection's
     earlier versions), so what they hold counts as a duplicate here.
+    ``status_also``: another directory that gets ``status.json`` (a growing collection).
     """
     cfg = cfg.validate()
     t0 = time.perf_counter()
     if cfg.local:
         async with local_server(cfg) as local_cfg:
             return await arun(local_cfg, source=source, transport=transport,
-                              handle_signals=handle_signals, build=build, seed=seed)
+                              handle_signals=handle_signals, build=build, seed=seed,
+                              status_also=status_also)
     price = resolve_price(cfg)
     check_key(cfg)
     src, plan = open_sources(cfg, source, plan=cfg.mode == "batch")
@@ -100,7 +107,8 @@ async def arun(
         plan = gated(cfg, plan, cache_dir=hf_cache)
     try:
         return await _arun_locked(cfg, rundir, src, price, transport, handle_signals, build, t0,
-                                  plan=plan, counted=source is None, seed=seed, sizing=sizing)
+                                  plan=plan, counted=source is None, seed=seed, sizing=sizing,
+                                  status_also=status_also)
     finally:
         rundir.close()  # the lock: the next writer may start
 
@@ -109,7 +117,31 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
                        transport: Transport | None, handle_signals: bool, build: bool,
                        t0: float, *, plan: Iterable[Unit | Skipped] | None,
                        counted: bool, seed: DedupSeed | None = None,
-                       sizing: autosize.Sizing | None = None) -> RunOutcome:
+                       sizing: autosize.Sizing | None = None,
+                       status_also: Path | None = None) -> RunOutcome:
+    log = open_run_log(rundir.path, name="run", secrets=(cfg.api_key.get(),))
+    try:
+        log.info("start: dynogen %s, run %s%s; settings %s", __version__, rundir.path,
+                 " (resumed)" if rundir.resumed else "",
+                 orjson.dumps(cfg.public_dict()).decode())  # public_dict holds no secret
+        outcome = await _arun_watched(cfg, rundir, src, price, transport, handle_signals,
+                                      build, t0, log, plan=plan, counted=counted, seed=seed,
+                                      sizing=sizing, status_also=status_also)
+        log.info("end (exit %d): %s", outcome.exit_code, outcome.message)
+        return outcome
+    except BaseException as e:
+        log.error("end: %s: %s", type(e).__name__, e)
+        raise
+    finally:
+        close_run_log(log)
+
+
+async def _arun_watched(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped],
+                        price: Price, transport: Transport | None, handle_signals: bool,
+                        build: bool, t0: float, log: logging.Logger, *,
+                        plan: Iterable[Unit | Skipped] | None, counted: bool,
+                        seed: DedupSeed | None, sizing: autosize.Sizing | None,
+                        status_also: Path | None) -> RunOutcome:
     await preflight(cfg, transport)  # the price and key were checked before the lock
 
     spent_before = _paid(rundir)["usd"]
@@ -118,13 +150,39 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
     stats = Stats()
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
+    watch = Watch((rundir.path, *((status_also,) if status_also else ())), "run", stats, log,
+                  budget_usd=cfg.budget_usd, spent_before=spent_before, rpm=cfg.rpm,
+                  tpm=cfg.tpm)
     counting = None
     if counted and cfg.source != "hub" and not cfg.quiet:
-        # Units are counted on the other core while the run starts, for the bar's ETA.
+        # Units are counted on the other core while the run starts, for the ETA.
         def count() -> None:
-            progress.set_total(sum(1 for _ in open_source(cfg.source, limit=cfg.limit)))
+            total = sum(1 for _ in open_source(cfg.source, limit=cfg.limit))
+            watch.total_units = total
+            progress.set_total(total)
 
         counting = asyncio.create_task(asyncio.to_thread(count))
+    async with watching(watch):
+        result, ledger, cache_entries, engine, cfg, sizing = await _stages(
+            cfg, rundir, src, price, transport, handle_signals, build, plan=plan, seed=seed,
+            sizing=sizing, counter=counter, stats=stats, progress=progress, watch=watch,
+            counting=counting, budget_left=budget_left)
+        watch.stage = result.stop_reason or "done"
+        if result.error is not None:
+            watch.note_error(str(result.error))
+    return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
+                   time.perf_counter() - t0, lengths=engine.lengths, sizing=sizing)
+
+
+async def _stages(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], price: Price,
+                  transport: Transport | None, handle_signals: bool, build: bool, *,
+                  plan: Iterable[Unit | Skipped] | None, seed: DedupSeed | None,
+                  sizing: autosize.Sizing | None, counter: TokenCounter, stats: Stats,
+                  progress: Bar | Plain | Quiet, watch: Watch, counting: asyncio.Task[None] | None,
+                  budget_left: float | None,
+                  ) -> tuple[EngineResult, Ledger, int, TaskEngine, Config,
+                             autosize.Sizing | None]:
+    """The task stage on the composition root's stack, then the instance stage."""
     try:
         async with open_stack(
             cfg, price=price, stage="tasks",
@@ -133,6 +191,8 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
             spend_path=rundir.path / "spend.jsonl", state_dir=rundir.path,
             transport=transport, meter=progress,
         ) as stack:
+            watch.attach(ledger=stack.ledger, executor=stack.executor)
+            watch.stage = "tasks"
             if sizing is None:  # --max-tokens auto with nothing to go on: a pilot first
                 cfg, sizing, src = await autosize.pilot(
                     cfg, stack.executor, PromptBuilder(cfg, counter), src)
@@ -153,13 +213,13 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
             counting.cancel()
         progress.close()
     if build and result.stop_reason is None:
+        watch.stage = "instances"
         try:
             await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
                                     seen=seed.instances if seed else None)
         except StorageError as e:
             result.stop_reason, result.error = "fatal", e
-    return _finish(cfg, rundir, stats, result, ledger, spent_before, cache_entries,
-                   time.perf_counter() - t0, lengths=engine.lengths, sizing=sizing)
+    return result, ledger, cache_entries, engine, cfg, sizing
 
 
 def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, ledger: Ledger,

@@ -101,4 +101,9 @@ class Executor(Protocol):
     @property
     def stopping(self) -> bool: ...
 
+    def in_flight(self) -> dict[str, int]:
+        """What is out at the server now, for ``status.json`` (requests online; input
+        files and batches in batch mode). Informational: never read by the pipeline."""
+        ...
+
     async def aclose(self) -> None: ...

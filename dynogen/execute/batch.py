@@ -177,6 +177,11 @@ class BatchExecutor:
     def stopping(self) -> bool:
         return self._stopping
 
+    def in_flight(self) -> dict[str, int]:
+        states = [lv.state for lv in list(self.live.values())]
+        return {"files": len(states),
+                "batches": sum(1 for s in states if s is not None and s.batch_id)}
+
     def plan(self, requests: Iterable[Request]) -> None:
         """Read ``requests`` (the caller's first tries, in order) in the background: write,
         reserve and submit batches for them as files fill."""

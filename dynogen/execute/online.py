@@ -99,6 +99,9 @@ class OnlineExecutor:
     def stopping(self) -> bool:
         return self._stopping
 
+    def in_flight(self) -> dict[str, int]:
+        return {"requests": self.ledger.in_flight}
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
