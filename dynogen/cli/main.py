@@ -45,7 +45,7 @@ from dynogen.cli.options import (
 from dynogen.config import load_config
 from dynogen.errors import DynogenError
 
-__all__ = ["app", "main"]
+__all__ = ["Dynogen", "app", "main"]
 
 if TYPE_CHECKING:
     from dynogen import api

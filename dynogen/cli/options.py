@@ -178,7 +178,7 @@ SOURCE = Group("Source and Hub", (
          "(incremental listing).", metavar="DATE"),
     _opt("hub_datasets", "Hub: list at most N datasets.", int, metavar="N"),
     _opt("hub_sort", "Hub: downloads or last_modified (newest first).",
-         metavar="downloads|last_modified"),
+         metavar="ORDER"),
     _opt("hub_rpm", "Hub and viewer calls per minute (default 300).", float, metavar="N"),
     _opt("hub_concurrency", "Hub and viewer calls in flight (default 8).", int, metavar="N"),
     _opt("hub_viewer_url", "Dataset viewer API base URL.", metavar="URL"),
@@ -247,10 +247,10 @@ COST = Group("Cost", (
          float, metavar="USD"),
     _opt("price_out", "$ per 1M output tokens (default: the price table's entry for the "
          "model).", float, metavar="USD"),
-    _opt("batch_price_in", "$ per 1M input tokens in batch mode (default half --price-in).",
-         float, metavar="USD"),
-    _opt("batch_price_out", "$ per 1M output tokens in batch mode (default half --price-out).",
-         float, metavar="USD"),
+    _opt("batch_price_in", "With --price-in: $ per 1M input tokens in batch mode (default "
+         "half --price-in).", float, metavar="USD"),
+    _opt("batch_price_out", "With --price-out: $ per 1M output tokens in batch mode (default "
+         "half --price-out).", float, metavar="USD"),
     _opt("free", "Declare the server free (local models).", flag=True),
     _opt("prices_file", "Price table (TOML or JSON) over the bundled one: models, and fields "
          "of known ones, it names.", click.Path(dir_okay=False), metavar="PATH"),
