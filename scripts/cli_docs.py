@@ -17,7 +17,8 @@ def render() -> str:
     os.environ["COLUMNS"] = "100"
     os.environ["TERM"] = "dumb"
     os.environ["NO_COLOR"] = "1"
-    from typer.testing import CliRunner
+    import click
+    from click.testing import CliRunner
 
     from dynogen.cli.main import app
 
@@ -25,10 +26,12 @@ def render() -> str:
     parts = ["# dynogen command line\n",
              "Generated from `dynogen --help` by `scripts/cli_docs.py`; "
              "`tests/test_docs.py` fails when it is stale.\n"]
-    names = [""] + [c.name or c.callback.__name__ for c in app.registered_commands]  # type: ignore[union-attr]
-    for group in app.registered_groups:  # `dynogen batch status`, ...
-        sub = group.typer_instance
-        names += [f"{group.name} {c.name}" for c in sub.registered_commands] if sub else []
+    names = [""]
+    for name, cmd in app.commands.items():  # in the order `dynogen --help` lists them
+        if isinstance(cmd, click.Group):  # `dynogen batch status`, ...
+            names += [f"{name} {sub}" for sub in cmd.commands]
+        else:
+            names.append(name)
     for name in names:
         args = [*name.split(), "--help"] if name else ["--help"]
         out = runner.invoke(app, args, prog_name="dynogen", env={"COLUMNS": "100"}).output

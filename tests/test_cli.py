@@ -1,4 +1,4 @@
-"""Every CLI command through typer's runner; the LLM is the fake server in its own process."""
+"""Every CLI command through click's runner; the LLM is the fake server in its own process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from dynogen.cli.main import app
 from dynogen.store.journal import iter_jsonl

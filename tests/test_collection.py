@@ -254,7 +254,7 @@ def test_a_second_writer_is_refused(tmp_path: Path) -> None:
 
 
 def test_cli_grow_twice_then_export(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from dynogen.cli.main import app
     from dynogen.testing import start_fake_process
@@ -334,7 +334,7 @@ async def test_grow_in_batch_mode_matches_online_growth(tmp_path: Path) -> None:
 
 def test_cli_grow_takes_the_run_and_batch_settings(tmp_path: Path) -> None:
     # grow is a run: the settings that shape a run's storage and batches reach its Config.
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from dynogen.cli.main import app
 

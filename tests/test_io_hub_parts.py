@@ -185,7 +185,7 @@ def test_hf_token_is_sent_and_never_written(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_cli_collect_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from dynogen.cli.main import app
 

@@ -228,7 +228,7 @@ async def test_replay_needs_two_versions(tmp_path: Path) -> None:
 def test_cli_replay(tmp_path: Path) -> None:
     import asyncio
 
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from dynogen.cli.main import app
 

@@ -81,7 +81,7 @@ def test_plain_progress_prints_a_line_every_interval_and_at_the_end() -> None:
     buf = io.StringIO()
     p = Plain("tasks", total=4, rpm=600, budget=1.0, every=30.0, file=buf,
               clock=lambda: now[0])
-    for step in range(4):
+    for _ in range(4):
         now[0] += 20.0
         p.request_done(100, 0.001)
         p.unit_done()

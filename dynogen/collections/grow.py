@@ -79,8 +79,13 @@ async def agrow(
     source: Iterable[Unit | Skipped] | None = None,
     transport: Transport | None = None,
     handle_signals: bool = False,
+    build: bool = True,
 ) -> RunOutcome:
-    """Add one version holding what is new or changed in ``cfg.source`` (or ``source``)."""
+    """Add one version holding what is new or changed in ``cfg.source`` (or ``source``).
+
+    ``build=False``: stop after the tasks; the version stays unfinished and the next
+    grow (which resumes it) builds its instances and completes it.
+    """
     cfg = cfg.validate()
     coll = Collection(collection).create()
     with coll.locked():
@@ -109,7 +114,7 @@ async def agrow(
             run_cfg = run_cfg.with_(calibration=_last_calibration(coll))
         try:
             outcome = await arun(run_cfg, source=JsonlSource(vdir / PLAN), transport=transport,
-                                 handle_signals=handle_signals, seed=seed,
+                                 handle_signals=handle_signals, seed=seed, build=build,
                                  status_also=coll.path)
         except RunDirError as e:
             if not resumed:
@@ -123,6 +128,12 @@ async def agrow(
                              resumed=resumed)
         if outcome.exit_code != EXIT["ok"]:
             outcome.message = f"version {number} unfinished: {outcome.message}"
+            return outcome
+        if not build:
+            outcome.message = (f"version {number}: tasks done, instances not built; grow again "
+                               f"with the same settings to build them and complete the version "
+                               f"({coll.path})")
+            outcome.out = coll.path
             return outcome
         entry = coll.complete(entry, outcome.report)
         p = entry["units"]
