@@ -116,7 +116,7 @@ def edges(mods: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, int], i
                 names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
                          for a in node.names]
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and node.value in mods:
+                    and node.value in mods and node.value != PKG:
                 names = [node.value]  # lazy exports: strings that name a module exactly
             else:
                 continue
