@@ -22,7 +22,7 @@ _LAZY = {
     "replay": "dynogen.api",
     "batch_cancel": "dynogen.api", "batch_status": "dynogen.api",
     "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
-    "dataset": "dynogen.api",
+    "dataset": "dynogen.api", "status": "dynogen.api",
     "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
     "run": "dynogen.api",
     "Config": "dynogen.config", "Secret": "dynogen.config", "load_config": "dynogen.config",
@@ -52,6 +52,7 @@ if _typing.TYPE_CHECKING:
         inspect,
         replay,
         run,
+        status,
     )
     from dynogen.config import Config, Secret, load_config
     from dynogen.errors import (
@@ -115,4 +116,5 @@ __all__ = [
     "load_config",
     "replay",
     "run",
+    "status",
 ]

@@ -36,13 +36,20 @@ from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
 from dynogen.outcome import load_dataset as dataset
 from dynogen.store.rundir import RunDir
+from dynogen.store.status import read_status
 from dynogen.units import Skipped, Unit
 
 __all__ = [
     "EXIT", "RunOutcome", "agrow", "areplay", "arun", "batch_cancel", "batch_status", "build",
     "call", "collect", "dataset", "estimate", "exit_code", "export", "grow", "inspect",
-    "replay", "resolve_price", "run",
+    "replay", "resolve_price", "run", "status",
 ]
+
+
+def status(out: str | Path) -> dict[str, Any] | None:
+    """What a run (or a growing collection) is doing now, from its ``status.json``:
+    read without the lock, from any process; ``None`` if there is none yet."""
+    return read_status(out)
 
 
 def run(cfg: Config, **kwargs: Any) -> RunOutcome:

@@ -35,6 +35,13 @@ def _source(root: Path, n: int) -> None:
             f"Sentences about thing {i}, each with a label.\n")
 
 
+def _status_cli(out: Path, tmp: Path) -> str:
+    r = subprocess.run([sys.executable, "-m", "dynogen", "status", str(out)], cwd=ROOT,
+                       env=_env(tmp), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 def test_status_changes_while_a_run_goes_and_stderr_to_a_file_has_no_carriage_returns(
         tmp_path: Path) -> None:
     _source(tmp_path / "src", 10)
@@ -45,6 +52,7 @@ def test_status_changes_while_a_run_goes_and_stderr_to_a_file_has_no_carriage_re
              "--out", str(out), "--base-url", fake.url, "--free", "--max-in-flight", "1"],
             cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=fh)
         seen: list[int] = []
+        shown: list[str] = []
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             status = read_status(out)  # another terminal: no lock, any moment
@@ -52,8 +60,13 @@ def test_status_changes_while_a_run_goes_and_stderr_to_a_file_has_no_carriage_re
                 done = status["units"]["done"]
                 if not seen or done != seen[-1]:
                     seen.append(done)
+                if not shown:  # `dynogen status` from a second terminal, mid-run
+                    shown.append(_status_cli(out, tmp_path))
             time.sleep(0.1)  # polling interval, not a wait for something to happen
         assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    shown.append(_status_cli(out, tmp_path))
+    assert ": tasks" in shown[0] and "units" in shown[0]
+    assert ": done" in shown[-1] and "10 done" in shown[-1]
     assert len(seen) >= 2 and seen == sorted(seen), seen  # progress moved, forward
     final = read_status(out)
     assert final is not None and final["stage"] == "done"

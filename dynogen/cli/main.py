@@ -194,6 +194,36 @@ def inspect_cmd(run_dir: str, kept: int, per_reason: int, as_json: bool) -> None
     click.echo(orjson.dumps(ins.to_dict()).decode() if as_json else format_inspection(ins))
 
 
+@app.command()
+@directory("target", "A run directory or a collection (default runs/latest).",
+           default="runs/latest")
+@click.option("--json", "as_json", is_flag=True, help="Print status.json as it is.")
+@click.option("--watch", "watch_seconds", type=float, default=None, metavar="SECONDS",
+              help="Print it again every SECONDS until the run ends (Ctrl-C to leave).")
+def status(target: str, as_json: bool, watch_seconds: float | None) -> None:
+    """What a run or a grow step is doing now: read from status.json, without the lock, from
+    any terminal, for online and batch runs alike."""
+    import time
+    from pathlib import Path
+
+    import orjson
+
+    from dynogen.commands.watch import format_status
+
+    while True:
+        data = api.status(target)
+        if as_json:
+            click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        else:
+            click.echo(format_status(data, Path(target)))
+        running = data is not None and data.get("written_by_pid_alive") and data.get(
+            "stage") in ("starting", "tasks", "instances")
+        if watch_seconds is None or not running:
+            return
+        time.sleep(watch_seconds)
+        click.echo("")
+
+
 @app.command("serve-local")
 @click.option("--port", default=8080, show_default=True,
               help="Port on 127.0.0.1 (0 picks a free one).")

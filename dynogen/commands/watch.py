@@ -32,7 +32,8 @@ from dynogen.report import Stats
 from dynogen.store.status import write_status
 from dynogen.version import __version__
 
-__all__ = ["STATUS_SECONDS", "Watch", "close_run_log", "open_run_log", "watching"]
+__all__ = ["STATUS_SECONDS", "Watch", "close_run_log", "format_status", "open_run_log",
+           "watching"]
 
 STATUS_SECONDS = 2.0   # how often status.json is rewritten
 LOG_SECONDS = 60.0     # how often run.log gets a summary line
@@ -194,3 +195,37 @@ async def watching(watch: Watch, *, every: float = STATUS_SECONDS,
         with contextlib.suppress(asyncio.CancelledError):
             await task
         watch.log_summary(watch.write())
+
+
+def format_status(data: dict[str, Any] | None, where: Path) -> str:
+    """``dynogen status``'s text: what ``status.json`` says, for a person."""
+    if data is None:
+        return (f"{where}: no status yet (no run has written status.json there, or it "
+                "could not be read)")
+    u, r, c = data.get("units") or {}, data.get("rates") or {}, data.get("cost") or {}
+    alive = data.get("written_by_pid_alive")
+    stage = str(data.get("stage"))
+    if not alive and stage in ("starting", "tasks", "instances"):
+        stage += " (its process is gone: killed? run the same command again to resume)"
+    total = f"/{u['total']:,}" if u.get("total") is not None else ""
+    lines = [f"{data.get('command', 'run')} in {where}: {stage}",
+             f"  units      {u.get('done', 0):,}{total} done, {u.get('kept_tasks', 0):,} tasks "
+             f"kept, {data.get('instances', 0):,} instances"]
+    for key in ("skipped", "failed"):
+        by = u.get(f"{key}_by_reason") or {}
+        if by:
+            lines.append(f"  {key:10} " + ", ".join(f"{k} {v:,}" for k, v in by.items()))
+    rpm = f" (limit {r['rpm_limit']:,.0f}/min)" if r.get("rpm_limit") else ""
+    tpm = f" (limit {r['tpm_limit']:,.0f})" if r.get("tpm_limit") else ""
+    lines.append(f"  rate       {r.get('requests_per_second', 0):,.1f} requests/s{rpm}, "
+                 f"{r.get('tokens_per_minute', 0):,} tokens/min{tpm}")
+    budget = f" of ${c['budget_usd']:.2f}" if c.get("budget_usd") else ""
+    lines.append(f"  cost       ${c.get('spent_usd', 0):.4f}{budget}")
+    out = data.get("in_flight") or {}
+    if out:
+        lines.append("  in flight  " + ", ".join(f"{v:,} {k}" for k, v in out.items()))
+    if data.get("eta_seconds") is not None:
+        lines.append(f"  eta        {data['eta_seconds']:,.0f} s")
+    if data.get("last_error"):
+        lines.append(f"  last error {data['last_error']}")
+    return "\n".join(lines)
