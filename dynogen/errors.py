@@ -5,7 +5,8 @@ The tree is split by what the caller should do about it::
     DynogenError                      root; ``str(err)`` is one actionable line
     ├── UserError                     the user can fix it; fail fast, before money is spent
     │   ├── ConfigError               bad flag, config file, or missing API key
-    │   ├── UnknownPriceError         a model with no price and no --price-in/--price-out
+    │   ├── UnknownPriceError         no price for the model in any table (or one several
+    │   │                             providers' keys end in: the message lists them)
     │   ├── SourceError               a metadata source that cannot be read at all
     │   ├── RunDirError               an output directory we cannot use or must not resume
     │   │   └── LockedError           another process is writing to it (one writer per directory)

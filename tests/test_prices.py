@@ -125,7 +125,7 @@ def test_unknown_model_error_is_one_actionable_line(table: PriceTable) -> None:
     assert isinstance(ei.value, UserError)
     assert str(ei.value) == (
         "no price for model 'my-local-llama': pass --price-in and --price-out (dollars per "
-        "million tokens), add it to a prices file, or --free for a local server"
+        "million tokens), add it to a prices file (--prices FILE), or --free for a local server"
     )
 
 
