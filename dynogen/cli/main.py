@@ -284,7 +284,8 @@ def grow(collection: str, no_build: bool, config_file: str | None, **values: Any
               help="Texts per embeddings request.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random strategy.")
 @config_option
-@settings(MODEL.pick("base_url"), LIMITS, COST.pick("budget_usd", "price_in", "free"))
+@settings(MODEL.pick("base_url", "api_key_env"), LIMITS,
+          COST.pick("budget_usd", "price_in", "free", "prices_file", "price_key"))
 def replay(collection: str, k: int, out: str, strategy: str, ratio: float,
            mixed_out: str | None, embed_model: str | None, embed_dims: int, embed_batch: int,
            seed: int, config_file: str | None, **values: Any) -> None:
