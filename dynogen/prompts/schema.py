@@ -18,19 +18,30 @@ branch, and a dataset too wide for even one branch gets the flat schema.
 Servers that refuse a schema get ``json_object``, then nothing; the client
 steps down this ladder on a 400 that names ``response_format`` (see
 ``FORMAT_LADDER``), and tolerant parsing covers what the server did not enforce.
+
+``shared_response_format`` is the other schema, the same for every unit (the
+``shared`` prompt layout, ``dynogen.prompts.layout``): field names are free
+strings of at most ``MAX_FIELD_NAME_CHARS`` characters, so a server that puts
+the schema first in what it hashes for its prompt cache (OpenAI) sees one
+prefix for every request of a variant. Nothing stops a model from naming a
+field the dataset lacks, or the output among the inputs; the task filter
+(``dynogen.tasks.filter``) drops such tasks, each under its reason, as it does
+for answers no schema constrained.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FORMAT_LADDER", "MAX_ENUM_VALUES", "MAX_INSTRUCTION_CHARS", "response_format",
-           "next_format"]
+__all__ = ["FORMAT_LADDER", "MAX_ENUM_VALUES", "MAX_FIELD_NAME_CHARS", "MAX_INSTRUCTION_CHARS",
+           "next_format", "response_format", "shared_response_format"]
 
 FORMAT_LADDER = ("json_schema", "json_object", "none")
 MAX_INSTRUCTION_CHARS = 400
 MAX_INPUT_FIELDS = 4
 MAX_ENUM_VALUES = 900  # OpenAI strict mode: at most 1,000 enum values in one schema
+# The shared schema's bound on a field name: the 2022 corpus's longest is 35 characters.
+MAX_FIELD_NAME_CHARS = 128
 
 
 def _task(inputs: list[str], outputs: list[str], n_names: int) -> dict[str, Any]:
@@ -69,6 +80,10 @@ def response_format(kind: str, field_names: list[str], max_tasks: int,
         task = _task([n for n in names if n != cands[0]], cands, len(names))
     else:
         task = {"anyOf": [_task([n for n in names if n != o], [o], len(names)) for o in cands]}
+    return _envelope(task, max_tasks)
+
+
+def _envelope(task: dict[str, Any], max_tasks: int) -> dict[str, Any]:
     return {
         "type": "json_schema",
         "json_schema": {
@@ -84,6 +99,26 @@ def response_format(kind: str, field_names: list[str], max_tasks: int,
             },
         },
     }
+
+
+def shared_response_format(kind: str, max_tasks: int) -> dict[str, Any] | None:
+    """The request's ``response_format`` under the shared layout: the same bytes for every
+    unit (field names are bounded free strings, checked after the answer)."""
+    if kind != "json_schema":
+        return response_format(kind, [], max_tasks)
+    name = {"type": "string", "maxLength": MAX_FIELD_NAME_CHARS}
+    task = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["instruction", "input_fields", "output_field"],
+        "properties": {
+            "instruction": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTION_CHARS},
+            "input_fields": {"type": "array", "minItems": 1, "maxItems": MAX_INPUT_FIELDS,
+                             "items": name},
+            "output_field": name,
+        },
+    }
+    return _envelope(task, max_tasks)
 
 
 def next_format(kind: str) -> str | None:
