@@ -38,8 +38,8 @@ from dynogen.policy.licenses import LicensePolicy
 from dynogen.policy.splits import SplitPolicy
 
 __all__ = [
-    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY", "IDENTITY_FIELDS",
-    "SECTIONS", "VARIANTS",
+    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY", "IDENTITY_BEFORE",
+    "IDENTITY_FIELDS", "PROMPT_LAYOUTS", "SECTIONS", "VARIANTS",
     "BatchSettings", "Config", "CostSettings", "GenerationSettings", "InstanceSettings",
     "LimitSettings", "OutputSettings", "PolicySettings", "Secret", "ServerSettings",
     "SourceSettings", "format_by_variant", "load_config", "parse_by_variant",
@@ -48,6 +48,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 VARIANTS = ("description", "no_description")
+# auto | shared | per_unit: see dynogen.prompts.layout
+PROMPT_LAYOUTS = ("auto", "shared", "per_unit")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -134,11 +136,13 @@ class GenerationSettings:
     calibration: str | None
     metadata_token_budget: int
     response_format: str
+    prompt_layout: str
     encoding: str
     judge: bool
     PROMPT: ClassVar[tuple[str, ...]] = (
         "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
-        "max_tokens_by_variant", "metadata_token_budget", "response_format", "encoding", "judge")
+        "max_tokens_by_variant", "metadata_token_budget", "response_format", "prompt_layout",
+        "encoding", "judge")
     IDENTITY: ClassVar[tuple[str, ...]] = (*PROMPT, "max_tokens_retry")
 
 
@@ -234,6 +238,9 @@ PROMPT_FIELDS = (*ServerSettings.PROMPT, *GenerationSettings.PROMPT, *PolicySett
 IDENTITY_FIELDS = (*PROMPT_FIELDS, *(
     f for s in SECTIONS.values() for f in s.IDENTITY if f not in PROMPT_FIELDS))
 BUILD_FIELDS = InstanceSettings.BUILD
+# Identity values a run directory written before the field existed had, where they are
+# not the field's default: runs before prompt layouts sent the per-unit schema.
+IDENTITY_BEFORE: dict[str, Any] = {"prompt_layout": "per_unit"}
 DURABILITY = ("batched", "always")
 POLICY_FIELDS = ("licenses", "languages", "splits")
 
@@ -276,6 +283,13 @@ class Config:
     calibration: str | None = None
     metadata_token_budget: int = 900
     response_format: str = "json_schema"  # json_schema | json_object | none
+    # auto | shared | per_unit (dynogen.prompts.layout): one schema, system prompt and
+    # few-shot prefix for every unit, over 1,024 tokens, that OpenAI's prompt cache bills
+    # at its cached price ("shared"), or the schema that enumerates each unit's fields
+    # ("per_unit"); "auto" picks shared for OpenAI's own API, online, with a model whose
+    # price has a cached-input discount, per_unit elsewhere (--local too). A run records
+    # the layout it resolved to and keeps it on resume.
+    prompt_layout: str = "auto"
     encoding: str = "o200k_base"
     # one more request per kept task asking the model whether it is valid (dynogen.tasks.judge)
     judge: bool = False
@@ -434,6 +448,9 @@ class Config:
                               "--batch-enqueued-tokens positive")
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ConfigError("--response-format must be json_schema, json_object or none")
+        if self.prompt_layout not in PROMPT_LAYOUTS:
+            raise ConfigError(f"prompt_layout must be one of {', '.join(PROMPT_LAYOUTS)} "
+                              f"(got {self.prompt_layout!r})")
         if self.max_tasks_per_unit < 1:
             raise ConfigError("--max-tasks-per-unit must be at least 1")
         if self.max_in_flight is not None and self.max_in_flight < 1:

@@ -8,6 +8,7 @@ import pytest
 
 from dynogen.config import (
     BUILD_FIELDS,
+    IDENTITY_BEFORE,
     IDENTITY_FIELDS,
     SECTIONS,
     BatchSettings,
@@ -30,12 +31,15 @@ def test_every_field_belongs_to_exactly_one_section() -> None:
 
 
 def test_identity_is_declared_by_the_sections_and_keeps_its_keys_and_order() -> None:
-    # Run directories and collections made by the previous version resume: same keys.
+    # Run directories and collections made by the previous version resume: same keys, and
+    # a key added since (prompt_layout) has the value they ran with in IDENTITY_BEFORE
+    # (tests/test_prompt_layout.py resumes such a run).
     assert IDENTITY_FIELDS == (
         "model", "variants", "max_tasks_per_unit", "temperature", "seed", "max_tokens",
-        "max_tokens_by_variant", "metadata_token_budget", "response_format", "encoding",
-        "judge", "licenses", "languages", "splits", "max_share", "max_tokens_retry",
-        "heldout_fraction", "rows_per_split")
+        "max_tokens_by_variant", "metadata_token_budget", "response_format", "prompt_layout",
+        "encoding", "judge", "licenses", "languages", "splits", "max_share",
+        "max_tokens_retry", "heldout_fraction", "rows_per_split")
+    assert IDENTITY_BEFORE == {"prompt_layout": "per_unit"}
     declared = {f for kind in SECTIONS.values() for f in kind.IDENTITY}
     assert declared == set(IDENTITY_FIELDS)
     assert set(BUILD_FIELDS) <= set(IDENTITY_FIELDS)
