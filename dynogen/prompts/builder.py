@@ -9,8 +9,13 @@ turns — comes first and is byte-identical across requests of a variant; only
 the last user message is about the unit. That lets a server reuse its prompt
 cache (llama.cpp does, as report.json's cached tokens show). OpenAI's
 cache needs a shared prefix of 1,024+ tokens and places a ``json_schema``
-before the system message; since our schema enumerates each unit's fields,
-no two units share a cacheable prefix there (see cost/README.md).
+before the system message, so which schema a request carries decides whether
+it can hit: ``Config.prompt_layout`` (``dynogen.prompts.layout``) picks the
+per-unit schema (``per_unit``: the unit's fields as enums, two few-shot turns)
+or one shared prefix (``shared``: the same schema for every unit, the
+conventions spelled out in the system prompt, five more few-shot turns, and a
+``prompt_cache_key``). The user message is the same in both, so a collection's
+unit fingerprints (``collections.memory``) do not depend on the layout.
 
 Metadata is cut to a *token* budget, never by characters, and field names are
 shown exactly as the dataset spells them.
@@ -28,11 +33,13 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.prompts.dialect import Dialect
-from dynogen.prompts.schema import response_format
+from dynogen.prompts.layout import cache_key, effective
+from dynogen.prompts.schema import response_format, shared_response_format
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.units import ID_NAME, Field, Unit
 
-__all__ = ["Prompt", "PromptBuilder", "output_candidates", "render_metadata", "SYSTEM_PROMPT"]
+__all__ = ["CONVENTIONS", "Prompt", "PromptBuilder", "SYSTEM_PROMPT", "fewshot_examples",
+           "output_candidates", "render_metadata"]
 
 SYSTEM_PROMPT = (
     "You design instruction-tuning tasks from the metadata of a dataset. "
@@ -45,6 +52,26 @@ SYSTEM_PROMPT = (
     "Use only field names listed under Fields, written exactly as shown. Prefer tasks "
     "whose output can be judged from the input. Answer with JSON only, in the form "
     '{{"tasks": [{{"instruction": "...", "input_fields": ["..."], "output_field": "..."}}]}}.'
+)
+
+# The shared layout's system prompt names what its few-shot turns show (one prefix serves
+# both variants) and adds the conventions: what the per-unit schema cannot say, and
+# what the task rules (dynogen.tasks.rules) drop or rewrite when it is not followed.
+SHARED_DESC = ", and its description and example rows where they are given"
+# The shared layout's system prompt adds these: what the per-unit schema cannot say, and
+# what the task rules (dynogen.tasks.rules) drop or rewrite when it is not followed.
+CONVENTIONS = (
+    "\n\nConventions:\n"
+    "- Write each instruction for any row of the dataset; never quote or describe the "
+    "example rows shown.\n"
+    "- Inputs must carry the content a model needs: an id, a URL or a date is never the "
+    "only input.\n"
+    "- For an output with labels, say what is to be decided without listing the labels: "
+    "the allowed answers are appended to the instruction from the dataset's own label "
+    "names.\n"
+    "- When the output is the key of a choice (a letter or an index), give the field that "
+    "holds the choices as an input too.\n"
+    "- Propose fewer tasks rather than one whose output cannot be told from its inputs."
 )
 
 MAX_LABELS_SHOWN = 20
@@ -147,10 +174,20 @@ def output_candidates(unit: Unit) -> list[str]:
     return [f.name for f in sorted(ok, key=lambda f: (not f.is_label, not f.is_text))]
 
 
-def _fewshot() -> list[dict[str, Any]]:
-    raw = resources.files("dynogen").joinpath("data/fewshot.json").read_text("utf-8")
-    examples: list[dict[str, Any]] = json.loads(raw)["examples"]
-    return examples
+def fewshot_examples(layout: str) -> list[dict[str, Any]]:
+    """The few-shot examples ``layout`` shows, in order (``data/fewshot.json``)."""
+    raw = json.loads(resources.files("dynogen").joinpath("data/fewshot.json").read_text("utf-8"))
+    by_name = {ex["metadata"]["dataset"]: ex for ex in raw["examples"]}
+    return [by_name[name] for name in raw["layouts"][effective(layout)]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefix:
+    """What every request of one variant starts with, counted once."""
+
+    messages: list[dict[str, str]]
+    tokens: int  # the messages' tokens (the schema is counted per request)
+    cache_key: str | None  # the shared layout's prompt_cache_key
 
 
 class PromptBuilder:
@@ -163,33 +200,66 @@ class PromptBuilder:
     def __init__(self, config: Config, counter: TokenCounter) -> None:
         self.config = config
         self.counter = counter
+        self.layout = effective(config.prompt_layout)
 
     @cached_property
-    def _prefixes(self) -> dict[str, tuple[list[dict[str, str]], int]]:
-        out = {}
+    def _prefixes(self) -> dict[str, _Prefix]:
         n = self.config.max_tasks_per_unit
+        if self.layout == "shared":
+            # One prefix for both variants: the variant shows only in the unit's message
+            # (its Description line), so every request of the run can reuse one cache entry.
+            system = SYSTEM_PROMPT.format(desc=SHARED_DESC, n=n) + CONVENTIONS
+            msgs = self._fewshot_turns(system, descriptions=True)
+            schema = self._shared_format(self.config.response_format)
+            key = cache_key(self.layout, orjson.dumps([schema, msgs]))
+            shared = _Prefix(msgs, self.counter.count_prefix(msgs), key)
+            return dict.fromkeys(self.config.variants, shared)
+        out = {}
         for variant in self.config.variants:
             with_desc = variant == "description"
-            system = SYSTEM_PROMPT.format(
-                desc=" and its description" if with_desc else "", n=n
-            )
-            msgs = [{"role": "system", "content": system}]
-            for ex in _fewshot():
-                md = ex["metadata"]
-                user = render_metadata(
-                    dataset=md["dataset"],
-                    config=md["config"],
-                    description=md["description"] if with_desc else None,
-                    fields=[Field.from_dict(f) for f in md["fields"]],
-                )
-                msgs.append({"role": "user", "content": user})
-                answer = {"tasks": ex["tasks"][:n]}
-                msgs.append({"role": "assistant", "content": orjson.dumps(answer).decode()})
-            out[variant] = (msgs, self.counter.count_prefix(msgs))
+            system = SYSTEM_PROMPT.format(desc=" and its description" if with_desc else "", n=n)
+            msgs = self._fewshot_turns(system, descriptions=with_desc)
+            out[variant] = _Prefix(msgs, self.counter.count_prefix(msgs), None)
         return out
 
+    def _fewshot_turns(self, system: str, *, descriptions: bool) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": system}]
+        for ex in fewshot_examples(self.layout):
+            md = ex["metadata"]
+            user = render_metadata(
+                dataset=md["dataset"],
+                config=md["config"],
+                description=md.get("description") if descriptions else None,
+                fields=[Field.from_dict(f) for f in md["fields"]],
+                samples=md.get("samples") or (),
+            )
+            msgs.append({"role": "user", "content": user})
+            answer = {"tasks": ex["tasks"][:self.config.max_tasks_per_unit]}
+            msgs.append({"role": "assistant", "content": orjson.dumps(answer).decode()})
+        return msgs
+
+    def _shared_format(self, kind: str) -> dict[str, Any] | None:
+        return shared_response_format(kind, self.config.max_tasks_per_unit)
+
     def prefix_messages(self, variant: str) -> list[dict[str, str]]:
-        return self._prefixes[variant][0]
+        return self._prefixes[variant].messages
+
+    def prefix_tokens(self, variant: str) -> int:
+        """Tokens of the leading messages every request of ``variant`` shares."""
+        return self._prefixes[variant].tokens
+
+    def shared_prefix_tokens(self, variant: str) -> int:
+        """Tokens a prompt cache that hashes the schema first (OpenAI's) can reuse across
+        units: the schema and the leading messages under the shared layout; under the
+        per-unit one none with its schema (which differs from unit to unit), else the
+        leading messages."""
+        if self.layout != "shared":
+            return 0 if self.config.response_format == "json_schema" else \
+                self._prefixes[variant].tokens
+        rf = self._shared_format(self.config.response_format)
+        schema = 0 if rf is None else self.counter.count(
+            json.dumps(rf["json_schema"], ensure_ascii=False))
+        return schema + self._prefixes[variant].tokens
 
     def user_message(self, unit: Unit, variant: str) -> str:
         return render_metadata(
@@ -203,29 +273,36 @@ class PromptBuilder:
         )
 
     def request(self, unit: Unit, variant: str, *, max_tokens: int | None = None,
-                dialect: Dialect | None = None) -> Prompt:
+                dialect: Dialect | None = None, user: str | None = None) -> Prompt:
+        """``user``: the unit's message when the caller has it already (``user_message``)."""
         cfg = self.config
         d = dialect or Dialect(format=cfg.response_format)
-        prefix, prefix_tokens = self._prefixes[variant]
-        user = self.user_message(unit, variant)
+        prefix = self._prefixes[variant]
+        if user is None:
+            user = self.user_message(unit, variant)
         mt = max_tokens or cfg.max_tokens_for(variant)
         body: dict[str, Any] = {
             "model": cfg.model,
-            "messages": [*prefix, {"role": "user", "content": user}],
+            "messages": [*prefix.messages, {"role": "user", "content": user}],
         }
         if d.temperature:
             body["temperature"] = cfg.temperature
         body[d.token_param] = mt
         if cfg.seed is not None:
             body["seed"] = cfg.seed
-        rf = response_format(d.format, [f.name for f in unit.fields],
-                             cfg.max_tasks_per_unit, output_candidates(unit))
+        if self.layout == "shared":
+            rf = self._shared_format(d.format)
+            if prefix.cache_key is not None and d.cache_key:
+                body["prompt_cache_key"] = prefix.cache_key
+        else:
+            rf = response_format(d.format, [f.name for f in unit.fields],
+                                 cfg.max_tasks_per_unit, output_candidates(unit))
         if rf is not None:
             body["response_format"] = rf
         # The schema's share is an upper-bound estimate (OpenAI does not document how
         # it is billed), so worst-case reservations stay worst-case.
-        tokens = self.counter.count_messages([body["messages"][-1]], prefix_tokens=prefix_tokens,
-                                             response_format=rf)
+        tokens = self.counter.count_messages([body["messages"][-1]],
+                                             prefix_tokens=prefix.tokens, response_format=rf)
         return Prompt(unit.key, variant, body, tokens, mt)
 
     def requests(self, unit: Unit) -> list[Prompt]:
