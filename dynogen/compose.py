@@ -4,7 +4,8 @@ Every command gets its parts here, in one order, so no two commands assemble
 them differently: the model's price, the API key, that the server answers
 (``open_executor``), the limiter, ledger, request cache, spend journal and the
 executor ``cfg.mode`` names (``open_stack``), the source behind its data
-policies (``open_sources``, ``gated``), the run's identity (``run_identity``), the task
+policies (``open_sources``, ``gated``), the prompt layout ``auto`` stands for
+(``resolve_layout``), the run's identity (``run_identity``), the task
 engine with its prompts, filter and judge (``make_engine``), the bundled
 local server (``local_server``) and the signal handling every long command
 shares (``signals``). ``run``, ``build``, ``call``, ``grow``, ``estimate``,
@@ -43,6 +44,7 @@ from dynogen.execute.transport import AiohttpTransport, Transport
 from dynogen.io.sources import source_for
 from dynogen.policy.gate import Policies, gate
 from dynogen.prompts.builder import PromptBuilder
+from dynogen.prompts.layout import LEGACY_LAYOUT, choose_layout
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.report import Stats
@@ -56,7 +58,8 @@ from dynogen.units import Field, Skipped, Unit
 __all__ = [
     "BATCH_CONCURRENCY", "EXIT_INTERRUPTED", "SIGNAL_GRACE_SECONDS", "Stack", "check_key",
     "counter_for", "gated", "local_server", "make_engine", "open_executor",
-    "open_sources", "open_stack", "preflight", "resolve_price", "run_identity", "signals",
+    "open_sources", "open_stack", "preflight", "resolve_layout", "resolve_price", "run_identity",
+    "signals",
 ]
 
 BATCH_CONCURRENCY = 1024  # answers a batch run waits on at once: futures, not sockets
@@ -77,6 +80,41 @@ def resolve_price(cfg: Config) -> Price:
     return price_for(cfg.model, table, price_in=cost.price_in, price_out=cost.price_out,
                      free=cost.free or cfg.local, batch_price_in=cost.batch_price_in,
                      batch_price_out=cost.batch_price_out, price_key=cost.price_key)
+
+
+def resolve_layout(cfg: Config, price: Price, *, follow_run: bool = True) -> Config:
+    """``cfg`` with ``prompt_layout = "auto"`` made concrete (``dynogen.prompts.layout``).
+
+    A run directory that has begun (``follow_run`` and a manifest in ``cfg.out``; not
+    with ``--force-new``) keeps the layout it recorded, ``per_unit`` if it was written
+    before layouts existed, so a resume sends the bytes it started with. Otherwise
+    ``shared`` when the request goes to OpenAI's own API (the default base URL), online,
+    for a model whose price has a cached-input discount; else ``per_unit``. The model's
+    name is never looked at: the price entry says whether cached tokens are cheaper.
+    """
+    if cfg.prompt_layout != "auto":
+        return cfg
+    recorded = _recorded_layout(Path(cfg.out)) if (
+        follow_run and cfg.out and not cfg.force_new) else None
+    if recorded is not None:
+        return cfg.with_(prompt_layout=recorded)
+    layout = choose_layout(
+        "auto", openai_server=cfg.base_url.rstrip("/") == DEFAULT_BASE_URL,
+        online=cfg.mode == "online",
+        cache_discount=price.supports_prompt_cache and price.cached_input < price.input)
+    return cfg.with_(prompt_layout=layout)
+
+
+def _recorded_layout(out: Path) -> str | None:
+    """The layout a run in ``out`` began with (``None``: none has begun there)."""
+    try:
+        ident = orjson.loads((out / "manifest.json").read_bytes())["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # fresh, or spoiled (RunDir.open says so in its own words)
+    if not isinstance(ident, dict):
+        return None
+    layout = ident.get("prompt_layout", LEGACY_LAYOUT)
+    return layout if layout in ("shared", "per_unit") else None
 
 
 def counter_for(cfg: Config, price: Price) -> TokenCounter:
@@ -262,7 +300,8 @@ def run_identity(cfg: Config) -> dict[str, Any]:
     pb = PromptBuilder(cfg, TokenCounter(cfg.encoding))
     bodies = [pb.request(_PROBE, v).body for v in cfg.variants]
     digest = xxhash.xxh3_64_hexdigest(orjson.dumps(bodies, option=orjson.OPT_SORT_KEYS))
-    return {**cfg.identity(), "prompts": digest}
+    # The layout the bodies were built with (an unresolved "auto" builds per_unit).
+    return {**cfg.identity(), "prompt_layout": pb.layout, "prompts": digest}
 
 
 def open_sources(cfg: Config, source: Iterable[Unit | Skipped] | None, *, plan: bool = False,

@@ -29,11 +29,12 @@ from dynogen.compose import (
     open_sources,
     open_stack,
     preflight,
+    resolve_layout,
     resolve_price,
     run_identity,
     signals,
 )
-from dynogen.config import Config
+from dynogen.config import IDENTITY_BEFORE, Config
 from dynogen.dedup import DedupSeed
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import write_calibration
@@ -95,6 +96,7 @@ async def arun(
                               handle_signals=handle_signals, build=build, seed=seed,
                               status_also=status_also)
     price = resolve_price(cfg)
+    cfg = resolve_layout(cfg, price)  # prompt_layout auto: the run's own, else the server's
     check_key(cfg)
     src, plan = open_sources(cfg, source, plan=cfg.mode == "batch")
     cfg, sizing = autosize.plan(cfg)  # --max-tokens auto: recorded or from a calibration
@@ -306,9 +308,10 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
                           f"`dynogen run --out {rundir.path}` first")
     saved = orjson.loads(rundir.manifest.read_bytes()).get("config", {})
     known = {f.name for f in dataclasses.fields(Config)} - {"api_key"}
-    values: dict[str, Any] = {
+    # A manifest written before a field existed used what IDENTITY_BEFORE says.
+    values: dict[str, Any] = {**IDENTITY_BEFORE, **{
         k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known
-    }
+    }}
     cfg = Config(**values).with_(quiet=quiet, force_new=False)
     if rows_per_split is not None:
         cfg = cfg.with_(rows_per_split=rows_per_split)

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from dynogen.config import BUILD_FIELDS, Config
+from dynogen.config import BUILD_FIELDS, IDENTITY_BEFORE, Config
 from dynogen.errors import RunDirError
 from dynogen.store.journal import count_garbage, iter_jsonl, repair, verify_chain
 from dynogen.store.lock import RunLock
@@ -61,12 +61,19 @@ def identity_diff(old: dict[str, Any], new: dict[str, Any], defaults: dict[str, 
     return out
 
 
-def _describe_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+def _describe_diff(diff: dict[str, tuple[Any, Any]], version: str | None = None) -> str:
     parts = []
     for k, (a, b) in diff.items():
         if k == "prompts":
-            parts.append("the prompts, few-shot examples or schema changed (another dynogen "
-                         "version?)")
+            by = f"dynogen {version}" if version and version != __version__ else \
+                "another dynogen version"
+            parts.append(f"the prompt text, few-shot examples or schema this dynogen sends "
+                         f"differ from those {by} sent for it, so its cached answers and "
+                         f"tasks came from other requests; finish it with that version")
+        elif k == "prompt_layout":
+            parts.append(f"prompt_layout: it began with {a!r} and this run asks for {b!r}; "
+                         f"pass --prompt-layout {a} (or leave it at auto, which keeps what a "
+                         "run began with) to resume it")
         elif k == "max_tokens_by_variant" and a and not b:
             parts.append(f"max_tokens was sized to {a} by --max-tokens auto; pass "
                          "--max-tokens auto again to resume it")
@@ -132,8 +139,9 @@ class RunDir:
                 elif diff and not config.force_new:
                     raise RunDirError(
                         f"{self.path} holds a run with different settings "
-                        f"({_describe_diff(diff)}); resuming would mix two runs. Use a new "
-                        "--out, or --force-new to discard it (the request cache is kept)")
+                        f"({_describe_diff(diff, old.get('dynogen_version'))}); resuming would "
+                        "mix two runs. Use a new --out, or --force-new to discard it (the "
+                        "request cache is kept)")
                 elif diff:
                     self._clear()
                 else:
@@ -181,7 +189,8 @@ class RunDir:
 
     @staticmethod
     def _diff(old: dict[str, Any], identity: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-        defaults = Config().identity()
+        # A key an older manifest lacks: it ran with IDENTITY_BEFORE's value, else the default.
+        defaults = {**Config().identity(), **IDENTITY_BEFORE}
         if isinstance(old.get("identity"), dict):
             return identity_diff(old["identity"], identity, defaults)
         # A manifest from before identities: compare what it recorded.
