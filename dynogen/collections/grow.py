@@ -8,6 +8,12 @@ started twice), honours ``--budget-usd`` (per version, across its resumes),
 uses the shared cache (units already answered cost nothing) and runs in
 whatever mode the config names.
 
+A unit's fingerprint is its user message, which no prompt layout changes
+(``dynogen.prompts.layout``): a new default layout asks no unit again. Each
+version records the layout it sent in ``collection.json`` (its config's
+``prompt_layout``); a new version picks its own (``auto``: the server's), a
+running one keeps the one it began with.
+
 >>> outcome = await agrow("data/coll", Config(source="metadata/", model="gpt-4o-mini"))
 >>> outcome.extra["version"], outcome.extra["plan"]
 """
@@ -25,7 +31,7 @@ import orjson
 from dynogen.collections.memory import collection_seed, unit_fingerprint
 from dynogen.commands.estimate import Estimate, estimate
 from dynogen.commands.run import arun
-from dynogen.compose import counter_for, resolve_price
+from dynogen.compose import counter_for, resolve_layout, resolve_price
 from dynogen.config import Config
 from dynogen.engine.calibration import Calibration
 from dynogen.engine.lengths import MIN_ANSWERS
@@ -93,6 +99,9 @@ async def agrow(
         entry = coll.running_version()
         resumed = entry is not None
         if entry is None:
+            # The layout this version sends, recorded in collection.json with its config;
+            # a running version keeps its own (arun follows its manifest).
+            cfg = resolve_layout(cfg, resolve_price(cfg), follow_run=False)
             src = source if source is not None else open_grow_source(
                 cfg, since=coll.last_started())
             plan, staging = coll.stage(src, _fingerprint(cfg))

@@ -279,7 +279,8 @@ class Collection:
             "version": number, "dir": rel, "status": "running", "source": source,
             "started": _now(), "finished": None, "units": plan.to_dict(),
             "config": {k: config.get(k) for k in ("model", "base_url", "variants",
-                                                   "max_tasks_per_unit", "mode")
+                                                   "max_tasks_per_unit", "mode",
+                                                   "prompt_layout")
                        if k in config},
         }
         if listed_since is not None:
