@@ -19,7 +19,12 @@ expected and ``JUDGE_MAX_TOKENS`` at most.
 
 Prompt caching is counted only for models that support it and only for the
 part of the shared prefix a provider caches (OpenAI: prefixes of 1,024+
-tokens, in 128-token steps); batch prices never stack with it.
+tokens, in 128-token steps): the schema, system prompt and few-shot turns of the
+``shared`` prompt layout, every request after the first (``prompt_layout``,
+``dynogen.prompts.layout``; the per-unit schema leaves nothing to cache). Online
+and Batch costs are each of the layout that mode would send (``auto`` picks
+``per_unit`` for batch); batch prices never stack with the cache discount.
+Budget reservations are unchanged: a request reserves its worst case, uncached.
 
 The report names where the price comes from (``Price.describe``: the
 hand-checked table, LiteLLM's map, a prices file, hand-given flags) and warns
@@ -36,7 +41,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from dynogen.compose import counter_for, gated, open_sources, resolve_price
+from dynogen.compose import counter_for, gated, open_sources, resolve_layout, resolve_price
 from dynogen.config import Config
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import Calibration
@@ -81,6 +86,17 @@ class Estimate:
     # the tokenizer that counted the prompts, when it is not the model's own (a model
     # priced by LiteLLM's map names none): its counts are then an approximation
     approx_encoding: str | None = None
+    # the prompt layout an online and a batch run would send, and their prompt tokens
+    # (``input_tokens`` and ``cached_input_tokens`` are of the online layout's prompts
+    # unless the config asks for batch mode)
+    prompt_layout: dict[str, str] | None = None
+    input_tokens_by_mode: dict[str, int] | None = None
+
+    @property
+    def cached_share(self) -> float:
+        """The share of the online prompts' tokens expected at the cached price."""
+        online = (self.input_tokens_by_mode or {}).get("online", self.input_tokens)
+        return self.cached_input_tokens / online if online else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         exp = self.cost_usd["expected"]
@@ -93,6 +109,9 @@ class Estimate:
             "requests": self.requests,
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
+            "cached_share": round(self.cached_share, 4),
+            "prompt_layout": self.prompt_layout,
+            "input_tokens_by_mode": self.input_tokens_by_mode,
             "output_tokens": self.output_tokens,
             "cost_usd": {"online": exp["online"], "batch": exp["batch"],
                          "by_output": self.cost_usd},
@@ -107,15 +126,32 @@ class Estimate:
 
 
 def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
-                   counter: TokenCounter, calibration: Calibration) -> Estimate:
-    pb = PromptBuilder(cfg, counter)
+                   counter: TokenCounter, calibration: Calibration, *,
+                   layouts: dict[str, str] | None = None) -> Estimate:
+    """``layouts``: the prompt layout each mode would send (``{"online": ..., "batch":
+    ...}``, see ``compose.resolve_layout``); by default ``cfg.prompt_layout`` for both.
+    Online costs are of the online layout's prompts, Batch costs of the batch one's."""
+    layouts = layouts or {"online": cfg.prompt_layout, "batch": cfg.prompt_layout}
+    pbs = {mode: PromptBuilder(cfg.with_(prompt_layout=layout), counter)
+           for mode, layout in layouts.items()}
+    if layouts["batch"] == layouts["online"]:
+        pbs["batch"] = pbs["online"]
+    own = "batch" if cfg.mode == "batch" else "online"  # what the run itself sends
+    pb = pbs[own]
     units = requests = input_tokens = cached = worst_tpm_tokens = max_out = 0
+    mode_in = {"online": 0, "batch": 0}
     skipped: Counter[str] = Counter()
-    prefix = {v: pb._prefixes[v][1] for v in cfg.variants}
-    # OpenAI places a json_schema before the system message, and ours names the
-    # unit's fields, so under json_schema no two units share a cacheable prefix.
-    shared = price.supports_prompt_cache and cfg.response_format != "json_schema"
-    cache_share = {v: cacheable_prefix(n) if shared else 0 for v, n in prefix.items()}
+    prefix = {v: pb.prefix_tokens(v) for v in cfg.variants}
+    # OpenAI places a json_schema before the system message: under the per-unit layout
+    # (the unit's field names as enums) no two units share a cacheable prefix; under the
+    # shared one, the schema, the system prompt and the few-shot turns are cached. Batch
+    # lines are billed at batch prices with no cache discount (``Price.cost``).
+    online = pbs["online"]
+    cache_share = {v: cacheable_prefix(online.shared_prefix_tokens(v))
+                   if price.supports_prompt_cache else 0 for v in cfg.variants}
+    # one prefix per variant, or one for both (the shared layout's)
+    cache_prefix = {v: id(online.prefix_messages(v)) for v in cfg.variants}
+    written: set[int] = set()
     seen: set[str] = set()
     judge_in = {"expected": 0, "high": 0}
     judge_n = {"expected": 0.0, "high": 0}
@@ -133,14 +169,19 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
             continue
         units += 1
         for v in cfg.variants:
-            req = pb.request(item, v)
+            user = pb.user_message(item, v)  # the same under every layout
+            req = pb.request(item, v, user=user)
             requests += 1
             input_tokens += req.prompt_tokens
             worst_tpm_tokens += req.prompt_tokens + req.max_tokens
             max_out += req.max_tokens
-            # The very first request of each variant writes the cache; the rest read it.
-            if requests > len(cfg.variants):
+            for mode, b in pbs.items():
+                mode_in[mode] += req.prompt_tokens if b is pb else \
+                    b.request(item, v, user=user).prompt_tokens
+            # The first request of each shared prefix writes the cache; the rest read it.
+            if cache_prefix[v] in written:
                 cached += cache_share[v]
+            written.add(cache_prefix[v])
         if cfg.judge:
             per = _judge_prompt_tokens(cfg, item, counter)
             n_exp = len(cfg.variants) * min(JUDGE_TASKS_EXPECTED, cfg.max_tasks_per_unit)
@@ -157,9 +198,9 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
                  "high": j_high * JUDGE_MAX_TOKENS}
     judge_tin = {"low": judge_in["expected"], "expected": judge_in["expected"],
                  "high": judge_in["high"]}
-    cost = {k: {"online": round(price.cost(input_tokens + judge_tin[k], n + judge_out[k],
-                                           cached), 6),
-                "batch": round(price.cost(input_tokens + judge_tin[k], n + judge_out[k], 0,
+    cost = {k: {"online": round(price.cost(mode_in["online"] + judge_tin[k],
+                                           n + judge_out[k], cached), 6),
+                "batch": round(price.cost(mode_in["batch"] + judge_tin[k], n + judge_out[k], 0,
                                           batch=True), 6)}
             for k, n in outs.items()}
     judge = None
@@ -181,7 +222,8 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
     outs = {k: n + judge_out[k] for k, n in outs.items()}
     return Estimate(cfg.model, units, dict(sorted(skipped.items())), requests, input_tokens,
                     cached, outs, cost, minutes, calibration.source, prefix, judge, price,
-                    None if price.encoding else counter.encoding)
+                    None if price.encoding else counter.encoding, dict(layouts),
+                    {"online": mode_in["online"], "batch": mode_in["batch"]})
 
 
 def _judge_prompt_tokens(cfg: Config, unit: Unit, counter: TokenCounter) -> int:
@@ -210,6 +252,19 @@ def _policy_line(skipped: dict[str, int]) -> str:
     return f"{sum(by.values()):,} (" + ", ".join(f"{k} {v}" for k, v in by.items()) + ")"
 
 
+def _layout_line(e: Estimate) -> str:
+    """Which prompt layout each mode sends, and the share of online prompt tokens expected
+    to be billed as cached (OpenAI caches best effort: an upper bound on the discount)."""
+    lay = e.prompt_layout or {}
+    by = e.input_tokens_by_mode or {}
+    online = f"online {lay.get('online')} ({e.cached_share:.0%} of its tokens cached"
+    online += ", expected)" if e.cached_input_tokens else ")"
+    if lay.get("batch") == lay.get("online"):
+        return f"prompt layout      {online}; batch the same, billed uncached"
+    return (f"prompt layout      {online}; batch {lay.get('batch')} "
+            f"({by.get('batch', 0):,} tokens, billed uncached)")
+
+
 def format_estimate(e: Estimate, *, today: date | None = None) -> str:
     """A short human-readable table; ``today`` (default: the system's) dates the prices."""
     c = e.cost_usd
@@ -226,6 +281,7 @@ def format_estimate(e: Estimate, *, today: date | None = None) -> str:
         + ("exact" if e.approx_encoding is None else
            f"counted with {e.approx_encoding}, not the model's own tokenizer")
         + f" ({e.cached_input_tokens:,} at cached price)",
+        *([_layout_line(e)] if e.prompt_layout else []),
         f"output tokens      low {e.output_tokens['low']:,} / expected "
         f"{e.output_tokens['expected']:,} / high {e.output_tokens['high']:,}",
         f"cost online        ${c['low']['online']:.4f} / ${c['expected']['online']:.4f} / "
@@ -261,5 +317,10 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
         # The figure a run with this calibration would use: its worst case is this one's.
         cfg, _ = autosize.plan(cfg.with_(calibration=str(calibration), out=""))
     price = resolve_price(cfg)
+    # The layout each mode would pick (a dry run follows no run directory).
+    layouts = {mode: resolve_layout(cfg.with_(mode=mode), price, follow_run=False).prompt_layout
+               for mode in ("online", "batch")}
+    cfg = cfg.with_(prompt_layout=layouts["batch" if cfg.mode == "batch" else "online"])
     src, _ = open_sources(cfg, source)
-    return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal)
+    return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal,
+                          layouts=layouts)
