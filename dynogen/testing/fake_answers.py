@@ -40,6 +40,7 @@ import xxhash
 
 from dynogen.prompts.tokens import REPLY_PRIMING_TOKENS, TokenCounter
 from dynogen.testing.fake_limits import insufficient_quota_body, rate_limit_body
+from dynogen.units import ID_NAME
 
 __all__ = [
     "CACHE_MIN_TOKENS",
@@ -301,15 +302,29 @@ class TaskSpec:
 
 
 def task_spec(body: Mapping[str, Any]) -> TaskSpec | None:
-    """The field names (and bounds) an answer to ``body`` may use, or ``None`` if unreadable."""
+    """The field names (and bounds) an answer to ``body`` may use, or ``None`` if unreadable.
+
+    A schema that enumerates them wins; a schema that does not (dynogen's shared layout:
+    names are free strings) gives only the bounds, and the names are read from the
+    request's last user message, as a model reads them (not from the few-shot turns)."""
     rf = body.get("response_format")
+    schema = None
     if isinstance(rf, dict) and rf.get("type") == "json_schema":
         js = rf.get("json_schema")
-        spec = _spec_from_schema(js.get("schema") if isinstance(js, dict) else None)
+        schema = js.get("schema") if isinstance(js, dict) else None
+        spec = _spec_from_schema(schema)
         if spec is not None:
             return spec
-    names = _names_from_messages(body.get("messages"))
-    return TaskSpec(names) if len(names) >= 2 else None
+    names = _names_of_last_unit(body.get("messages")) if schema is not None else ()
+    # As a model that follows the prompt's conventions would, it outputs no id or link.
+    outputs = tuple(n for n in names if not ID_NAME.search(n))
+    if not names:
+        names = _names_from_messages(body.get("messages"))
+    if len(names) < 2:
+        return None
+    tasks = _get(schema, "properties", "tasks")
+    return _bounded(TaskSpec(names, outputs=outputs if len(names) > len(outputs) > 0 else ()),
+                    tasks, _get(tasks, "items", "properties"))
 
 
 def _spec_from_schema(schema: Any) -> TaskSpec | None:
@@ -381,6 +396,33 @@ _FIELDS_LINE = re.compile(r"^\s*(?:input\s+)?fields?\s*:\s*(.+)$", re.I | re.M)
 _ENUM = re.compile(r'"enum"\s*:\s*(\[[^\]]*\])')
 _NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)+)"')
 _NAME_TRIM = re.compile(r"\s*[(\[:].*$")
+
+
+# dynogen's rendering of a field in a unit's message: "- name: type" or "- name: type (labels)";
+# a type may hold ": " itself (struct{text: list[string]}), a name seldom does.
+_DYNOGEN_FIELD = re.compile(r"^- (.+?): (.+)$")
+
+
+def _names_of_last_unit(messages: Any) -> tuple[str, ...]:
+    """Field names under ``Fields:`` in the last user message (dynogen's metadata format)."""
+    if not isinstance(messages, list):
+        return ()
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        return ()
+    text = _text_of(users[-1].get("content"))
+    _, found, rest = text.partition("\nFields:\n")
+    if not found:
+        return ()
+    names = []
+    for line in rest.splitlines():
+        m = _DYNOGEN_FIELD.match(line)
+        if m is None:
+            if line.startswith("(+"):
+                continue  # "(+N more fields not shown)"
+            break
+        names.append(m.group(1))
+    return tuple(dict.fromkeys(names))
 
 
 def _names_from_messages(messages: Any) -> tuple[str, ...]:

@@ -98,6 +98,9 @@ class FakeOpenAI:
     the model's, from dynogen's price table) as OpenAI does, and
     ``prompt_cache`` adds ``cached_tokens`` for repeated prefixes (see
     ``fake_answers.ExactTokens``); cost studies need both, other tests neither.
+    ``refuse_params`` names body fields the server does not know: a request
+    carrying one gets the 400 OpenAI gives an unknown argument (how a server
+    without ``prompt_cache_key`` answers it).
 
     >>> fake = FakeOpenAI(rpm=600, seed=1)
     >>> fake.enqueue("hello", Fault("server_error"))
@@ -125,6 +128,7 @@ class FakeOpenAI:
         exact_tokens: bool = False,
         prompt_cache: bool = False,
         encoding: str | None = None,
+        refuse_params: Sequence[str] = (),
     ) -> None:
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError(f"fault_rate must be in [0, 1], got {fault_rate}")
@@ -142,6 +146,7 @@ class FakeOpenAI:
         if fault_rate and not self.fault_kinds:
             raise ValueError("fault_rate is set but fault_kinds is empty")
         self.model = model
+        self.refuse_params = tuple(refuse_params)
         self.latency = latency or Latency()
         self.fault_rate = fault_rate
         self.output_tokens = output_tokens
@@ -226,6 +231,10 @@ class FakeOpenAI:
         if not isinstance(body.get("messages"), list) or not body["messages"]:
             return error_reply(400, "Missing required parameter: 'messages'.",
                                "invalid_request_error", "missing_required_parameter", "messages")
+        for param in self.refuse_params:
+            if param in body:
+                return error_reply(400, f"Unrecognized request argument supplied: {param}",
+                                   "invalid_request_error", None, param)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 0
         if not isinstance(max_tokens, int) or max_tokens < 0:
             return error_reply(400, f"Invalid 'max_tokens': {max_tokens!r}.",
@@ -500,6 +509,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(needs --exact-tokens)")
     p.add_argument("--encoding", default=None,
                    help="token encoding for --exact-tokens (default: the model's)")
+    p.add_argument("--refuse-params", default="",
+                   help="comma-separated body fields answered with a 400 (e.g. prompt_cache_key)")
     return p
 
 
@@ -517,6 +528,7 @@ def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
         output_tokens=out, insufficient_quota=args.insufficient_quota, api_key=args.api_key,
         keep_history=args.keep_history, seed=args.seed, exact_tokens=args.exact_tokens,
         prompt_cache=args.prompt_cache, encoding=args.encoding,
+        refuse_params=[p for p in args.refuse_params.split(",") if p],
     )
 
 
