@@ -32,7 +32,7 @@ class Waiter:
     """One waiting request: the tokens it reserves (and what it asked, of which
     ``max_tokens``), its future, and the timer that wakes it."""
 
-    __slots__ = ("tokens", "asked", "max_tokens", "fut", "timer", "wake_at")
+    __slots__ = ("tokens", "asked", "max_tokens", "fut", "timer", "wake_at", "error")
 
     def __init__(self, tokens: int, asked: int = 0, max_tokens: int = 0) -> None:
         self.tokens = tokens
@@ -41,6 +41,7 @@ class Waiter:
         self.fut: asyncio.Future[None] | None = None
         self.timer: asyncio.Task[None] | None = None
         self.wake_at = _INF
+        self.error: BaseException | None = None  # it can never go: its acquire raises this
 
     def wake(self, _: object = None) -> None:
         fut = self.fut
@@ -48,9 +49,10 @@ class Waiter:
             fut.set_result(None)
 
     def fail(self, exc: BaseException) -> None:
-        fut = self.fut
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        # Recorded, then woken: a waiter already woken (its future done, not yet run)
+        # must see the error too, not carry on with its waker's result.
+        self.error = exc
+        self.wake()
 
     def arm(self, clock: Clock, now: float, delay: float) -> None:
         """Make sure something wakes us by ``now + delay`` (an earlier timer already does)."""
@@ -100,6 +102,8 @@ class WaitQueue:
         fifo.append(w)
         try:
             while True:
+                if w.error is not None:
+                    raise w.error
                 w.fut = loop.create_future()
                 if fifo[0] is w:
                     granted = admit(w)
