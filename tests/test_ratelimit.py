@@ -229,6 +229,24 @@ async def test_waiter_that_no_longer_fits_after_a_lowered_limit_fails() -> None:
     assert small.done()
 
 
+async def test_waiter_woken_then_refused_by_a_lowered_limit_fails_and_frees_the_queue() -> None:
+    # A release wakes the head; before it runs, a lower limit says it can never fit.
+    # It used to run on with its waker's result: IndexError on an empty queue, or,
+    # with others queued, waiting forever outside the queue.
+    clock = FakeClock()
+    limiter = Limiter(tpm=100_000, max_in_flight=1, clock=clock)
+    first = await limiter.acquire(1000)
+    big = asyncio.ensure_future(limiter.acquire(50_000))
+    small = asyncio.ensure_future(limiter.acquire(100))
+    await clock.advance(0)
+    assert limiter.waiting == 2
+    limiter.release(first, 1000)  # big's future is done; big has not run yet
+    limiter.set_limits(tpm=40_000)
+    await clock.advance(0)
+    assert isinstance(big.exception(), RequestTooLarge)
+    assert small.done() and limiter.in_flight == 1 and limiter.waiting == 0
+
+
 @pytest.mark.parametrize("kwargs", [{"rpm": 0}, {"tpm": -5}, {"max_in_flight": 0},
                                     {"burst_seconds": 0.0}, {"rpm": float("inf")}])
 def test_bad_settings_are_config_errors(kwargs: dict[str, float]) -> None:
