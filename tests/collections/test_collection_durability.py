@@ -16,6 +16,7 @@ from dynogen.api import agrow
 from dynogen.config import Config
 from dynogen.store.collection import Collection
 from dynogen.testing import start_fake_process
+from tests.helpers import REPO
 
 
 def write_shard(path: Path, n: int) -> None:
@@ -42,7 +43,7 @@ def committed(coll: Path) -> int:
 def test_sigkill_mid_grow_then_grow_again_finishes_the_same_version(tmp_path: Path) -> None:
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 40)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with start_fake_process(latency_median=0.1, ready_timeout=120) as fake:
         clean = tmp_path / "clean"
         cfg = Config(source=str(shard), base_url=fake.url, free=True, quiet=True,

@@ -21,8 +21,9 @@ from dynogen.io.hub_options import HubOptions, parse_since
 from dynogen.ratelimit import RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, HubServer
 from dynogen.units import Skipped, SkipReason, Unit
+from tests.helpers import FIXTURES
 
-RECORDED = Path(__file__).parent / "fixtures" / "hub"
+RECORDED = FIXTURES / "hub"
 FAST = RetryPolicy(max_retries=2, base=0.001, cap=0.002)
 
 

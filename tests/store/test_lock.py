@@ -23,15 +23,11 @@ import pytest
 
 from dynogen.store.lock import LOCK_NAME, RunLock, read_holder
 from dynogen.testing import FakeProcess, start_fake_process
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_signals import _env, lines, write_source  # noqa: E402
-
-REPO = Path(__file__).parents[1]
+from tests.helpers import REPO, lines, run_env, write_source
 
 
 def env(tmp: Path) -> dict[str, str]:
-    return _env(tmp, OPENAI_API_KEY="sk-test", PYTHONPATH=str(REPO))
+    return run_env(tmp, OPENAI_API_KEY="sk-test", PYTHONPATH=str(REPO))
 
 
 def hold(target: Path, tmp: Path, purpose: str = "run") -> subprocess.Popen[str]:

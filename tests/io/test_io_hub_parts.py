@@ -23,8 +23,9 @@ from dynogen.io.sources import open_source
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
+from tests.helpers import FIXTURES
 
-RECORDED = Path(__file__).parent / "fixtures" / "hub"
+RECORDED = FIXTURES / "hub"
 
 
 # --------------------------------------------------------------------- prefetch

@@ -22,8 +22,9 @@ from dynogen.execute.local_server import (
     find_model,
     require_xllamacpp,
 )
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 SCHEMA = {
     "type": "object",

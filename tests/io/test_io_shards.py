@@ -11,8 +11,9 @@ import pytest
 from dynogen.errors import RunDirError, SourceError
 from dynogen.io import FolderSource, JsonlSource, ShardWriter, collect
 from dynogen.units import Field, Skipped, SkipReason, Unit
+from tests.helpers import FIXTURES
 
-HF = Path(__file__).parent / "fixtures" / "hf"
+HF = FIXTURES / "hf"
 
 
 def unit(name: str, **kw: object) -> Unit:

@@ -15,12 +15,13 @@ from dynogen.io import FolderSource, JsonlSource, open_source, read_rows, sample
 from dynogen.io.cards import CardError, card_license, card_summary, card_tags, split_card
 from dynogen.io.sources import LimitedSource
 from dynogen.units import Skipped, SkipReason, Unit
+from tests.helpers import FIXTURES, REPO
 
-HF = Path(__file__).parent / "fixtures" / "hf"
+HF = FIXTURES / "hf"
 REAL = HF / "2022"
 MODERN = HF / "modern"
 # The reference corpus lies in shared/ beside the checkout (CI lays a copy there).
-CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared/hf-metadata-2022/datasets",
+CORPUS = next((p for p in (REPO.parent / "shared/hf-metadata-2022/datasets",
                            Path("/work/shared/hf-metadata-2022/datasets")) if p.is_dir()),
               Path("/work/shared/hf-metadata-2022/datasets"))
 
