@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +25,21 @@ import orjson
 import pytest
 
 from dynogen.testing import FakeOpenAI, FakeProcess, Fault, serve, start_fake_process
-from tests.helpers import card, lines, run_env, same_output, write_source
+from tests.helpers import (
+    card,
+    lines,
+    run_env,
+    same_output,
+    wait_until,
+    wait_until_async,
+    write_source,
+)
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60-do-not-log"
 CLI = [sys.executable, "-m", "dynogen", "run", "--free", "--quiet", "--max-in-flight", "4"]
+# Seconds the fake holds answers in a second-SIGINT test: past any step of the test, short
+# of the grace a first signal gives answers in flight (api.SIGNAL_GRACE_SECONDS).
+HELD = 15.0
 
 
 # ------------------------------------------------------------------------ signals
@@ -52,11 +62,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, fast: FakeProcess) -> tu
     return tmp / "src", out
 
 
-def _wait_for(pred: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+def _answers_kept(out: Path) -> int:
+    """Answers in the run's cache, read while the run writes it (0 until it can be read)."""
+    try:
+        with sqlite3.connect(f"file:{out / 'cache.sqlite'}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -69,7 +81,7 @@ def test_a_signal_stops_dispatch_finishes_in_flight_then_resume_equals_uninterru
         p = subprocess.Popen([*CLI, "--source", str(src), "--out", str(out), "--base-url",
                               slow.url], env=run_env(tmp_path), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: slow.stats()["totals"]["requests"] >= 2)
+        wait_until(lambda: slow.stats()["totals"]["requests"] >= 2, "two requests in flight")
         p.send_signal(sig)
         stdout, stderr = p.communicate(timeout=30)
         sent = slow.stats()["totals"]["requests"]
@@ -91,23 +103,36 @@ def test_a_signal_stops_dispatch_finishes_in_flight_then_resume_equals_uninterru
     assert fast.stats()["totals"]["requests"] - before == 32 - sent  # cached ones not re-sent
 
 
-def test_a_second_sigint_exits_at_once_and_resume_still_equals_uninterrupted(
+async def test_a_second_sigint_exits_at_once_and_resume_still_equals_uninterrupted(
         tmp_path: Path, fast: FakeProcess, reference: tuple[Path, Path]) -> None:
     src, ref = reference
     out = tmp_path / "out"
-    with start_fake_process(latency_median=5.0, seed=2) as slow:
-        p = subprocess.Popen([*CLI, "--source", str(src), "--out", str(out), "--base-url",
-                              slow.url], env=run_env(tmp_path), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        _wait_for(lambda: slow.stats()["totals"]["requests"] >= 4)
+    # The first answer comes a second after its request; every later one is held HELD s,
+    # so after the first SIGINT the run has answers in flight to wait for.
+    slow = FakeOpenAI()
+    slow.enqueue(Fault.slow(1.0), *[Fault.slow(HELD)] * 64)
+    async with serve(slow) as server:
+        p = await asyncio.create_subprocess_exec(
+            *CLI, "--source", str(src), "--out", str(out), "--base-url", server.url,
+            env=run_env(tmp_path), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        await wait_until_async(lambda: slow.stats.requests >= 4, "four requests in flight")
         p.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        assert p.poll() is None  # the first one waits for the 5 s answers in flight
-        t0 = time.monotonic()
+
+        def kept_the_next_answer() -> bool:
+            assert p.returncode is None, "the first SIGINT ended the run"
+            return _answers_kept(out) >= 1
+
+        # The first signal only stops dispatch: the run still keeps the answer that
+        # arrives after it, and goes on waiting for the held ones.
+        await wait_until_async(kept_the_next_answer,
+                               "the run to keep the answer that came after the first SIGINT")
         p.send_signal(signal.SIGINT)
-        code = p.wait(timeout=10)
-        assert time.monotonic() - t0 < 2.0
+        code = await asyncio.wait_for(p.wait(), 60)
     assert code == 130
+    # It left without the held answers: had it waited for them it would have kept them
+    # (HELD s is well within the first signal's grace), as the first signal alone does.
+    assert _answers_kept(out) == 1
     r = subprocess.run([*CLI, "--source", str(src), "--out", str(out), "--base-url", fast.url],
                        env=run_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
