@@ -224,7 +224,8 @@ def test_closing_early_stops_fetching(recorded: tuple[FakeHub, HubServer]) -> No
 
 def test_an_unreachable_viewer_is_a_source_error(recorded: tuple[FakeHub, HubServer]) -> None:
     _, server = recorded
-    src = HubSource(options=HubOptions(endpoint=server.url, viewer_url="http://127.0.0.1:9"),
+    src = HubSource(options=HubOptions(endpoint=server.url, viewer_url="http://127.0.0.1:9",
+                                       rpm=None),
                     retry=FAST)
     with pytest.raises(SourceError, match="unreachable.*--source PATH"):
         list(src)
