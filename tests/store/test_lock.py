@@ -91,19 +91,25 @@ def test_the_same_command_started_twice_writes_each_task_once(
         tmp_path: Path, finished: tuple[Path, Path]) -> None:
     src, _ = finished
     out = tmp_path / "out"
-    with start_fake_process(latency_median=4.0, latency_sigma=0.01, seed=3) as slow:
+    with start_fake_process(latency_median=0.5, latency_sigma=0.01, seed=3) as slow:
         argv = [sys.executable, "-m", "dynogen", "run", "--source", str(src), "--out", str(out),
                 "--base-url", slow.url, "--free", "--quiet", "--max-in-flight", "2"]
         first = subprocess.Popen(argv, env=env(tmp_path), stderr=subprocess.PIPE, text=True)
 
-        def first_is_writing() -> bool:  # (4 s a request)
-            assert first.poll() is None, "the first run ended before it took the lock"
-            return bool(read_holder(out / LOCK_NAME))
+        def first_is_sending() -> bool:  # it holds the lock, and a request is in flight
+            assert first.poll() is None, "the first run ended before it sent a request"
+            return bool(read_holder(out / LOCK_NAME)) and slow.stats()["totals"]["requests"] > 0
 
-        wait_until(first_is_writing, "the first run to take the lock")
-        second = subprocess.run(argv, env=env(tmp_path), capture_output=True, text=True,
-                                timeout=120)
-        assert first.poll() is None, "the first run ended before the second started"
+        wait_until(first_is_sending, "the first run to take the lock and send")
+        # Frozen mid-run (lock held, answers pending) for as long as the second takes,
+        # however slow the machine: no race against the first run's pace.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(argv, env=env(tmp_path), capture_output=True, text=True,
+                                    timeout=120)
+            assert first.poll() is None, "the first run ended before the second started"
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert first.wait(120) == 0
     assert second.returncode == 1 and f"pid {first.pid}" in second.stderr, second.stderr
     tasks = lines(out / "tasks.jsonl")
