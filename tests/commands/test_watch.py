@@ -14,15 +14,13 @@ import orjson
 from dynogen.progress import Plain
 from dynogen.store.status import read_status, write_status
 from dynogen.testing import start_fake_process
+from tests.helpers import REPO, run_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HF_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp / "hf-home"),
-               OPENAI_API_KEY="sk-watch-secret-0123456789")
-    return env
+    return run_env(tmp, OPENAI_API_KEY="sk-watch-secret-0123456789")
 
 
 def _source(root: Path, n: int) -> None:

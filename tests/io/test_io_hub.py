@@ -7,7 +7,7 @@ shapes (see tests/fixtures/hub/NOTICE.md).
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,16 @@ import pytest
 from huggingface_hub import constants
 
 from dynogen.errors import ConfigError, SourceError
+from dynogen.io import hub as hub_module
 from dynogen.io.hub import HubSource
 from dynogen.io.hub_options import HubOptions, HubSkip, parse_since
 from dynogen.io.sources import open_source
 from dynogen.ratelimit import RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, HubServer
 from dynogen.units import Skipped, SkipReason, Unit
+from tests.helpers import FIXTURES, wait_until
 
-RECORDED = Path(__file__).parent / "fixtures" / "hub"
+RECORDED = FIXTURES / "hub"
 FAST = RetryPolicy(max_retries=2, base=0.001, cap=0.002)
 
 
@@ -41,6 +43,11 @@ def recorded(online: None) -> Iterator[tuple[FakeHub, HubServer]]:
     fake = FakeHub.from_recorded(RECORDED)
     with fake.running() as server:
         yield fake, server
+
+
+def fetchers() -> list[threading.Thread]:
+    """The live threads of ordered_prefetch (one per Hub source being read)."""
+    return [t for t in threading.enumerate() if t.name == "dynogen-prefetch"]
 
 
 def source(server: HubServer, **options: Any) -> HubSource:
@@ -204,19 +211,22 @@ def test_closing_early_stops_fetching(recorded: tuple[FakeHub, HubServer]) -> No
     list(source(server))
     full = len(fake.requests)
     fake.requests.clear()
+    before = set(fetchers())
     items = iter(source(server, fetch_ahead=1))
     first = next(items)
     assert first.key == "nyu-mll/glue::cola"
+    (fetcher,) = set(fetchers()) - before
     items.close()  # the consumer goes away (a --limit reached): the fetcher stops
-    time.sleep(0.2)  # a request sent just before the close may still be arriving
-    settled = len(fake.requests)
-    time.sleep(0.3)
-    assert len(fake.requests) == settled < full
+    # Stopped, not paused: its thread has ended, so no request can follow; those it had
+    # sent (one may still be arriving) are fewer than a full listing takes.
+    wait_until(lambda: not fetcher.is_alive(), "the fetcher thread to end")
+    assert len(fake.requests) < full
 
 
 def test_an_unreachable_viewer_is_a_source_error(recorded: tuple[FakeHub, HubServer]) -> None:
     _, server = recorded
-    src = HubSource(options=HubOptions(endpoint=server.url, viewer_url="http://127.0.0.1:9"),
+    src = HubSource(options=HubOptions(endpoint=server.url, viewer_url="http://127.0.0.1:9",
+                                       rpm=None),
                     retry=FAST)
     with pytest.raises(SourceError, match="unreachable.*--source PATH"):
         list(src)
@@ -226,11 +236,13 @@ def test_an_unreachable_viewer_is_a_source_error(recorded: tuple[FakeHub, HubSer
     not constants.HF_HUB_OFFLINE,
     reason="needs HF_HUB_OFFLINE=1 at import, else the real Hub would be called",
 )
-def test_offline_mode_fails_fast_with_a_source_error() -> None:
-    start = time.perf_counter()
+def test_offline_mode_fails_fast_with_a_source_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fetch(*args: Any, **kw: Any) -> None:
+        raise AssertionError("offline, yet the source started fetching")
+
+    monkeypatch.setattr(hub_module, "ordered_prefetch", fetch)  # fast: before any request
     with pytest.raises(SourceError, match="unset HF_HUB_OFFLINE"):
         list(HubSource(datasets=3))
-    assert time.perf_counter() - start < 5
 
 
 def test_open_source_hub_builds_without_touching_the_network() -> None:

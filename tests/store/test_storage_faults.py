@@ -33,9 +33,7 @@ from dynogen.errors import StorageError
 from dynogen.store import cache as cache_mod
 from dynogen.store import storage
 from dynogen.testing import FakeOpenAI, FakeProcess, serve, start_fake_process
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_signals import _env, lines, same_output, write_source  # noqa: E402
+from tests.helpers import REPO, journals_consistent, lines, run_env, same_output, write_source
 
 UNITS = 8
 
@@ -126,22 +124,6 @@ def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     asyncio.run(go())
     yield ref
-
-
-def journals_consistent(out: Path) -> None:
-    """Every journal line is whole and points at data that is there."""
-    for journal, data, end, count in (("units.jsonl", "tasks.jsonl", "tasks_end", "tasks_kept"),
-                                      ("builds.jsonl", "instances.jsonl", "instances_end",
-                                       "instances")):
-        size = (out / data).stat().st_size if (out / data).exists() else 0
-        raw = (out / journal).read_bytes() if (out / journal).exists() else b""
-        assert not raw or raw.endswith(b"\n"), f"{journal} ends in a torn line"
-        recs = [orjson.loads(x) for x in raw.splitlines()]
-        ends = [r[end] for r in recs if end in r]
-        assert all(e <= size for e in ends), f"{journal} points past the end of {data}"
-        if ends:
-            want = sum(r.get(count) or 0 for r in recs)
-            assert (out / data).read_bytes()[:ends[-1]].count(b"\n") == want
 
 
 async def _run_with_fault(source: Path, out: Path, fault: DiskFault | None,
@@ -275,7 +257,7 @@ def test_a_real_full_filesystem_stops_in_one_line_and_the_same_command_resumes(
     argv = [sys.executable, "-m", "dynogen", "run", "--source", str(source), "--out", str(out),
             "--base-url", fake_proc.url, "--free", "--quiet", "--max-in-flight", "4",
             "--rows-per-split", "4"]
-    env = _env(tmp_path, OPENAI_API_KEY="sk-test", PYTHONPATH=str(Path(__file__).parents[1]))
+    env = run_env(tmp_path, OPENAI_API_KEY="sk-test", PYTHONPATH=str(REPO))
     ballast = _fill(small_disk, leave)
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     said = r.stderr.strip().splitlines()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from dynogen.io.features import FeaturesError, fields_from_features
 from dynogen.units import Field
+from tests.helpers import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf" / "2022"
+HF_2022 = FIXTURES / "hf" / "2022"
 
 
 def V(dtype: str) -> dict:
@@ -218,12 +218,12 @@ def test_yaml_media_and_translation() -> None:
 
 
 @pytest.mark.parametrize(
-    "folder", sorted(p.name for p in FIXTURES.iterdir() if (p / "dataset_infos.json").exists())
+    "folder", sorted(p.name for p in HF_2022.iterdir() if (p / "dataset_infos.json").exists())
 )
 def test_both_spellings_agree_on_real_features(folder: str) -> None:
     """The YAML that `datasets` itself writes for a config reads as the same fields."""
-    datasets = pytest.importorskip("datasets")
-    infos = json.loads((FIXTURES / folder / "dataset_infos.json").read_text(encoding="utf-8"))
+    import datasets  # a dependency: missing, the test fails rather than skips
+    infos = json.loads((HF_2022 / folder / "dataset_infos.json").read_text(encoding="utf-8"))
     for info in infos.values():
         as_yaml = datasets.Features.from_dict(info["features"])._to_yaml_list()
         assert fields_from_features(as_yaml) == fields_from_features(info["features"])

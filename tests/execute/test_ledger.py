@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from collections import deque
 
 import pytest
@@ -187,15 +186,6 @@ def test_totals_by_stage_and_variant_are_json_safe_and_add_up() -> None:
     assert sum(b["usd"] for b in t["by_stage"].values()) == pytest.approx(t["spent_usd"])
     assert t["left_usd"] == pytest.approx(2.0 - t["spent_usd"])
     assert t["price"]["source"].startswith("https://") and t["budget_usd"] == 2.0
-
-
-def test_hot_path_is_cheap() -> None:
-    led = Ledger(MINI, budget_usd=1e6)
-    u = usage(900, 300, cached=512)
-    t0 = time.perf_counter()
-    for _ in range(20_000):
-        led.settle(led.reserve(900, 640), u, variant="description")
-    assert time.perf_counter() - t0 < 2.0  # >= 10,000 req/s even on a slow machine
 
 
 # -- invariant: spent + reserved never exceeds the budget -------------------------------

@@ -27,10 +27,7 @@ from dynogen import api
 from dynogen.config import Config, Secret
 from dynogen.errors import RunDirError
 from dynogen.testing import FakeProcess, start_fake_process
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_signals import _env, same_output, write_source  # noqa: E402
-from test_storage_faults import journals_consistent  # noqa: E402
+from tests.helpers import REPO, journals_consistent, run_env, same_output, write_source
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +54,8 @@ def clean(tmp_path_factory: pytest.TempPathFactory, fake: FakeProcess) -> tuple[
 def cli(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dynogen", *args], capture_output=True,
                           text=True, timeout=120,
-                          env=_env(tmp, OPENAI_API_KEY="sk-test",
-                                   PYTHONPATH=str(Path(__file__).parents[1])))
+                          env=run_env(tmp, OPENAI_API_KEY="sk-test",
+                                   PYTHONPATH=str(REPO)))
 
 
 def test_a_cache_sqlite_cannot_open_is_moved_aside_and_the_run_goes_on(

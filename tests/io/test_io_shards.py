@@ -12,8 +12,9 @@ from dynogen.errors import RunDirError, SourceError
 from dynogen.io.folder import FolderSource
 from dynogen.io.shards import JsonlSource, ShardWriter, collect
 from dynogen.units import Field, Skipped, SkipReason, Unit
+from tests.helpers import FIXTURES
 
-HF = Path(__file__).parent / "fixtures" / "hf"
+HF = FIXTURES / "hf"
 
 
 def unit(name: str, **kw: object) -> Unit:

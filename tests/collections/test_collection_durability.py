@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -16,6 +15,7 @@ from dynogen.api import agrow
 from dynogen.config import Config
 from dynogen.store.collection import Collection
 from dynogen.testing import start_fake_process
+from tests.helpers import REPO, wait_until
 
 
 def write_shard(path: Path, n: int) -> None:
@@ -42,7 +42,7 @@ def committed(coll: Path) -> int:
 def test_sigkill_mid_grow_then_grow_again_finishes_the_same_version(tmp_path: Path) -> None:
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 40)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with start_fake_process(latency_median=0.1, ready_timeout=120) as fake:
         clean = tmp_path / "clean"
         cfg = Config(source=str(shard), base_url=fake.url, free=True, quiet=True,
@@ -51,10 +51,12 @@ def test_sigkill_mid_grow_then_grow_again_finishes_the_same_version(tmp_path: Pa
         coll = tmp_path / "coll"
         proc = subprocess.Popen(grow_cmd(coll, shard, fake.url), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while committed(coll) < 10 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the grow finished before it could be killed"
+
+        def ten_committed() -> bool:
+            assert proc.poll() is None, "the grow finished before it could be killed"
+            return committed(coll) >= 10
+
+        wait_until(ten_committed, "the grow to commit ten units", timeout=120)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         killed_at = committed(coll)

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeOpenAI, serve, start_fake_process
 from dynogen.testing.fake_batches import FakeBatches
 from dynogen.units import Field, Unit
+from tests.helpers import wait_until, wait_until_async
 
 FIELDS = (Field("sentence", "string"), Field("label", "class_label", ("no", "yes")))
 
@@ -42,6 +42,16 @@ def cfg(out: Path, url: str, source: Path, **kw: Any) -> Config:
                 quiet=True, free=True, poll_seconds=0.05, batch_max_requests=10, mode="batch")
     base.update(kw)
     return Config(**base)  # type: ignore[arg-type]
+
+
+class ServerClock:
+    """The fake Batch API's clock, in Unix seconds: it moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.t = 1_767_225_600.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 def events(out: Path) -> list[dict[str, Any]]:
@@ -64,17 +74,22 @@ def test_kill_9_while_batches_run_then_restart_submits_nothing_twice(tmp_path: P
                               env=env,
                               capture_output=True, timeout=120)
         assert done.returncode == 0, done.stderr.decode()[-500:]
-        fake._call("/admin/batches", {"validating": 0.05, "in_progress": 1.5,
+        # A batch answers a line every 0.6 s and finishes after 6 s: the kill lands after
+        # its first line, long before its last.
+        fake._call("/admin/batches", {"validating": 0.05, "in_progress": 6.0,
                                       "finalizing": 0.05})
         out = tmp_path / "batch"
         life = subprocess.Popen(cli(shard, out, fake.url), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while sum(e["ev"] == "batch" for e in events(out)) < 6:
-            assert life.poll() is None and time.monotonic() < deadline, "life 1 ended early"
-            time.sleep(0.005)
-        time.sleep(0.3)  # batches in flight, partly answered, none finished
-        life.send_signal(signal.SIGKILL)
+
+        def submitted(n: int) -> bool:
+            assert life.poll() is None, "life 1 ended early"
+            return sum(e["ev"] == "batch" for e in events(out)) >= n
+
+        wait_until(lambda: submitted(6), "life 1 to submit six batches")
+        wait_until(lambda: submitted(6) and fake._call("/admin/batches")["lines_processed"] > 0,
+                   "the server to answer a first batch line")
+        life.send_signal(signal.SIGKILL)  # batches in flight, partly answered, none finished
         life.wait()
         evs = events(out)
         assert not any(e["ev"] == "done" for e in evs)
@@ -85,7 +100,9 @@ def test_kill_9_while_batches_run_then_restart_submits_nothing_twice(tmp_path: P
         kept = journal.read_bytes().splitlines(keepends=True)[:-2]
         journal.write_bytes(b"".join(kept))
         before = fake._call("/admin/batches")
-        assert before["batches_created"] == 6 and before["lines_processed"] < 60
+        assert before["batches_created"] == 6 and 0 < before["lines_processed"] < 60
+        # The batches left running finish at the restart's first look.
+        fake._call("/admin/batches", {"in_progress": 0.05})
         again = subprocess.run(cli(shard, out, fake.url), env=env, capture_output=True,
                                timeout=120)
         assert again.returncode == 0, again.stderr.decode()[-800:]
@@ -104,15 +121,19 @@ async def test_cancel_from_outside_is_noticed_and_a_resume_finishes(tmp_path: Pa
     shard = tmp_path / "units.jsonl"
     write_shard(shard, 20)
     fake = FakeOpenAI()
-    batches = FakeBatches(fake, validating=0.01, in_progress=8.0, finalizing=0.01)
+    clock = ServerClock()
+    batches = FakeBatches(fake, clock=clock, validating=1.0, in_progress=8.0, finalizing=1.0)
     out = tmp_path / "run"
     async with serve(fake) as server:
         c = cfg(out, server.url, shard)
         run = asyncio.create_task(arun(c, build=False))
-        while sum(e["ev"] == "batch" for e in events(out)) < 4:
+
+        def submitted() -> bool:
             assert not run.done(), run.result().message if run.done() else ""
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(2.0)
+            return sum(e["ev"] == "batch" for e in events(out)) >= 4
+
+        await wait_until_async(submitted, "the run to submit four batches")
+        clock.t += 1.0 + 8.0 / 2  # validated, and half of each batch's lines answered
         rows = await astatus(out, server.url, None)
         assert {r["status"] for r in rows} <= {"validating", "in_progress"} and len(rows) == 4
         assert "4 batches, 4 running" in format_status(rows)
@@ -123,7 +144,8 @@ async def test_cancel_from_outside_is_noticed_and_a_resume_finishes(tmp_path: Pa
         assert first.report["units"]["failed_by_reason"].get("batch_cancelled", 0) >= 1
         kept = batches.counts()["lines_processed"]
         assert 0 < kept < 40
-        batches.configure(in_progress=0.05)
+        # The server's clock stands still: the resumed run's batches finish at once.
+        batches.configure(validating=0, in_progress=0, finalizing=0)
         second = await arun(c, build=False)
     assert second.exit_code == EXIT["ok"], second.message
     assert second.report["units"]["failed"] == 0

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from dynogen.execute.local_server import (
     find_model,
     require_xllamacpp,
 )
+from tests.helpers import REPO, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 SCHEMA = {
     "type": "object",
@@ -39,20 +39,16 @@ SCHEMA = {
 }
 
 
-def _gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:  # a zombie still answers kill(0): reap it if it is ours
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
+def _gone(pid: int) -> bool:
+    """The process ``pid`` no longer exists (a zombie of ours is reaped on the way)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie still answers kill(0): reap it if it is ours
+        return os.waitpid(pid, os.WNOHANG) != (0, 0)
+    except ChildProcessError:
+        return False
 
 
 async def test_serves_a_schema_constrained_chat_completion_then_exits() -> None:
@@ -69,7 +65,6 @@ async def test_serves_a_schema_constrained_chat_completion_then_exits() -> None:
         assert [s["n_ctx"] for s in slots] == [CTX_PER_SLOT, CTX_PER_SLOT] == [srv.ctx_per_slot] * 2
 
         client = openai.AsyncOpenAI(base_url=srv.base_url, api_key="local", max_retries=0)
-        started = time.monotonic()
         resp = await client.chat.completions.create(
             model=srv.model,
             messages=[{"role": "user", "content":
@@ -80,7 +75,6 @@ async def test_serves_a_schema_constrained_chat_completion_then_exits() -> None:
             response_format={"type": "json_schema",
                              "json_schema": {"name": "review", "schema": SCHEMA, "strict": True}},
         )
-        latency = time.monotonic() - started
         await client.close()
         answer = json.loads(resp.choices[0].message.content or "")
         assert answer["sentiment"] in ("positive", "negative", "neutral")
@@ -88,10 +82,10 @@ async def test_serves_a_schema_constrained_chat_completion_then_exits() -> None:
         assert resp.choices[0].finish_reason == "stop"
         assert resp.usage is not None
         assert resp.usage.prompt_tokens > 10 and resp.usage.completion_tokens > 0
-        print(f"\nlocal server: startup {srv.startup_seconds:.2f}s, one request {latency:.2f}s, "
+        print(f"\nlocal server: startup {srv.startup_seconds:.2f}s, "
               f"{resp.usage.completion_tokens} tokens")
     assert not srv.alive()
-    assert _gone(pid)
+    wait_until(lambda: _gone(pid), f"server process {pid} to exit", timeout=10)
 
 
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
@@ -107,7 +101,8 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr
     child = int(proc.stdout.strip())
-    assert _gone(child), f"server process {child} outlived its parent"
+    wait_until(lambda: _gone(child), f"server process {child} to die with its parent",
+               timeout=10)
 
 
 def test_startup_timeout_is_a_clear_error_and_stops_the_child() -> None:

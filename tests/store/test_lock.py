@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,24 +22,20 @@ import pytest
 
 from dynogen.store.lock import LOCK_NAME, RunLock, read_holder
 from dynogen.testing import FakeProcess, start_fake_process
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_signals import _env, lines, write_source  # noqa: E402
-
-REPO = Path(__file__).parents[1]
+from tests.helpers import REPO, lines, run_env, wait_until, write_source
 
 
 def env(tmp: Path) -> dict[str, str]:
-    return _env(tmp, OPENAI_API_KEY="sk-test", PYTHONPATH=str(REPO))
+    return run_env(tmp, OPENAI_API_KEY="sk-test", PYTHONPATH=str(REPO))
 
 
 def hold(target: Path, tmp: Path, purpose: str = "run") -> subprocess.Popen[str]:
-    """Another process holding ``target``'s lock until killed."""
-    code = ("import sys, time; from dynogen.store.lock import RunLock; "
+    """Another process holding ``target``'s lock until killed (or its stdin closes)."""
+    code = ("import sys; from dynogen.store.lock import RunLock; "
             f"lock = RunLock(sys.argv[1], purpose={purpose!r}).acquire(); "
-            "print('held', flush=True); time.sleep(120)")
+            "print('held', flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", code, str(target)], env=env(tmp),
-                         stdout=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "held"
     return p
 
@@ -72,7 +67,8 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder_and_readers_still_
     holder = hold(run, tmp_path)
     try:
         before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-        t0 = time.monotonic()
+        # Refused at once: a writer that waited for the lock would never return, as the
+        # holder lives until this test kills it (dynogen() gives up after 120 s).
         r = dynogen(tmp_path, "run", "--source", str(src), "--out", str(run), "--base-url",
                     fake.url, "--free", "--quiet")
         assert r.returncode == 1
@@ -82,31 +78,38 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder_and_readers_still_
         assert "is in use by dynogen run" in said[0] and "one writer at a time" in said[0]
         b = dynogen(tmp_path, "build", "--out", str(run), "--quiet")
         assert b.returncode == 1 and "in use" in b.stderr
-        assert time.monotonic() - t0 < 60
         e = dynogen(tmp_path, "export", "--out", str(run), "--format", "parquet")
         assert e.returncode == 0, e.stderr  # a reader takes no lock
         after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
         assert after == before  # the refused writers touched nothing
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipes
 
 
 def test_the_same_command_started_twice_writes_each_task_once(
         tmp_path: Path, finished: tuple[Path, Path]) -> None:
     src, _ = finished
     out = tmp_path / "out"
-    with start_fake_process(latency_median=4.0, latency_sigma=0.01, seed=3) as slow:
+    with start_fake_process(latency_median=0.5, latency_sigma=0.01, seed=3) as slow:
         argv = [sys.executable, "-m", "dynogen", "run", "--source", str(src), "--out", str(out),
                 "--base-url", slow.url, "--free", "--quiet", "--max-in-flight", "2"]
         first = subprocess.Popen(argv, env=env(tmp_path), stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while not read_holder(out / LOCK_NAME):  # the first one is writing (4 s a request)
-            assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.05)
-        second = subprocess.run(argv, env=env(tmp_path), capture_output=True, text=True,
-                                timeout=120)
-        assert first.poll() is None, "the first run ended before the second started"
+
+        def first_is_sending() -> bool:  # it holds the lock, and a request is in flight
+            assert first.poll() is None, "the first run ended before it sent a request"
+            return bool(read_holder(out / LOCK_NAME)) and slow.stats()["totals"]["requests"] > 0
+
+        wait_until(first_is_sending, "the first run to take the lock and send")
+        # Frozen mid-run (lock held, answers pending) for as long as the second takes,
+        # however slow the machine: no race against the first run's pace.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(argv, env=env(tmp_path), capture_output=True, text=True,
+                                    timeout=120)
+            assert first.poll() is None, "the first run ended before the second started"
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert first.wait(120) == 0
     assert second.returncode == 1 and f"pid {first.pid}" in second.stderr, second.stderr
     tasks = lines(out / "tasks.jsonl")
@@ -119,7 +122,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(
     holder = hold(run, tmp_path)
     assert read_holder(run / LOCK_NAME)["pid"] == holder.pid
     os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
+    holder.communicate()  # reaps it and closes its pipes
     r = dynogen(tmp_path, "run", "--source", str(src), "--out", str(run), "--base-url",
                 fake.url, "--free", "--quiet")
     assert r.returncode == 0, r.stderr
@@ -142,7 +145,7 @@ def test_call_output_and_a_shared_cache_have_one_writer_each(
         assert "in use by dynogen call" in r.stderr
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipes
     holder = hold(cache, tmp_path, purpose="cache")
     try:
         r = dynogen(tmp_path, "call", str(requests), "--out", str(answers), "--cache", str(cache),
@@ -151,7 +154,7 @@ def test_call_output_and_a_shared_cache_have_one_writer_each(
         assert not answers.exists() or not lines(answers)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipes
     r = dynogen(tmp_path, "call", str(requests), "--out", str(answers), "--cache", str(cache),
                 *base)
     assert r.returncode == 0, r.stderr

@@ -26,8 +26,9 @@ from dynogen.execute.price_map import PriceMap
 from dynogen.execute.prices import PICO, PRICE_MAX_AGE_DAYS, Price, PriceTable, price_for
 from dynogen.selection.embed import APIEmbedder, EmbeddingStore
 from dynogen.testing import FakeOpenAI, serve
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 SCRIPT = ROOT / "scripts" / "refresh_prices.py"
 VENDORED = PriceMap.load()
 

@@ -13,6 +13,7 @@ from dynogen.config import Config, Secret
 from dynogen.store.journal import iter_jsonl
 from dynogen.testing import FakeOpenAI, Fault, serve
 from dynogen.units import Field, Skipped, Unit
+from tests.helpers import wait_until_async
 
 FIELDS = (
     Field("premise", "string"),
@@ -302,22 +303,39 @@ async def test_judge_drops_the_tasks_it_finds_invalid_with_its_reason(tmp_path: 
     assert read(again.out / "tasks.jsonl") == after
 
 
-async def test_a_worker_that_crashes_ends_the_run_instead_of_hanging_it(tmp_path: Path) -> None:
+async def test_a_worker_that_crashes_ends_the_run_instead_of_hanging_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A bug (here: the transport raising a plain ValueError) must surface, not leave the
     # feeder blocked on a full queue that no cancelled worker will ever drain.
     import asyncio
 
+    from dynogen.engine.engine import TaskEngine
     from dynogen.execute.transport import MockTransport, SentRequest
 
+    engines: list[TaskEngine] = []
+    real_run = TaskEngine.run
+
+    async def run(self: TaskEngine, *args: Any, **kw: Any) -> Any:
+        engines.append(self)
+        return await real_run(self, *args, **kw)
+
+    monkeypatch.setattr(TaskEngine, "run", run)
+
     async def broken(req: SentRequest) -> Any:
-        await asyncio.sleep(0.2)  # the feeder fills the queue meanwhile and waits on it
+        # The crash comes once the feeder has filled the queue and waits on it.
+        await wait_until_async(lambda: engines[0]._queue.full(), "the feeder to fill the queue")
         raise ValueError("a bug, not a network fault")
 
     config = cfg(tmp_path, "http://fake.invalid/v1", free=True, max_in_flight=2)
+    run = asyncio.ensure_future(arun(config, source=units(40), transport=MockTransport(broken),
+                                     build=False))
+    # Not wait_for: cancelling a hung run waits for the hang (a feeder stuck on a full queue).
+    done, _ = await asyncio.wait({run}, timeout=60)
+    if not done:
+        run.cancel()
+        pytest.fail("the run hung after a worker crashed")
     with pytest.raises(BaseException) as info:  # noqa: B017,PT011 - the bug's own exception
-        await asyncio.wait_for(arun(config, source=units(40), transport=MockTransport(broken),
-                                    build=False), timeout=60)
-    assert not isinstance(info.value, TimeoutError)
+        run.result()
     assert "a bug, not a network fault" in repr(info.value.exceptions[0]
                                                 if isinstance(info.value, BaseExceptionGroup)
                                                 else info.value)

@@ -12,7 +12,6 @@ the request cache, so the redo costs no request.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +23,7 @@ from hypothesis import strategies as st
 from dynogen import api
 from dynogen.config import Config, Secret
 from dynogen.testing import FakeProcess, start_fake_process
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_signals import same_output, write_source  # noqa: E402
-from test_storage_faults import journals_consistent  # noqa: E402
+from tests.helpers import journals_consistent, same_output, write_source
 
 FILES = ("units.jsonl", "tasks.jsonl", "builds.jsonl", "instances.jsonl", "spend.jsonl")
 

@@ -23,8 +23,9 @@ from dynogen.io.sources import open_source
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
+from tests.helpers import FIXTURES, wait_until
 
-RECORDED = Path(__file__).parent / "fixtures" / "hub"
+RECORDED = FIXTURES / "hub"
 
 
 # --------------------------------------------------------------------- prefetch
@@ -51,7 +52,8 @@ class Job:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
-            await asyncio.sleep(self.rng.random() * 0.003)
+            for _ in range(self.rng.randrange(4)):  # fetches end out of order (seeded)
+                await asyncio.sleep(0)
             if item == self.fail_at:
                 raise ValueError(f"fetch {item} broke")
             return item * 10
@@ -72,11 +74,13 @@ def test_prefetch_runs_ahead_only_a_window_of_a_slow_consumer() -> None:
     job = Job(1000)
     it = ordered_prefetch(job, window=8, buffer=2)
     taken = [next(it) for _ in range(5)]
-    import time
-
-    time.sleep(0.2)  # the consumer dawdles; the fetcher must not run away
     assert taken == [0, 10, 20, 30, 40]
-    assert len(job.started) <= 5 + 8 + 2 + 1
+    # The consumer dawdles: the fetcher fills its window and the buffer (5 taken, 2
+    # buffered, 8 in the window), then must stop there; each item taken lets one more start.
+    wait_until(lambda: len(job.started) >= 5 + 2 + 8, "the fetcher to fill its window")
+    for n in range(5, 25):
+        assert len(job.started) <= n + 8 + 2 + 1, f"{len(job.started)} started, {n} taken"
+        assert next(it) == n * 10
     it.close()
     assert job.closed.wait(5)
 

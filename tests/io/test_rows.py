@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from dynogen.io.rows import RowsReason, RowsUnavailable, iter_rows, open_rows
+from tests.helpers import REPO
 
-SAMPLES = Path(__file__).resolve().parents[1] / "dynogen" / "data" / "samples"
+SAMPLES = REPO / "dynogen" / "data" / "samples"
 
 
 def _folder(root: Path, features_yaml: str, train: list[str],
