@@ -66,12 +66,14 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
 def export(out: str | Path | None = None, *, fmt: str = "parquet",
            dest: str | Path | None = None, collection: str | Path | None = None) -> Path:
     """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable.
+    The dataset card goes beside it (``README.md``; see ``dynogen.instances.card``).
 
     With ``collection``: the collection's merged view (every version, superseded
     tasks left out), also as ``jsonl``.
     """
     if collection is not None:
         return export_collection(collection, fmt=fmt, dest=dest)[0]
+    from dynogen.instances.card import export_card
     from dynogen.instances.export import export_instances  # pyarrow only when exporting
 
     if out is None:
@@ -83,6 +85,7 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
     default = "instances.parquet" if fmt == "parquet" else "dataset"
     target = Path(dest) if dest else rundir.path / "export" / default
     export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
+    export_card(rundir.path, target)
     return target
 
 
