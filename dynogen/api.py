@@ -42,7 +42,7 @@ from dynogen.units import Skipped, Unit
 __all__ = [
     "EXIT", "RunOutcome", "agrow", "areplay", "arun", "batch_cancel", "batch_status", "build",
     "call", "collect", "dataset", "estimate", "exit_code", "export", "grow", "inspect",
-    "replay", "resolve_price", "run", "status",
+    "publish", "replay", "resolve_price", "run", "status",
 ]
 
 
@@ -87,6 +87,22 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
     export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
     export_card(rundir.path, target)
     return target
+
+
+def publish(target: str | Path, *, repo: str, public: bool = False, dry_run: bool = False,
+            allow_restricted_licenses: bool = False, **kwargs: Any) -> Any:
+    """Upload a run's or a collection's instances to the Hub dataset repository ``repo``
+    (``ORG/NAME``) as Parquet shards with a dataset card; only what changed is sent.
+
+    A new repository is private unless ``public``; a public one refuses sources that may
+    not allow redistribution unless ``allow_restricted_licenses``. ``dry_run``: what would
+    be sent, and the card. Returns a ``dynogen.publishing.PublishResult`` (see
+    ``dynogen.publishing.push`` for ``endpoint``, ``token`` and shard sizes).
+    """
+    from dynogen.publishing import publish as _publish  # huggingface_hub only when publishing
+
+    return _publish(target, repo=repo, public=public, dry_run=dry_run,
+                    allow_restricted_licenses=allow_restricted_licenses, **kwargs)
 
 
 def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:
