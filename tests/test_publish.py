@@ -232,10 +232,10 @@ def test_publish_killed_midway_resumes_without_sending_anything_twice(
     result = dynogen.publish(run, repo="org/resume", endpoint=url, rows_per_shard=6)
     shards = {f.sha256: f.size for f in result.files if f.path.startswith("data/")}
     assert len(shards) == 11 and fake.commits == 1
-    assert set(fake.uploads_by_oid) == set(shards)
+    assert set(fake.uploads_by_oid) == {("org/resume", oid) for oid in shards}
     assert all(n == 1 for n in fake.uploads_by_oid.values())  # nothing uploaded twice
     assert fake.lfs_bytes == sum(shards.values())
-    resumed = sum(size for oid, size in shards.items() if oid not in sent_before)
+    resumed = sum(size for oid, size in shards.items() if ("org/resume", oid) not in sent_before)
     assert resumed < sum(shards.values())  # the resume sent only what was missing
 
 

@@ -79,12 +79,15 @@ class PublishResult:
 
     @property
     def bytes_to_upload(self) -> int:
-        """Bytes of the files sent (at most: LFS objects the Hub holds are skipped)."""
+        """Bytes of the new or changed files: what is sent at most (``huggingface_hub``
+        skips LFS objects the repository already holds, e.g. from a publish cut off)."""
         return sum(f.size for f in self.files if f.action == "upload")
 
     def summary(self) -> str:
-        files = (f"{self.count('upload')} files to upload ({self.bytes_to_upload:,} bytes), "
-                 f"{self.count('unchanged')} unchanged, {self.count('delete')} to delete")
+        send, delete = ("to send", "to delete") if self.dry_run else ("sent", "deleted")
+        files = (f"{self.count('upload')} files {send} ({self.bytes_to_upload:,} bytes, less what "
+                 f"the Hub's LFS store already holds), {self.count('unchanged')} unchanged, "
+                 f"{self.count('delete')} stale shards {delete}")
         seen = "private" if self.private else "public" if self.private is not None else (
             "visibility unknown")
         if self.dry_run:

@@ -17,7 +17,7 @@ commit to it, over aiohttp, so the real ``HfApi`` publishes to it unchanged:
 * ``GET|HEAD /datasets/{repo}/resolve/{rev}/{path}``: file content, with the
   ``ETag``/``X-Repo-Commit``/``X-Linked-*`` headers ``hf_hub_download`` reads.
 
-It counts completed LFS uploads (per oid, and bytes), inline bytes and commits,
+It counts completed LFS uploads (per repository and oid, and bytes), inline bytes and commits,
 and with ``cut_after=N`` closes the connection of every upload after the N-th
 completed one: a publish killed midway. Writes need a bearer token (``token``,
 when set, is the only one accepted); requests are recorded with whether one
@@ -107,7 +107,7 @@ class FakeHubCommits:
     token: str | None = None
     cut_after: int | None = None
     uploads: int = 0
-    uploads_by_oid: Counter[str] = field(default_factory=Counter)
+    uploads_by_oid: Counter[tuple[str, str]] = field(default_factory=Counter)  # (repo, oid)
     lfs_bytes: int = 0
     inline_bytes: int = 0
     commits: int = 0
@@ -302,7 +302,7 @@ def make_app(fake: FakeHubCommits) -> web.Application:
             return _error(400, "the uploaded content does not match its sha256")
         repo.lfs[oid] = data
         fake.uploads += 1
-        fake.uploads_by_oid[oid] += 1
+        fake.uploads_by_oid[(repo.repo_id, oid)] += 1
         fake.lfs_bytes += len(data)
         return web.Response(status=200)
 
