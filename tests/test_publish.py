@@ -357,3 +357,17 @@ async def test_collection_publishes_its_merged_view_with_versions(
     assert card.data.source_datasets == ["cafe_reviews", "science_quiz"]
     assert "| version 1 | version 2 |" in card.text
     assert fake_hub.commits == 1
+
+
+def test_a_source_whose_configs_differ_in_licence_is_in_its_strictest_class(
+        tmp_path: Path) -> None:
+    rows = [dict(instance("cafe", 0), config="a", license="mit"),
+            dict(instance("cafe", 1), config="b", license="cc-by-nc-4.0"),
+            dict(instance("cafe", 2), config="c", license=None)]
+    facts = DataFacts.scan(rows)
+    (src,) = facts.sources.values()
+    assert src.license == "cc-by-nc-4.0, mit" and src.license_class == "unknown"
+    assert src.configs == {"a", "b", "c"} and src.unlicensed
+    assert sorted(facts.rows.items()) == [(("non-commercial", "train"), 1),
+                                          (("permissive", "train"), 1),
+                                          (("unknown", "train"), 1)]

@@ -79,7 +79,7 @@ def _yaml_license(facts: DataFacts) -> str | list[str]:
     ids = [i for i in facts.license_ids() if i in HUB_LICENSES]
     if any(i not in HUB_LICENSES for i in facts.license_ids()):
         ids.append("other")
-    if any(not s.license for s in facts.sources.values()):
+    if any(s.unlicensed for s in facts.sources.values()):
         ids.append("unknown")
     ids = list(dict.fromkeys(ids)) or ["unknown"]
     return ids[0] if len(ids) == 1 else ids

@@ -34,7 +34,7 @@ from dynogen.errors import RunDirError
 from dynogen.instances.shards import SHARD_COLUMNS, task_split
 from dynogen.io.cards import CardError, card_citation, split_card
 from dynogen.io.sources import samples_dir
-from dynogen.policy.licenses import REDISTRIBUTABLE, license_ids, strictest_class
+from dynogen.policy.licenses import REDISTRIBUTABLE, license_ids, strictest, strictest_class
 from dynogen.store.collection import Collection
 from dynogen.store.journal import iter_jsonl
 
@@ -87,19 +87,25 @@ class RunFacts:
 
 @dataclass
 class SourceFacts:
-    """One source dataset of the published instances."""
+    """One source dataset of the published instances (its configs' licences together)."""
 
     dataset: str
-    license: str  # the card's licence ids, normalised ("cc-by-sa-3.0"); "" when it names none
-    license_class: str
+    license_ids: set[str] = field(default_factory=set)  # normalised ("cc-by-sa-3.0")
+    classes: set[str] = field(default_factory=set)
+    unlicensed: bool = False  # a config of it names no licence at all
     configs: set[str] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
     instances: int = 0
     citation: str = ""
 
     @property
-    def license_ids(self) -> tuple[str, ...]:
-        return license_ids(self.license)
+    def license(self) -> str:
+        """The licence ids, joined; "" when the source names none."""
+        return ", ".join(sorted(self.license_ids))
+
+    @property
+    def license_class(self) -> str:
+        return strictest(self.classes)
 
 
 @dataclass
@@ -118,13 +124,15 @@ class DataFacts:
         extra: dict[str, None] = {}
         for rec in records:
             raw = rec.get("license")
+            raw = raw if isinstance(raw, str) else None
             cls_ = strictest_class(raw)
             facts.rows[(cls_, task_split(rec))] += 1
             name = str(rec.get("dataset") or "")
-            src = facts.sources.get(name)
-            if src is None:
-                ids = ", ".join(license_ids(raw if isinstance(raw, str) else None))
-                src = facts.sources[name] = SourceFacts(name, ids, cls_)
+            src = facts.sources.setdefault(name, SourceFacts(name))
+            ids = license_ids(raw)
+            src.classes.add(cls_)
+            src.license_ids.update(ids)
+            src.unlicensed = src.unlicensed or not ids
             src.configs.add(str(rec.get("config") or "default"))
             src.tasks.add(str(rec.get("task_id") or ""))
             src.instances += 1

@@ -175,7 +175,8 @@ def write_shards(
     try:
         for rec in records:
             row: dict[str, Any] = {c: _text(rec.get(c)) for c in text_columns}
-            row["license_class"] = strictest_class(rec.get("license"))
+            raw = rec.get("license")
+            row["license_class"] = strictest_class(raw if isinstance(raw, str) else None)
             row["task_split"] = task_split(rec)
             if with_version:
                 v = rec.get("version")

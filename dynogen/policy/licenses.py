@@ -22,7 +22,9 @@ itself, or ``any``, is given.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dynogen.errors import ConfigError
@@ -36,6 +38,7 @@ __all__ = [
     "license_class",
     "license_ids",
     "normalize_license",
+    "strictest",
     "strictest_class",
 ]
 
@@ -95,6 +98,7 @@ def normalize_license(text: str) -> str:
     return aliases.get(s, s)
 
 
+@functools.lru_cache(maxsize=4096)  # called per instance when publishing; few distinct texts
 def license_ids(raw: str | None) -> tuple[str, ...]:
     """The ids a card's licence field names (``()`` when it names none)."""
     if raw is None:
@@ -131,11 +135,16 @@ def license_class(license_id: str) -> str:
     return "unknown"
 
 
+def strictest(classes: Iterable[str]) -> str:
+    """The most restrictive of some licence classes (``unknown`` when there are none)."""
+    return max(classes, key=_STRICTNESS.index, default="unknown")
+
+
+@functools.lru_cache(maxsize=4096)
 def strictest_class(raw: str | None) -> str:
     """The class of a card's whole licence field: the most restrictive of its ids
     (``"mit, cc-by-nc-4.0"`` is non-commercial; no id at all is unknown)."""
-    classes = {license_class(i) for i in license_ids(raw)} or {"unknown"}
-    return max(classes, key=_STRICTNESS.index)
+    return strictest(license_class(i) for i in license_ids(raw))
 
 
 @dataclass(frozen=True, slots=True)
