@@ -371,3 +371,21 @@ def test_a_source_whose_configs_differ_in_licence_is_in_its_strictest_class(
     assert sorted(facts.rows.items()) == [(("non-commercial", "train"), 1),
                                           (("permissive", "train"), 1),
                                           (("unknown", "train"), 1)]
+
+
+def test_a_target_being_written_is_not_published(tmp_path: Path) -> None:
+    from dynogen.errors import LockedError
+
+    run = make_run(tmp_path / "run", {"cafe": 3})
+    code = ("import sys, time; from dynogen.store.lock import RunLock; "
+            "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match="one writer at a time"):
+            dynogen.publish(run, repo="org/x", dry_run=True)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert dynogen.publish(run, repo="org/x", dry_run=True).count("upload") == 2

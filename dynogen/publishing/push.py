@@ -3,7 +3,9 @@
 The steps, each safe to repeat:
 
 1. stage: the shards and the card are written to a temporary folder inside the
-   target (``publishing.stage``), with sizes and hashes;
+   target (``publishing.stage``), with sizes and hashes, under the target's lock
+   (a run or a grow writing it meanwhile is refused, naming it; the lock is let
+   go before anything is sent);
 2. read the repository (``publishing.remote.HubRepo.state``): does it exist, is it
    public, which files does it hold and with what content;
 3. the licence gate: if the repository is (or would be created) public and any
@@ -42,6 +44,7 @@ from dynogen.instances.provenance import Target
 from dynogen.instances.shards import ROW_GROUP_ROWS, ROWS_PER_SHARD
 from dynogen.publishing.remote import HubRepo, RemoteState
 from dynogen.publishing.stage import MANAGED, Staged, stage
+from dynogen.store.lock import RunLock
 from dynogen.version import __version__
 
 __all__ = ["FileAction", "PublishResult", "publish"]
@@ -184,8 +187,9 @@ def publish(
     hub = HubRepo(repo, endpoint=endpoint, token=secret)
     _clear_stale_staging(tgt.path)
     with tempfile.TemporaryDirectory(prefix=f"{_STAGING}{os.getpid()}-", dir=tgt.path) as tmp:
-        staged = stage(tgt, Path(tmp), repo=repo, rows_per_shard=rows_per_shard,
-                       row_group_rows=row_group_rows)
+        with RunLock(tgt.path, purpose="publish"):  # a consistent snapshot: no writer meanwhile
+            staged = stage(tgt, Path(tmp), repo=repo, rows_per_shard=rows_per_shard,
+                           row_group_rows=row_group_rows)
         notes: list[str] = []
         try:
             remote = hub.state()
