@@ -389,3 +389,17 @@ def test_a_target_being_written_is_not_published(tmp_path: Path) -> None:
         holder.kill()
         holder.wait(10)
     assert dynogen.publish(run, repo="org/x", dry_run=True).count("upload") == 2
+
+
+def test_a_licence_the_hub_does_not_know_is_published_as_other(tmp_path: Path) -> None:
+    from dynogen.instances.card import card_text
+
+    run = make_run(tmp_path / "run", {"cafe": 2, "mystery": 1})
+    rows = (run / "instances.jsonl").read_bytes().replace(b'"license":"apache-2.0"',
+                                                           b'"license":"Acme Data Terms"')
+    (run / "instances.jsonl").write_bytes(rows)
+    target = Target.open(run)
+    card = DatasetCard(card_text(target, DataFacts.scan(target.records())))
+    assert card.data.license == ["other", "unknown"]
+    assert "Licences table" in card.data.license_details
+    assert "| cafe | default | acme-data-terms | unknown |" in card.text

@@ -192,10 +192,14 @@ def card_text(target: Target, facts: DataFacts, *, repo: str | None = None,
     title = repo.split("/")[-1] if repo else target.path.resolve().name
     runs = target.runs
     meta: dict[str, Any] = {}
+    licence = _yaml_license(facts)
+    if "other" in licence:  # the Hub's field for terms outside its list
+        meta["license_details"] = ("each instance keeps its source dataset's licence: see the "
+                                   "Licences table")
     if configs:
         meta["configs"] = card_configs(facts)
     data = DatasetCardData(
-        license=_yaml_license(facts),
+        license=licence,
         language=_languages(runs),
         size_categories=[size_category(facts.total)],
         source_datasets=list(facts.sources),
