@@ -18,8 +18,8 @@ commit to it, over aiohttp, so the real ``HfApi`` publishes to it unchanged:
   ``ETag``/``X-Repo-Commit``/``X-Linked-*`` headers ``hf_hub_download`` reads.
 
 It counts completed LFS uploads (per repository and oid, and bytes), inline bytes and commits,
-and with ``cut_after=N`` closes the connection of every upload after the N-th
-completed one: a publish killed midway. Writes need a bearer token (``token``,
+and with ``cut_after=N`` lets N uploads through and closes the connection of every
+later one: a publish killed midway. Writes need a bearer token (``token``,
 when set, is the only one accepted); requests are recorded with whether one
 came, never its value. ``huggingface_hub`` uploads through Xet when ``hf_xet``
 is installed, which this fake does not speak: publish to it with
@@ -112,6 +112,7 @@ class FakeHubCommits:
     inline_bytes: int = 0
     commits: int = 0
     cuts: int = 0
+    admitted: int = 0  # uploads let through (``cut_after`` counts these, not completions)
     requests: list[tuple[str, str, bool]] = field(default_factory=list)  # method, path, authed
 
     @property
@@ -288,11 +289,12 @@ def make_app(fake: FakeHubCommits) -> web.Application:
         return _json({"transfer": "basic", "objects": objects})
 
     async def lfs_upload(request: web.Request) -> web.StreamResponse:
-        if fake.cut_after is not None and fake.uploads >= fake.cut_after:
+        if fake.cut_after is not None and fake.admitted >= fake.cut_after:
             fake.cuts += 1
             if request.transport is not None:
                 request.transport.close()  # no answer: the client sees the connection cut
             return web.Response(status=500)
+        fake.admitted += 1  # counted on arrival: concurrent uploads cannot slip past the cut
         repo = fake.repos.get(f"{request.match_info['org']}/{request.match_info['name']}")
         if repo is None:
             return _error(404, "Repository not found", "RepoNotFound")
