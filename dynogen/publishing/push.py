@@ -88,9 +88,10 @@ class PublishResult:
 
     def summary(self) -> str:
         send, delete = ("to send", "to delete") if self.dry_run else ("sent", "deleted")
-        files = (f"{self.count('upload')} files {send} ({self.bytes_to_upload:,} bytes, less what "
-                 f"the Hub's LFS store already holds), {self.count('unchanged')} unchanged, "
-                 f"{self.count('delete')} stale shards {delete}")
+        sent = (f" ({self.bytes_to_upload:,} bytes, less what the Hub's LFS store already "
+                "holds)" if self.count("upload") else "")
+        files = (f"{self.count('upload')} files {send}{sent}, {self.count('unchanged')} "
+                 f"unchanged, {self.count('delete')} stale shards {delete}")
         seen = "private" if self.private else "public" if self.private is not None else (
             "visibility unknown")
         if self.dry_run:
