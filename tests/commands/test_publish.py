@@ -404,3 +404,19 @@ def test_a_licence_the_hub_does_not_know_is_published_as_other(tmp_path: Path) -
     assert card.data.license == ["other", "unknown"]
     assert "Licences table" in card.data.license_details
     assert "| cafe | default | acme-data-terms | unknown |" in card.text
+
+
+def test_the_cli_dry_run_prints_the_files_and_the_card(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dynogen.cli.main import app
+
+    run = make_run(tmp_path / "run", {"cafe": 12})
+    res = CliRunner().invoke(app, ["publish", str(run), "--repo", "org/cli", "--dry-run",
+                                   "--rows-per-shard", "5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "upload" in res.output and "README.md" in res.output
+    assert "data/permissive/train-00000.parquet" in res.output
+    assert "source_datasets:" in res.output and "- cafe" in res.output
+    bad = CliRunner().invoke(app, ["publish", str(run), "--dry-run"])
+    assert bad.exit_code == 2 and "--repo" in bad.output
