@@ -8,8 +8,11 @@ batch expires or is cancelled, and whole batches that fail. ``FakeBatches``
 holds that state for a ``FakeOpenAI``, which owns one (``fake.batches``; creating
 one with other settings, ``FakeBatches(fake, ...)``, puts it in the old one's
 place); every line is answered by the same ``FakeOpenAI.reply`` as the chat
-route (so scripted answers, fault draws and ``exact_tokens`` usage apply), but
-outside the chat rate limits, as OpenAI's batch queue is. The records and their
+route (so scripted answers, fault draws and ``exact_tokens`` usage apply, and with
+``prompt_cache`` the lines' ``cached_tokens``, summed into the batch object's
+``usage.input_tokens_details`` and ``counts()["billed"]``: lines sharing a prefix
+with an earlier line, online or batch, hit the same cache), but outside the chat
+rate limits, as OpenAI's batch queue is. The records and their
 JSON are ``fake_batch_objects``; the HTTP routes, ``fake_batch_routes``. This
 module knows the fake only by what it calls (``ChatFake``): it imports neither.
 

@@ -24,6 +24,7 @@ from dynogen.prompts.builder import PromptBuilder, fewshot_examples
 from dynogen.prompts.dialect import Dialect, adapt
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.testing import FakeOpenAI, serve
+from dynogen.testing.fake_batches import FakeBatches
 from dynogen.units import Field, Skipped, Unit
 
 # The per-unit layout's request bodies for run_identity's probe unit, digested: the
@@ -208,6 +209,25 @@ async def test_shared_layout_is_billed_mostly_cached(tmp_path: Path) -> None:
     ledger = shared.report["cost"]["ledger"]
     assert ledger["tokens"]["cached"] == s["cached"]  # billed at the cached price
     assert ledger["spent_usd"] < per_unit.report["cost"]["ledger"]["spent_usd"] * 1.2
+
+
+async def test_the_batch_fake_reports_cached_tokens_and_batch_is_billed_uncached(
+        tmp_path: Path) -> None:
+    fake = FakeOpenAI(exact_tokens=True, prompt_cache=True, output_tokens=60)
+    batches = FakeBatches(fake, validating=0.01, in_progress=0.05, finalizing=0.01)
+    async with serve(fake) as server:
+        out = await arun(cfg(server.url, out=str(tmp_path / "b"), prompt_layout="shared",
+                             mode="batch", poll_seconds=0.05), source=distinct_units(6))
+    assert out.exit_code == 0, out.message
+    billed = batches.counts()["billed"]
+    assert billed["lines"] == 12 and billed["cached_tokens"] / billed["prompt_tokens"] > 0.6
+    assert [b.usage[2] for b in batches.batches.values()] == [billed["cached_tokens"]]
+    tok = out.report["tokens"]
+    assert (tok["in"], tok["cached"]) == (billed["prompt_tokens"], billed["cached_tokens"])
+    # dynogen never stacks the cache discount on batch prices: an upper bound.
+    price = resolve_price(Config())
+    assert out.report["cost"]["ledger"]["spent_usd"] == pytest.approx(price.cost(
+        billed["prompt_tokens"], billed["completion_tokens"], batch=True), abs=1e-9)
 
 
 async def test_prompt_cache_key_is_sent_and_dropped_when_the_server_refuses_it(
