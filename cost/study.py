@@ -15,6 +15,11 @@ writes):
 - ``fewshot``: the mean length of dynogen's own few-shot answers (a model that
   imitates its examples: 2-3 tasks of one-sentence instructions).
 
+Every model is priced with the prompt layout ``auto`` gives it (``dynogen.prompts.layout``:
+the shared, cacheable prefix online at OpenAI for a model with a cached-input price,
+per_unit otherwise and in batch mode) and, for those with a cached price, with the
+per-unit layout everywhere too: the prompts before layouts existed.
+
 The 800K extrapolation multiplies three numbers; only the first is measured:
 
 1. rows per unit: from each config's split sizes in ``dataset_infos.json``,
@@ -35,13 +40,10 @@ from typing import Any
 import orjson
 
 from dynogen.api import estimate
-from dynogen.commands.estimate import CACHE_MIN_TOKENS
 from dynogen.config import Config
 from dynogen.engine.calibration import DEFAULT_EXPECTED_OUTPUT
 from dynogen.execute.prices import PriceTable
 from dynogen.io.sources import open_source
-from dynogen.prompts.builder import PromptBuilder
-from dynogen.prompts.schema import response_format
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.units import Skipped, Unit, skip_reason
 
@@ -70,6 +72,9 @@ PAPER: dict[str, float] = {
 }
 TARGET_INSTANCES = 800_000
 TASKS_PER_UNIT = {"low": 2, "expected": 3, "high": 4}
+# The data policies lifted: the study prices every usable unit of the corpus (what a
+# unit costs does not depend on its licence; README's policy table says what they cut).
+LIFTED = {"licenses": "any", "languages": "any", "splits": "all"}
 REASONING_STEP = 100  # reasoning tokens per request, for the gpt-5 sensitivity
 
 
@@ -129,18 +134,24 @@ def rows_stats(units: list[Unit], sizes: dict[tuple[str, str], dict[str, int]],
 
 
 def estimate_model(items: list[Unit | Skipped], corpus: Path, model: str,
-                   calibration: Path | None, **price: Any) -> dict[str, Any]:
-    cfg = Config(source=str(corpus), model=model, **price)
+                   calibration: Path | None, layout: str = "auto",
+                   **price: Any) -> dict[str, Any]:
+    """The dry run for ``model`` with prompt layout ``layout`` (``auto``: what a run at
+    OpenAI would pick, per mode; ``per_unit``: the prompts before layouts existed)."""
+    cfg = Config(source=str(corpus), model=model, prompt_layout=layout, **LIFTED, **price)
     e = estimate(cfg, calibration=calibration, source=items).to_dict()
     c = e["cost_usd"]["by_output"]
     return {
         "model": model,
         "price_override": price or None,
+        "prompt_layout": e["prompt_layout"],
         "units": e["units"],
         "units_skipped": sum(e["units_skipped"].values()),
         "requests": e["requests"],
         "input_tokens": e["input_tokens"],
+        "input_tokens_by_mode": e["input_tokens_by_mode"],
         "cached_input_tokens": e["cached_input_tokens"],
+        "cached_share": e["cached_share"],
         "output_tokens": e["output_tokens"],
         "cost_online": {k: round(v["online"], 4) for k, v in c.items()},
         "cost_batch": {k: round(v["batch"], 4) for k, v in c.items()},
@@ -148,63 +159,37 @@ def estimate_model(items: list[Unit | Skipped], corpus: Path, model: str,
     }
 
 
-def _drop_enums(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_enums(v) for k, v in node.items() if k != "enum"}
-    if isinstance(node, list):
-        return [_drop_enums(v) for v in node]
-    return node
-
-
-def shared_schema_tokens(tc: TokenCounter) -> int:
-    """Tokens of a unit-independent schema: dynogen's, with field names as plain strings."""
-    rf = response_format("json_schema", ["a", "b", "c"], Config().max_tasks_per_unit)
-    assert rf is not None
-    return tc.count(json.dumps(_drop_enums(rf["json_schema"]), ensure_ascii=False))
-
-
-def caching(items: list[Unit | Skipped], model: str, requests: int, input_tokens: int,
+def caching(before: dict[str, Any], after: dict[str, Any],
             table: PriceTable) -> dict[str, Any] | None:
-    """What padding the shared prefix to 1,024 tokens would save or cost (online prices).
+    """The shared prompt layout against the per-unit one for one model, from two dry runs of
+    the corpus (``before``: per_unit everywhere; ``after``: what ``auto`` picks).
 
-    OpenAI puts a json_schema *before* the system message, and dynogen's schema
-    holds the unit's field names, so today no two units share a prefix at all.
-    Scenarios, per request: ``pad_only`` pads the few-shot prefix to 1,024 tokens
-    but keeps the per-unit schema (no hit possible: pure cost); ``pad_and_shared_schema``
-    also makes the schema unit-independent (field names checked after the answer,
-    as ``validate`` already does), so schema + system + few-shot is one cached prefix.
+    OpenAI puts a json_schema *before* the system message; the per-unit schema holds
+    the unit's field names, so its prompts share no cacheable prefix (the dry run counts
+    none; against the caching fake, units of one dataset with the same fields do share
+    one, see bench/results/prompt_cache.json). The shared layout's schema, system prompt
+    and few-shot turns are one prefix over 1,024 tokens, cached for every request after
+    the first; the dry run assumes every such request hits (OpenAI caches best effort).
     """
-    price = table.lookup(model)
+    price = table.lookup(after["model"])
     if not price.supports_prompt_cache:
         return None
-    cfg = Config(model=model)
-    pb = PromptBuilder(cfg, TokenCounter(price.encoding))
-    tc = TokenCounter(price.encoding)
-    shared_schema = shared_schema_tokens(tc)
-    prefix = {v: pb._prefixes[v][1] for v in cfg.variants}
-    per_variant_pad = {v: max(0, CACHE_MIN_TOKENS - (shared_schema + n)) for v, n in prefix.items()}
-    pad_tokens = round(requests / len(cfg.variants)) * sum(per_variant_pad.values())
-    cached_per_request = CACHE_MIN_TOKENS  # the padded prefix, exactly one cache step
-    base = price.cost(input_tokens, 0)
-    pad_only = price.cost(input_tokens + pad_tokens, 0)
-    first = len(cfg.variants)  # the first request of each variant writes the cache
-    hit = (requests - first) * cached_per_request
-    shared = price.cost(input_tokens + pad_tokens, 0, hit)
-    # Hit rate at which the padded, shared-schema prompt breaks even with today's.
-    saving_per_hit = CACHE_MIN_TOKENS * (price.input - price.cached_input) / 1e6
-    pad_cost_per_request = (pad_tokens / requests) * price.input / 1e6
+    b, a = before["cost_online"]["expected"], after["cost_online"]["expected"]
     return {
-        "model": model,
+        "model": after["model"],
         "input_price": price.input, "cached_input_price": price.cached_input,
-        "prefix_tokens_today": prefix,
-        "shared_schema_tokens": shared_schema,
-        "pad_tokens_per_request": {v: p for v, p in per_variant_pad.items()},
-        "input_cost_today": round(base, 4),
-        "input_cost_pad_only": round(pad_only, 4),
-        "input_cost_pad_and_shared_schema_all_hits": round(shared, 4),
-        "saving_vs_today_usd": round(base - shared, 4),
-        "saving_vs_today_pct_of_input": round(100 * (base - shared) / base, 1),
-        "break_even_hit_rate": round(pad_cost_per_request / saving_per_hit, 3),
+        "layout_online": after["prompt_layout"]["online"],
+        "input_tokens_per_request": {
+            "per_unit": round(before["input_tokens"] / before["requests"], 1),
+            "shared": round(after["input_tokens"] / after["requests"], 1)},
+        "cached_share_shared": round(after["cached_share"], 4),
+        "online_expected_usd": {"per_unit": b, "shared": a},
+        "online_expected_usd_per_request": {"per_unit": round(b / before["requests"], 8),
+                                            "shared": round(a / after["requests"], 8)},
+        "saving_pct": round(100 * (b - a) / b, 1) if b else None,
+        # The cache discount does not reach batch lines (dynogen bills them uncached), so
+        # auto keeps per_unit for --mode batch: its cost is unchanged.
+        "batch_expected_usd": after["cost_batch"]["expected"],
     }
 
 
@@ -222,13 +207,17 @@ def extrapolate(per_unit_cost: dict[str, float], rows_per_unit: float) -> dict[s
 
 
 def measure_batch(items: list[Unit | Skipped], model: str, rows_per_unit: float,
-                  output_tokens: int = DEFAULT_EXPECTED_OUTPUT) -> dict[str, Any]:
+                  output_tokens: int = DEFAULT_EXPECTED_OUTPUT,
+                  layout: str = "per_unit") -> dict[str, Any]:
     """A real ``--mode batch`` run over ``items`` against the exact-token fake's Batch API,
     priced as ``model``: what the ledger and the server bill at batch prices, per unit,
     and that cost per unit scaled to a Dynosaur-size run (800K instances).
 
     The fake answers ``output_tokens`` tokens a request (the default calibration), so
     this checks batch mode's billing against the estimate rather than guessing output.
+    Its prompt cache is on, so the lines report ``cached_tokens``; dynogen bills batch
+    lines at batch prices without the cache discount, as the ledger does. ``layout``:
+    the prompt layout sent (``per_unit`` is what ``auto`` picks for batch mode).
     """
     import asyncio
     import tempfile
@@ -237,12 +226,14 @@ def measure_batch(items: list[Unit | Skipped], model: str, rows_per_unit: float,
     from dynogen.testing import FakeBatches, FakeOpenAI, serve
 
     async def go(out: Path) -> dict[str, Any]:
-        fake = FakeOpenAI(model=model, exact_tokens=True, output_tokens=output_tokens)
+        fake = FakeOpenAI(model=model, exact_tokens=True, prompt_cache=True,
+                          output_tokens=output_tokens)
         batches = FakeBatches(fake, validating=0.05, in_progress=0.5, finalizing=0.05)
         async with serve(fake) as server:
             outcome = await arun(Config(source="unused", out=str(out), base_url=server.url,
                                         model=model, mode="batch", poll_seconds=0.2,
-                                        quiet=True), source=items, build=False)
+                                        prompt_layout=layout, quiet=True, **LIFTED),
+                                 source=items, build=False)
         billed = batches.counts()
         price = PriceTable.load().lookup(model)
         server_usd = price.cost(billed["billed"]["prompt_tokens"],
@@ -253,13 +244,17 @@ def measure_batch(items: list[Unit | Skipped], model: str, rows_per_unit: float,
                 "batches": billed["batches_created"],
                 "ledger_usd": outcome.report["cost"]["ledger"]["spent_usd"],
                 "server_billed_usd": round(server_usd, 6),
+                "prompt_tokens": billed["billed"]["prompt_tokens"],
+                "cached_tokens": billed["billed"]["cached_tokens"],
+                "usd_per_request": round(server_usd / max(billed["billed"]["lines"], 1), 8),
                 "usd_per_1k_units": round(1000 * server_usd / max(units, 1), 4)}
 
     with tempfile.TemporaryDirectory() as tmp:
         run = asyncio.run(go(Path(tmp) / "run"))
     per_unit = run["server_billed_usd"] / max(run["units"], 1)
     units_800k = TARGET_INSTANCES / (TASKS_PER_UNIT["expected"] * rows_per_unit)
-    return {"model": model, "output_tokens_per_request": output_tokens, "run": run,
+    return {"model": model, "prompt_layout": layout, "output_tokens_per_request": output_tokens,
+            "run": run,
             "dynosaur_size_800k": {"rows_per_unit": rows_per_unit,
                                    "tasks_kept_per_unit": TASKS_PER_UNIT["expected"],
                                    "units": round(units_800k),
@@ -299,28 +294,39 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = {r["model"] + (" @2023 price" if r["price_override"] else ""): r
                         for r in rows}
 
+    # The prompts before layouts existed (per_unit everywhere), for the models with a
+    # cached-input price: what the shared layout changes.
+    before = {m: estimate_model(items, args.corpus, m, None, layout="per_unit")
+              for m in MODELS if table.lookup(m).supports_prompt_cache}
+
     # Dynosaur-size run, from the default calibration (the higher of the two).
-    scale: dict[str, Any] = {}
-    for label, r in models["default"].items():
-        n = r["units"]
-        per_unit = {"online_expected": r["cost_online"]["expected"] / n,
-                    "online_high": r["cost_online"]["high"] / n,
-                    "batch_expected": r["cost_batch"]["expected"] / n}
-        scale[label] = {
-            "cost_per_1k_units": {k: round(1000 * v, 4) for k, v in per_unit.items()},
-            "dynogen_rows": extrapolate(per_unit, corpus_rows["mean_rows_per_unit"]),
-            "dynosaur_rows": extrapolate(per_unit, corpus_rows["mean_rows_per_unit_dynosaur_rule"]),
-            # As many tasks as the paper kept (~5.7K), at 3 tasks per unit.
-            "paper_task_count": {k: round(PAPER["tasks_approx"] / 3 * v, 2)
-                                 for k, v in per_unit.items()},
-        }
+    def dynosaur_scale(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        scale: dict[str, Any] = {}
+        for label, r in rows.items():
+            n = r["units"]
+            per_unit = {"online_expected": r["cost_online"]["expected"] / n,
+                        "online_high": r["cost_online"]["high"] / n,
+                        "batch_expected": r["cost_batch"]["expected"] / n}
+            scale[label] = {
+                "prompt_layout": r["prompt_layout"],
+                "cost_per_1k_units": {k: round(1000 * v, 4) for k, v in per_unit.items()},
+                "dynogen_rows": extrapolate(per_unit, corpus_rows["mean_rows_per_unit"]),
+                "dynosaur_rows": extrapolate(per_unit,
+                                             corpus_rows["mean_rows_per_unit_dynosaur_rule"]),
+                # As many tasks as the paper kept (~5.7K), at 3 tasks per unit.
+                "paper_task_count": {k: round(PAPER["tasks_approx"] / 3 * v, 2)
+                                     for k, v in per_unit.items()},
+            }
+        return scale
+
+    scale = dynosaur_scale(models["default"])
+    scale_before = dynosaur_scale(before)
     reasoning = {m: {"requests": models["default"][m]["requests"],
                      f"extra_usd_per_{REASONING_STEP}_reasoning_tokens_per_request": round(
                          models["default"][m]["requests"] * REASONING_STEP
                          * table.lookup(m).output / 1e6, 4)}
                  for m in MODELS if m.startswith("gpt-5")}
-    cache = [c for m in MODELS if (c := caching(
-        items, m, models["default"][m]["requests"], models["default"][m]["input_tokens"], table))]
+    cache = [c for m in before if (c := caching(before[m], models["default"][m], table))]
     paper_tokens = PAPER["cost_usd"] / (PAPER_ERA_PRICE / 1e6)
     result = {
         "corpus": corpus,
@@ -336,28 +342,40 @@ def main(argv: list[str] | None = None) -> int:
                 "output_calibration": "default (150 tokens per request)",
             },
             "by_model": scale,
+            # the same with the per-unit prompt layout everywhere (before prompt layouts)
+            "by_model_per_unit": scale_before,
         },
         "paper": {**PAPER, "tokens_implied_at_2023_price": round(paper_tokens),
                   "instances_per_task": round(PAPER["instances"] / PAPER["tasks_approx"], 1)},
         "reasoning_sensitivity": reasoning,
         "prompt_caching": cache,
+        "estimates_per_unit": before,
     }
     if args.batch_units:
         # Measured, not estimated: a --mode batch run billed at gpt-4o-mini's batch prices.
         result["batch_mode_measured"] = measure_batch(
             items[:args.batch_units], "gpt-4o-mini",
             corpus_rows["mean_rows_per_unit_dynosaur_rule"])
+        # The shared layout in batch mode, for comparison: more tokens, none discounted.
+        result["batch_mode_measured_shared"] = measure_batch(
+            items[:args.batch_units], "gpt-4o-mini",
+            corpus_rows["mean_rows_per_unit_dynosaur_rule"], layout="shared")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("corpus", "calibrations")}, indent=2))
     for label, r in models["default"].items():
         at_800k = scale[label]["dynosaur_rows"]["tasks_per_unit_3"]["online_expected"]
-        print(f"{label:30s} req {r['requests']:6d} in {r['input_tokens']:9,d} "
-              f"online ${r['cost_online']['expected']:.3f} batch ${r['cost_batch']['expected']:.3f}"
-              f"  800K (3 tasks/unit): ${at_800k:.2f}")
-    if "batch_mode_measured" in result:
-        b = result["batch_mode_measured"]
-        print(f"batch mode measured ({b['model']}): {b['run']}; 800K instances "
-              f"(Dynosaur rows, 3 tasks/unit): ${b['dynosaur_size_800k']['batch_usd']:.2f}")
+        was = scale_before.get(label, scale[label])["dynosaur_rows"]["tasks_per_unit_3"][
+            "online_expected"]
+        print(f"{label:30s} {r['prompt_layout']['online']:8s} req {r['requests']:6d} in "
+              f"{r['input_tokens']:9,d} cached {r['cached_share']:.0%} online "
+              f"${r['cost_online']['expected']:.3f} batch ${r['cost_batch']['expected']:.3f}"
+              f"  800K (3 tasks/unit): ${at_800k:.2f} (per_unit ${was:.2f})")
+    for key in ("batch_mode_measured", "batch_mode_measured_shared"):
+        if key in result:
+            b = result[key]
+            print(f"batch mode measured ({b['model']}, {b['prompt_layout']}): {b['run']}; 800K "
+                  f"instances (Dynosaur rows, 3 tasks/unit): "
+                  f"${b['dynosaur_size_800k']['batch_usd']:.2f}")
     return 0
 
 
