@@ -9,7 +9,8 @@ encodings. Output tokens cannot be known in advance; they are given as
   that earlier runs write (``calibration.json`` in their run directory), else
   ``DEFAULT_EXPECTED_OUTPUT`` — measured on the fake and local servers for
   three tasks per answer;
-- ``high``: ``max_tokens`` for every request, the most a run can be billed.
+- ``high``: ``max_tokens`` for every request and no prompt-cache discount, the most a
+  run can be billed.
 
 With ``--judge``, each kept task costs one more request: the estimate counts
 its exact prompt (the unit's metadata and sample rows) for
@@ -198,8 +199,10 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
                  "high": j_high * JUDGE_MAX_TOKENS}
     judge_tin = {"low": judge_in["expected"], "expected": judge_in["expected"],
                  "high": judge_in["high"]}
+    # "high" is the most a run can be billed: every answer at max_tokens, nothing cached
+    # (OpenAI caches best effort), as the budget reserves it.
     cost = {k: {"online": round(price.cost(mode_in["online"] + judge_tin[k],
-                                           n + judge_out[k], cached), 6),
+                                           n + judge_out[k], 0 if k == "high" else cached), 6),
                 "batch": round(price.cost(mode_in["batch"] + judge_tin[k], n + judge_out[k], 0,
                                           batch=True), 6)}
             for k, n in outs.items()}

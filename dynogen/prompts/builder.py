@@ -58,8 +58,6 @@ SYSTEM_PROMPT = (
 # both variants) and adds the conventions: what the per-unit schema cannot say, and
 # what the task rules (dynogen.tasks.rules) drop or rewrite when it is not followed.
 SHARED_DESC = ", and its description and example rows where they are given"
-# The shared layout's system prompt adds these: what the per-unit schema cannot say, and
-# what the task rules (dynogen.tasks.rules) drop or rewrite when it is not followed.
 CONVENTIONS = (
     "\n\nConventions:\n"
     "- Write each instruction for any row of the dataset; never quote or describe the "
