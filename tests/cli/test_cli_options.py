@@ -131,10 +131,15 @@ def test_estimate_takes_what_shapes_the_request_body() -> None:
     assert estimate("--judge")["requests"] > base["requests"]
     assert estimate("--variants", "description")["requests"] == base["requests"] // 2
     # accepted so that a run's command line estimates as it is (they shape what is
-    # kept or where requests go, not a prompt or a price)
-    assert estimate("--mode", "batch", "--base-url", "http://127.0.0.1:9/v1",
-                    "--max-share", "0.5", "--temperature", "0.7", "--seed", "3",
+    # kept, not a prompt or a price)
+    assert estimate("--max-share", "0.5", "--temperature", "0.7", "--seed", "3",
                     "--encoding", "o200k_base")["input_tokens"] == base["input_tokens"]
+    # where and how requests go decide the prompt layout auto sends (prompts/layout.py):
+    # the shared prefix online at OpenAI, the per-unit schema in batch and elsewhere
+    assert base["prompt_layout"] == {"online": "shared", "batch": "per_unit"}
+    other = estimate("--mode", "batch", "--base-url", "http://127.0.0.1:9/v1")
+    assert other["prompt_layout"] == {"online": "per_unit", "batch": "per_unit"}
+    assert other["input_tokens"] == base["input_tokens_by_mode"]["batch"]
 
 
 def test_estimate_takes_every_price() -> None:
