@@ -38,6 +38,7 @@ from dynogen.units import transient
 __all__ = [
     "RowsInfo",
     "Rows",
+    "UnitRows",
     "RowsReason",
     "RowsUnavailable",
     "iter_rows",
@@ -106,6 +107,27 @@ class RowsInfo:
     splits: tuple[str, ...]
     missing_splits: tuple[str, ...] = ()
     columns: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRows:
+    """A unit's rows read whole: ``(split, row)`` pairs in order, and what is known of them.
+
+    ``via`` says how they were read (``datasets`` for a local folder; ``parquet`` or
+    ``viewer`` for the Hub, see ``hub_rows``); ``dropped`` counts rows left out
+    because the server cut one of their cells.
+    """
+
+    info: RowsInfo
+    rows: tuple[tuple[str, dict[str, Any]], ...]
+    via: str = "datasets"
+    dropped: int = 0
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def label_names(features: Mapping[str, Any] | None) -> dict[str, tuple[str, ...]]:
