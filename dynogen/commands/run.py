@@ -150,7 +150,7 @@ async def _arun_watched(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skippe
     spent_before = _paid(rundir)["usd"]
     budget_left = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - spent_before)
     counter = counter_for(cfg, price)
-    stats = Stats()
+    stats = Stats(retry_skipped=cfg.retry_skipped)
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
     watch = Watch((rundir.path, *((status_also,) if status_also else ())), "run", stats, log,

@@ -155,7 +155,7 @@ class TaskEngine:
         self.prompts = prompts
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
-        self.stats = stats or Stats()
+        self.stats = stats or Stats(retry_skipped=config.retry_skipped)
         self.filter = task_filter
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)

@@ -60,6 +60,7 @@ class HubRequest:
     query: tuple[tuple[str, str], ...]
     authorized: bool
     bearer_sha: str = ""  # never the token: a short digest, to check which token came
+    range: str = ""  # the Range header, if any
 
 
 @dataclass
@@ -190,7 +191,8 @@ def make_hub_app(fake: FakeHub) -> web.Application:
     async def middleware_record(request: web.Request) -> None:
         auth = request.headers.get("Authorization", "")
         fake.requests.append(HubRequest(
-            request.path, tuple(request.query.items()), bool(auth), _digest(auth)))
+            request.path, tuple(request.query.items()), bool(auth), _digest(auth),
+            request.headers.get("Range", "")))
 
     def refuse(request: web.Request) -> web.Response | None:
         """The answer to a call refused before its handler: a fault, or no access."""
