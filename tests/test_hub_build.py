@@ -96,6 +96,7 @@ async def test_building_beside_the_task_stage_writes_what_a_build_after_it_write
         async with serve(FakeOpenAI()) as llm:
             beside = await arun(config(src, tmp_path / "beside", llm.url, hub))
             after = await arun(config(src, tmp_path / "after", llm.url, hub), build=False)
+        assert after.exit_code == EXIT["ok"], after.message
         assert lines(tmp_path / "after" / "instances.jsonl") == []
         built = build(tmp_path / "after", handle_signals=False, quiet=True)
     assert beside.exit_code == built.exit_code == EXIT["ok"], beside.message
