@@ -334,12 +334,13 @@ def _apply(task: Task, rows: list[tuple[str, dict[str, Any]]],
 async def abuild_instances(cfg: Config, rundir: RunDir, *, reader: RowReader,
                            stats: Stats | None = None, seen: HashSet | None = None,
                            on_builder: Callable[[InstanceBuilder], None] | None = None,
-                           ) -> InstanceBuilder:
+                           window: int = BUILD_WINDOW) -> InstanceBuilder:
     """Build every committed unit not yet built (the task stage is over), concurrently.
 
-    ``on_builder`` is handed the builder before it runs (to wire ``stop`` to signals).
+    ``on_builder`` is handed the builder before it runs (to wire ``stop`` to signals);
+    ``window``: units read ahead (1 reads one unit at a time).
     """
-    builder = InstanceBuilder(cfg, rundir, reader=reader, stats=stats, seen=seen)
+    builder = InstanceBuilder(cfg, rundir, reader=reader, stats=stats, seen=seen, window=window)
     try:
         builder.add_committed(caps=True)
         builder.progress = make_progress(cfg.quiet, "instances", total=builder.pending)

@@ -177,6 +177,7 @@ class RateWindows:
     clock: Callable[[], float] | None = None
     counts: dict[str, Counter[int]] = field(default_factory=dict)
     refused: Counter[str] = field(default_factory=Counter)
+    log: list[tuple[float, str]] = field(default_factory=list)  # (time, bucket) of every call
 
     def now(self) -> float:
         import time
@@ -185,11 +186,12 @@ class RateWindows:
 
     def admit(self, bucket: str) -> tuple[bool, dict[str, str]]:
         """Count one call; whether it is within the quota, and the headers to answer with."""
+        now = self.now()
+        self.log.append((now, bucket))
         quota = self.quotas.get(bucket)
         if quota is None:
             return True, {}
         q, w = quota
-        now = self.now()
         index = math.floor(now / w)
         counts = self.counts.setdefault(bucket, Counter())
         counts[index] += 1
@@ -202,6 +204,22 @@ class RateWindows:
             headers["Retry-After"] = str(reset)
             return False, headers
         return True, headers
+
+    def reset(self) -> None:
+        """Forget every count (a new measurement)."""
+        self.counts.clear()
+        self.refused.clear()
+        self.log.clear()
+
+    def busiest(self, bucket: str, seconds: float) -> int:
+        """The most calls of ``bucket`` in any ``seconds`` long span (sliding)."""
+        times = [t for t, b in self.log if b == bucket]
+        best = start = 0
+        for end, t in enumerate(times):
+            while t - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
 
     def peak(self, bucket: str) -> int:
         """The most calls of ``bucket`` any one window received (refused ones included)."""
