@@ -53,8 +53,9 @@ RESULTS = Path(__file__).parent / "results"
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["negative", "positive"], "_type": "ClassLabel"}}
 QUOTAS = {"api": (1000, 300.0), "resolvers": (5000, 300.0), "viewer": (1000, 300.0)}
-WORDS = ("good bad fine slow quick cheap kind loud calm warm cold fresh stale clean dusty "
-         "bright dull sweet sour plain odd neat rough soft").split()
+WORDS = ("good", "bad", "fine", "slow", "quick", "cheap", "kind", "loud", "calm", "warm", "cold",
+         "fresh", "stale", "clean", "dusty", "bright", "dull", "sweet", "sour", "plain", "odd",
+         "neat", "rough", "soft")
 
 
 def _review(rng: random.Random, shop: int, j: int, sentences: int) -> str:
