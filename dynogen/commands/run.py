@@ -25,6 +25,7 @@ from dynogen.compose import (
     check_key,
     counter_for,
     gated,
+    hub_token,
     local_server,
     make_engine,
     open_row_reader,
@@ -122,7 +123,7 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
                        counted: bool, seed: DedupSeed | None = None,
                        sizing: autosize.Sizing | None = None,
                        status_also: Path | None = None) -> RunOutcome:
-    log = open_run_log(rundir.path, name="run", secrets=(cfg.api_key.get(),))
+    log = open_run_log(rundir.path, name="run", secrets=(cfg.api_key.get(), hub_token().get()))
     try:
         log.info("start: dynogen %s, run %s%s; settings %s", __version__, rundir.path,
                  " (resumed)" if rundir.resumed else "",
