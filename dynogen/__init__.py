@@ -5,7 +5,7 @@
 >>> outcome.report["tasks"]["kept"]
 
 Every CLI command is a function here with the same name: ``run``, ``estimate``,
-``build``, ``collect``, ``export``, ``call``, ``inspect``, ``grow``, ``replay``;
+``build``, ``collect``, ``export``, ``call``, ``inspect``, ``grow``, ``replay``, ``publish``;
 ``dataset(run_dir)`` loads a run's instances (or tasks) as a ``datasets.Dataset``;
 ``dynogen batch status|cancel`` are ``batch_status`` and ``batch_cancel``.
 """
@@ -24,7 +24,7 @@ _LAZY = {
     "build": "dynogen.api", "call": "dynogen.api", "collect": "dynogen.api",
     "dataset": "dynogen.api", "status": "dynogen.api",
     "estimate": "dynogen.api", "export": "dynogen.api", "inspect": "dynogen.api",
-    "run": "dynogen.api",
+    "publish": "dynogen.api", "run": "dynogen.api",
     "Config": "dynogen.config", "Secret": "dynogen.config", "load_config": "dynogen.config",
     "APIError": "dynogen.errors", "BudgetExceeded": "dynogen.errors",
     "ConfigError": "dynogen.errors", "DynogenError": "dynogen.errors",
@@ -50,6 +50,7 @@ if _typing.TYPE_CHECKING:
         export,
         grow,
         inspect,
+        publish,
         replay,
         run,
         status,
@@ -114,6 +115,7 @@ __all__ = [
     "grow",
     "inspect",
     "load_config",
+    "publish",
     "replay",
     "run",
     "status",

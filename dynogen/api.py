@@ -42,7 +42,7 @@ from dynogen.units import Skipped, Unit
 __all__ = [
     "EXIT", "RunOutcome", "agrow", "areplay", "arun", "batch_cancel", "batch_status", "build",
     "call", "collect", "dataset", "estimate", "exit_code", "export", "grow", "inspect",
-    "replay", "resolve_price", "run", "status",
+    "publish", "replay", "resolve_price", "run", "status",
 ]
 
 
@@ -66,12 +66,14 @@ def collect(source: str, out: str | Path, *, limit: int | None = None,
 def export(out: str | Path | None = None, *, fmt: str = "parquet",
            dest: str | Path | None = None, collection: str | Path | None = None) -> Path:
     """Export a run's instances to Parquet (one file) or a ``datasets`` folder; re-runnable.
+    The dataset card goes beside it (``README.md``; see ``dynogen.instances.card``).
 
     With ``collection``: the collection's merged view (every version, superseded
     tasks left out), also as ``jsonl``.
     """
     if collection is not None:
         return export_collection(collection, fmt=fmt, dest=dest)[0]
+    from dynogen.instances.card import export_card
     from dynogen.instances.export import export_instances  # pyarrow only when exporting
 
     if out is None:
@@ -83,7 +85,24 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
     default = "instances.parquet" if fmt == "parquet" else "dataset"
     target = Path(dest) if dest else rundir.path / "export" / default
     export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
+    export_card(rundir.path, target)
     return target
+
+
+def publish(target: str | Path, *, repo: str, public: bool = False, dry_run: bool = False,
+            allow_restricted_licenses: bool = False, **kwargs: Any) -> Any:
+    """Upload a run's or a collection's instances to the Hub dataset repository ``repo``
+    (``ORG/NAME``) as Parquet shards with a dataset card; only what changed is sent.
+
+    A new repository is private unless ``public``; a public one refuses sources that may
+    not allow redistribution unless ``allow_restricted_licenses``. ``dry_run``: what would
+    be sent, and the card. Returns a ``dynogen.publishing.PublishResult`` (see
+    ``dynogen.publishing.push`` for ``endpoint``, ``token`` and shard sizes).
+    """
+    from dynogen.publishing import publish as _publish  # huggingface_hub only when publishing
+
+    return _publish(target, repo=repo, public=public, dry_run=dry_run,
+                    allow_restricted_licenses=allow_restricted_licenses, **kwargs)
 
 
 def inspect(out: str | Path, *, kept: int = 10, per_reason: int = 3) -> Any:

@@ -75,11 +75,14 @@ EXIT_INTERRUPTED = 130
 # ---------------------------------------------------------------- before money is spent
 
 def resolve_price(cfg: Config) -> Price:
-    """The model's price: the table (or ``prices_file``), hand-given prices, or free."""
-    table = PriceTable.load(cfg.prices_file)
-    return price_for(cfg.model, table, price_in=cfg.price_in, price_out=cfg.price_out,
-                     free=cfg.free or cfg.local, batch_price_in=cfg.batch_price_in,
-                     batch_price_out=cfg.batch_price_out)
+    """The model's price, from the highest layer that has it: hand-given prices (or free),
+    ``prices_file``, the hand-checked table, LiteLLM's map (``dynogen.execute.prices``);
+    ``price_key`` names the key to look up instead of the model's name."""
+    cost = cfg.cost
+    table = PriceTable.load(cost.prices_file)
+    return price_for(cfg.model, table, price_in=cost.price_in, price_out=cost.price_out,
+                     free=cost.free or cfg.local, batch_price_in=cost.batch_price_in,
+                     batch_price_out=cost.batch_price_out, price_key=cost.price_key)
 
 
 def counter_for(cfg: Config, price: Price) -> TokenCounter:
@@ -88,10 +91,20 @@ def counter_for(cfg: Config, price: Price) -> TokenCounter:
 
 
 def check_key(cfg: Config) -> None:
-    if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL and not cfg.api_key:
+    """A key where one is needed: OpenAI's server, or any server once ``api_key_env``
+    names a variable (the user said a key is needed); the error names the variable."""
+    if cfg.api_key:
+        return
+    if cfg.api_key_env is not None:
         raise ConfigError(
-            "no API key: set OPENAI_API_KEY (or api_key in the config file), or point "
-            "--base-url at another OpenAI-compatible server, or use --local"
+            f"no API key: the environment variable {cfg.api_key_env} (named by "
+            "--api-key-env) is not set or empty"
+        )
+    if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY (or api_key in the config file, or name another "
+            "variable with --api-key-env), or point --base-url at another "
+            "OpenAI-compatible server, or use --local"
         )
 
 
@@ -114,7 +127,7 @@ async def preflight(cfg: Config, transport: Transport | None) -> None:
         ) from None
     if status in (401, 403):
         raise AuthenticationError(
-            f"the server at {host} refused the API key (HTTP {status}): check OPENAI_API_KEY"
+            f"the server at {host} refused the API key (HTTP {status}): check {cfg.key_env}"
         )
 
 

@@ -6,7 +6,13 @@ decides whether a run directory may be resumed. The API key is held in a
 ``Secret`` that never prints, never serialises, and never enters a hash.
 
 Precedence (lowest first): defaults, a TOML config file, environment
-(``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), command-line flags.
+(``OPENAI_API_KEY``, ``OPENAI_BASE_URL``), command-line flags. With
+``api_key_env`` (``--api-key-env NAME``) the key is read from the variable
+``NAME`` instead of ``OPENAI_API_KEY`` (an OpenRouter, Gemini or Anthropic key),
+and from nowhere else: an unset ``NAME`` is an error when the key is needed
+(``dynogen.compose.check_key``), never a silent fall back to another provider's
+key. The variable's name is part of the config (manifests record it); its value
+is not.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,14 +38,17 @@ from dynogen.policy.licenses import LicensePolicy
 from dynogen.policy.splits import SplitPolicy
 
 __all__ = [
-    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DURABILITY", "IDENTITY_FIELDS", "SECTIONS", "VARIANTS",
+    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY", "IDENTITY_FIELDS",
+    "SECTIONS", "VARIANTS",
     "BatchSettings", "Config", "CostSettings", "GenerationSettings", "InstanceSettings",
     "LimitSettings", "OutputSettings", "PolicySettings", "Secret", "ServerSettings",
     "SourceSettings", "format_by_variant", "load_config", "parse_by_variant",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 VARIANTS = ("description", "no_description")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Secret:
@@ -101,6 +111,7 @@ class ServerSettings:
     model: str
     base_url: str
     api_key: Secret
+    api_key_env: str | None
     local: bool
     request_timeout: float
     max_response_bytes: int
@@ -178,6 +189,7 @@ class CostSettings:
     price_out: float | None
     free: bool
     prices_file: str | None
+    price_key: str | None
     batch_price_in: float | None
     batch_price_out: float | None
     IDENTITY: ClassVar[tuple[str, ...]] = ()
@@ -246,6 +258,8 @@ class Config:
     model: str = "gpt-4o-mini"
     base_url: str = DEFAULT_BASE_URL
     api_key: Secret = field(default_factory=lambda: Secret(None), compare=False)
+    # the environment variable the key is read from (None: OPENAI_API_KEY); its name only
+    api_key_env: str | None = None
     local: bool = False
     # generation
     variants: tuple[str, ...] = VARIANTS
@@ -288,7 +302,11 @@ class Config:
     price_in: float | None = None
     price_out: float | None = None
     free: bool = False
+    # a user's prices file (--prices FILE): wins over the built-in tables, not over
+    # --price-in/--price-out; price_key: the exact price-table key to bill the model at
+    # (one of LiteLLM's provider keys, say), see dynogen.execute.prices
     prices_file: str | None = None
+    price_key: str | None = None
     # the Hugging Face Hub as a source (--source hub); see dynogen.io.hub_options
     hub_search: str | None = None
     hub_task_categories: tuple[str, ...] = ()
@@ -391,7 +409,19 @@ class Config:
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
 
+    @property
+    def key_env(self) -> str:
+        """The environment variable the API key is read from."""
+        return self.api_key_env or DEFAULT_KEY_ENV
+
     def validate(self) -> Config:
+        if self.api_key_env is not None and not (
+                isinstance(self.api_key_env, str) and _ENV_NAME.fullmatch(self.api_key_env)):
+            raise ConfigError(f"--api-key-env takes the name of an environment variable, like "
+                              f"OPENROUTER_API_KEY (got {self.api_key_env!r})")
+        if self.price_key is not None and not (
+                isinstance(self.price_key, str) and self.price_key.strip()):
+            raise ConfigError("--price-key must name a key of the price tables")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise ConfigError(
@@ -506,8 +536,14 @@ def load_config(
         values.update(data)
     if env.get("OPENAI_BASE_URL"):
         values.setdefault("base_url", env["OPENAI_BASE_URL"])
-    key = values.pop("api_key", None) or env.get("OPENAI_API_KEY")
+    file_key = values.pop("api_key", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    key_env = values.get("api_key_env")
+    if isinstance(key_env, str) and key_env:
+        # The named variable and nothing else: another provider's key must not leak to it.
+        key = env.get(key_env)
+    else:
+        key = file_key or env.get(DEFAULT_KEY_ENV)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:

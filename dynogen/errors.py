@@ -5,12 +5,15 @@ The tree is split by what the caller should do about it::
     DynogenError                      root; ``str(err)`` is one actionable line
     ├── UserError                     the user can fix it; fail fast, before money is spent
     │   ├── ConfigError               bad flag, config file, or missing API key
-    │   ├── UnknownPriceError         a model with no price and no --price-in/--price-out
+    │   ├── UnknownPriceError         no price for the model in any table (or one several
+    │   │                             providers' keys end in: the message lists them)
     │   ├── SourceError               a metadata source that cannot be read at all
     │   ├── RunDirError               an output directory we cannot use or must not resume
     │   │   └── LockedError           another process is writing to it (one writer per directory)
     │   ├── StorageError              a write failed (disk full, quota, I/O error, read-only fs)
-    │   └── LocalServerError          the bundled llama.cpp server would not start
+    │   ├── LocalServerError          the bundled llama.cpp server would not start
+    │   └── PublishError              the Hub refused or could not be reached while publishing
+    │       └── RestrictedLicenseError a public push of sources whose licences may not allow it
     ├── MetadataError                 one dataset's metadata cannot be read (a counted skip)
     │   ├── CardError                 a card whose YAML header is unreadable (io.cards)
     │   └── FeaturesError             a features block that is not a datasets schema
@@ -52,9 +55,11 @@ __all__ = [
     "LocalServerError",
     "LockedError",
     "MetadataError",
+    "PublishError",
     "RateLimitError",
     "RequestFailed",
     "ResponseTooLargeError",
+    "RestrictedLicenseError",
     "RetryableError",
     "RunDirError",
     "ServerError",
@@ -92,6 +97,16 @@ class RunDirError(UserError):
 
 class LocalServerError(UserError):
     pass
+
+
+class PublishError(UserError):
+    """``dynogen publish``: the Hub refused (token, permission, a changed repository) or
+    could not be reached. What was uploaded stays there: the same command resumes."""
+
+
+class RestrictedLicenseError(PublishError):
+    """A public push of data from sources that are non-commercial, no-derivatives, ``other``
+    or of unknown licence, without ``allow_restricted_licenses``; nothing was uploaded."""
 
 
 class MetadataError(DynogenError, ValueError):

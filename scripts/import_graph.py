@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dynogen.compose",),                         # the composition root
     ("dynogen.commands",),                        # run, build, estimate, call, inspect
     ("dynogen.collections", "dynogen.selection"), # grow; replay
+    ("dynogen.publishing",),                      # a run or a collection to the Hub
     ("dynogen.api",),
     ("dynogen.cli", "dynogen.__main__", "dynogen", "dynogen.testing"),
 ]

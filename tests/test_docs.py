@@ -21,6 +21,8 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     head = readme[: readme.index("## ")]
     assert "bash scripts/setup && .venv/bin/dynogen run --local" in head
-    assert "bash scripts/setup && HF_HUB_OFFLINE=1 .venv/bin/python -m pytest" in head
+    assert "bash scripts/setup && scripts/check" in head
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "scripts/setup" in ci and "pytest" in ci
+    assert "scripts/setup" in ci and "scripts/check" in ci
+    check = (ROOT / "scripts" / "check").read_text()
+    assert all(step in check for step in ("ruff", "mypy", "pytest"))

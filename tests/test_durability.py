@@ -15,6 +15,7 @@ knows and checks that every unit of the source is accounted for.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import random
@@ -32,6 +33,7 @@ from dynogen.config import Config, Secret
 from dynogen.io.folder import FolderSource
 from dynogen.testing import FAULT_KINDS, FakeOpenAI, FakeProcess, Fault, serve, start_fake_process
 from dynogen.units import Field, Skipped, SkipReason, Unit
+from tests.helpers import wait_until
 
 MAX_IN_FLIGHT = 3
 KILLS = 20
@@ -142,6 +144,12 @@ def progress(out: Path) -> int:
     return len(lines(out / "units.jsonl")) + len(lines(out / "builds.jsonl"))
 
 
+def _reached(p: Any, out: Path, target: int, life: int) -> bool:
+    if p.exitcode is not None:
+        raise AssertionError(f"life {life} ended (exit {p.exitcode}) before progress {target}")
+    return progress(out) >= target
+
+
 def kill_until_done(ctx: Any, argv: list[str], out: Path, fake: FakeProcess, targets: list[int],
                     rng: random.Random, jitter: float = 0.05) -> list[int]:
     """One life per target: SIGKILL the run a random instant (up to ``jitter`` s) after
@@ -156,14 +164,14 @@ def kill_until_done(ctx: Any, argv: list[str], out: Path, fake: FakeProcess, tar
     for target in targets:
         p = ctx.Process(target=_cli, args=(argv, {}))
         p.start()
-        deadline = time.monotonic() + 60
-        while progress(out) < target:
-            if p.exitcode is not None or time.monotonic() > deadline:
-                p.kill()
-                raise AssertionError(f"life {len(in_flight) + 1} ended (exit {p.exitcode}) "
-                                     f"before progress {target}")
-            time.sleep(0.003)
-        time.sleep(rng.uniform(0, jitter))
+        life = len(in_flight) + 1
+        try:
+            wait_until(functools.partial(_reached, p, out, target, life),
+                       f"life {life} to reach progress {target}", interval=0.003)
+        except AssertionError:
+            p.kill()
+            raise
+        time.sleep(rng.uniform(0, jitter))  # the kill's instant: a seeded draw, not a wait
         before = fake.stats()["totals"]
         p.kill()
         p.join()

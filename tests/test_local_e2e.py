@@ -28,7 +28,10 @@ async def test_run_local_on_sample_datasets_with_rows(tmp_path: Path) -> None:
     assert outcome.exit_code == EXIT["ok"], outcome.message
     rep = outcome.report
     assert rep["units"]["processed"] == 2
-    assert rep["requests"] == rep["responses"] == 4
+    # One answer per unit and variant. A request may be sent again only when its first
+    # try got no answer in time (a loaded machine: the timeout is wall time); an answer
+    # that had to be asked again would be a fifth response.
+    assert rep["responses"] == 4 and rep["requests"] >= 4
     # Grammar-constrained decoding: every answer is schema-valid JSON.
     assert rep["responses_invalid_by_reason"] == {}
     assert rep["tasks"]["generated"] >= 4

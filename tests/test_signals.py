@@ -14,12 +14,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,48 +25,21 @@ import orjson
 import pytest
 
 from dynogen.testing import FakeOpenAI, FakeProcess, Fault, serve, start_fake_process
+from tests.helpers import (
+    card,
+    lines,
+    run_env,
+    same_output,
+    wait_until,
+    wait_until_async,
+    write_source,
+)
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60-do-not-log"
 CLI = [sys.executable, "-m", "dynogen", "run", "--free", "--quiet", "--max-in-flight", "4"]
-
-
-def _env(tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HF_"))}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp / "hf-home"),
-               **extra)
-    return env
-
-
-def _card(fields: list[str], body: str = "Short texts, each with a label.") -> str:
-    feats = "".join(f"  - name: {f}\n    dtype: string\n" for f in fields)
-    return (f"---\nlicense: mit\ndataset_info:\n  features:\n{feats}configs:\n"
-            "- config_name: default\n  data_files:\n  - split: train\n"
-            f"    path: data/train.jsonl\n---\n\n{body}\n")
-
-
-def write_source(root: Path, n: int) -> None:
-    for i in range(n):
-        d = root / f"set_{i:02d}"
-        (d / "data").mkdir(parents=True)
-        cols = [f"text_{i}", "label"]
-        (d / "README.md").write_text(_card(cols, f"Sentences about thing {i}, with a label."))
-        (d / "data" / "train.jsonl").write_bytes(b"".join(
-            orjson.dumps({cols[0]: f"thing {i} sentence {j}", "label": "ab"[j % 2]}) + b"\n"
-            for j in range(4)))
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines() if path.exists() else []
-
-
-def same_output(got: Path, want: Path) -> None:
-    for name in ("tasks.jsonl", "instances.jsonl"):
-        assert lines(got / name) == lines(want / name) != [], name
-    g = orjson.loads((got / "report.json").read_bytes())
-    w = orjson.loads((want / "report.json").read_bytes())
-    for k in ("units", "tasks"):
-        assert g[k] == w[k], k
-    assert g["instances"]["written"] == w["instances"]["written"]
+# Seconds the fake holds answers in a second-SIGINT test: past any step of the test, short
+# of the grace a first signal gives answers in flight (api.SIGNAL_GRACE_SECONDS).
+HELD = 15.0
 
 
 # ------------------------------------------------------------------------ signals
@@ -86,16 +57,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory, fast: FakeProcess) -> tu
     write_source(tmp / "src", 16)
     out = tmp / "ref"
     r = subprocess.run([*CLI, "--source", str(tmp / "src"), "--out", str(out), "--base-url",
-                        fast.url], env=_env(tmp), capture_output=True, text=True, timeout=120)
+                        fast.url], env=run_env(tmp), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return tmp / "src", out
 
 
-def _wait_for(pred: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+def _answers_kept(out: Path) -> int:
+    """Answers in the run's cache, read while the run writes it (0 until it can be read)."""
+    try:
+        with sqlite3.connect(f"file:{out / 'cache.sqlite'}?mode=ro", uri=True, timeout=1) as db:
+            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -106,9 +79,9 @@ def test_a_signal_stops_dispatch_finishes_in_flight_then_resume_equals_uninterru
     out = tmp_path / "out"
     with start_fake_process(latency_median=0.6, seed=2) as slow:
         p = subprocess.Popen([*CLI, "--source", str(src), "--out", str(out), "--base-url",
-                              slow.url], env=_env(tmp_path), stdout=subprocess.PIPE,
+                              slow.url], env=run_env(tmp_path), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: slow.stats()["totals"]["requests"] >= 2)
+        wait_until(lambda: slow.stats()["totals"]["requests"] >= 2, "two requests in flight")
         p.send_signal(sig)
         stdout, stderr = p.communicate(timeout=30)
         sent = slow.stats()["totals"]["requests"]
@@ -124,31 +97,44 @@ def test_a_signal_stops_dispatch_finishes_in_flight_then_resume_equals_uninterru
 
     before = fast.stats()["totals"]["requests"]
     r = subprocess.run([*CLI, "--source", str(src), "--out", str(out), "--base-url", fast.url],
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+                       env=run_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     same_output(out, ref)
     assert fast.stats()["totals"]["requests"] - before == 32 - sent  # cached ones not re-sent
 
 
-def test_a_second_sigint_exits_at_once_and_resume_still_equals_uninterrupted(
+async def test_a_second_sigint_exits_at_once_and_resume_still_equals_uninterrupted(
         tmp_path: Path, fast: FakeProcess, reference: tuple[Path, Path]) -> None:
     src, ref = reference
     out = tmp_path / "out"
-    with start_fake_process(latency_median=5.0, seed=2) as slow:
-        p = subprocess.Popen([*CLI, "--source", str(src), "--out", str(out), "--base-url",
-                              slow.url], env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        _wait_for(lambda: slow.stats()["totals"]["requests"] >= 4)
+    # The first answer comes a second after its request; every later one is held HELD s,
+    # so after the first SIGINT the run has answers in flight to wait for.
+    slow = FakeOpenAI()
+    slow.enqueue(Fault.slow(1.0), *[Fault.slow(HELD)] * 64)
+    async with serve(slow) as server:
+        p = await asyncio.create_subprocess_exec(
+            *CLI, "--source", str(src), "--out", str(out), "--base-url", server.url,
+            env=run_env(tmp_path), stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        await wait_until_async(lambda: slow.stats.requests >= 4, "four requests in flight")
         p.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        assert p.poll() is None  # the first one waits for the 5 s answers in flight
-        t0 = time.monotonic()
+
+        def kept_the_next_answer() -> bool:
+            assert p.returncode is None, "the first SIGINT ended the run"
+            return _answers_kept(out) >= 1
+
+        # The first signal only stops dispatch: the run still keeps the answer that
+        # arrives after it, and goes on waiting for the held ones.
+        await wait_until_async(kept_the_next_answer,
+                               "the run to keep the answer that came after the first SIGINT")
         p.send_signal(signal.SIGINT)
-        code = p.wait(timeout=10)
-        assert time.monotonic() - t0 < 2.0
+        code = await asyncio.wait_for(p.wait(), 60)
     assert code == 130
+    # It left without the held answers: had it waited for them it would have kept them
+    # (HELD s is well within the first signal's grace), as the first signal alone does.
+    assert _answers_kept(out) == 1
     r = subprocess.run([*CLI, "--source", str(src), "--out", str(out), "--base-url", fast.url],
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+                       env=run_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     same_output(out, ref)
 
@@ -180,20 +166,20 @@ def test_hostile_metadata_is_counted_and_nothing_is_written_outside_out(
         "    path: ../../../../etc/hostname\n---\n\nEscapes.\n")
     uni = src / "données" / "日本語 データ"
     (uni / "data").mkdir(parents=True)
-    (uni / "README.md").write_text(_card(["文章", "ラベル"], "Sätze mit Etiketten. 短い文。"))
+    (uni / "README.md").write_text(card(["文章", "ラベル"], "Sätze mit Etiketten. 短い文。"))
     (uni / "data" / "train.jsonl").write_text(
         '{"文章": "こんにちは", "ラベル": "a"}\n{"文章": "さようなら", "ラベル": "b"}\n',
         encoding="utf-8")
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "README.md").write_text(_card(["x", "y"]))
+    (outside / "README.md").write_text(card(["x", "y"]))
     (src / "link").symlink_to(outside, target_is_directory=True)
 
     out, cwd = tmp_path / "out", tmp_path / "cwd"
     cwd.mkdir()
     before = _tree(tmp_path, out)
     r = subprocess.run([*CLI, "--source", str(src), "--out", str(out), "--base-url", fast.url],
-                       env=_env(tmp_path), cwd=cwd, capture_output=True, text=True, timeout=120)
+                       env=run_env(tmp_path), cwd=cwd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     after = _tree(tmp_path, out)
     # Outside --out only the `datasets` library's cache (HF_HOME) may gain files
@@ -236,7 +222,7 @@ async def test_the_api_key_never_reaches_a_file_or_the_output(tmp_path: Path,
         proc = await asyncio.create_subprocess_exec(
             *CLI, "--source", str(src), "--out", str(tmp_path / "out"), "--base-url", server.url,
             "--config", str(cfg), "--cache", str(tmp_path / "shared-cache.sqlite"),
-            env=_env(tmp_path, OPENAI_API_KEY=CANARY), stdout=asyncio.subprocess.PIPE,
+            env=run_env(tmp_path, OPENAI_API_KEY=CANARY), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert fake.history and all(r.headers["authorization"] == f"Bearer {CANARY}"

@@ -237,6 +237,51 @@ def serve_local(port: int) -> None:
 @app.command()
 @directory("target", "A run directory (default runs/latest), or a collection: its merged "
            "view (every version, superseded tasks left out).", metavar="RUN_DIR|COLLECTION",
+           default="runs/latest")
+@click.option("--repo", required=True, metavar="ORG/NAME",
+              help="The Hub dataset repository; created private if it does not exist.")
+@click.option("--public", is_flag=True,
+              help="Create the repository public (an existing repository keeps its visibility).")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent (each file's path, size, "
+              "sha256 and action) and the card; send nothing.")
+@click.option("--allow-restricted-licenses", is_flag=True, help="Let a public repository hold "
+              "data from non-commercial, no-derivatives, 'other' or unknown-licence sources, "
+              "once you have checked their terms.")
+@click.option("--rows-per-shard", type=int, default=100_000, show_default=True, metavar="N",
+              help="Rows per Parquet shard.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No upload progress bars.")
+def publish(target: str, repo: str, public: bool, dry_run: bool,
+            allow_restricted_licenses: bool, rows_per_shard: int, as_json: bool,
+            quiet: bool) -> None:
+    """Publish instances to a Hugging Face dataset repository as Parquet shards with a dataset
+    card; sends only what changed, and the same command resumes a cut-off publish. The token
+    comes from HF_TOKEN or a stored login (never a flag), the endpoint from HF_ENDPOINT."""
+    if quiet:
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+
+        disable_progress_bars()
+    res = api.publish(target, repo=repo, public=public, dry_run=dry_run,
+                      allow_restricted_licenses=allow_restricted_licenses,
+                      rows_per_shard=rows_per_shard)
+    if as_json:
+        import dataclasses
+
+        import orjson
+
+        click.echo(orjson.dumps(dataclasses.asdict(res), default=str).decode())
+        return
+    click.echo(res.summary())
+    if dry_run:
+        for f in res.files:
+            click.echo(f"  {f.action:9} {f.size:>12,}  {f.path}")
+        click.echo("")
+        click.echo(res.card)
+
+
+@app.command()
+@directory("target", "A run directory (default runs/latest), or a collection: its merged "
+           "view (every version, superseded tasks left out).", metavar="RUN_DIR|COLLECTION",
            default="runs/latest", old=("--out", "--collection"))
 @click.option("--format", "fmt", default="parquet", show_default=True, metavar="FORMAT",
               help="parquet or datasets (or jsonl, for a collection).")
@@ -284,7 +329,8 @@ def grow(collection: str, no_build: bool, config_file: str | None, **values: Any
               help="Texts per embeddings request.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random strategy.")
 @config_option
-@settings(MODEL.pick("base_url"), LIMITS, COST.pick("budget_usd", "price_in", "free"))
+@settings(MODEL.pick("base_url", "api_key_env"), LIMITS,
+          COST.pick("budget_usd", "price_in", "free", "prices_file", "price_key"))
 def replay(collection: str, k: int, out: str, strategy: str, ratio: float,
            mixed_out: str | None, embed_model: str | None, embed_dims: int, embed_batch: int,
            seed: int, config_file: str | None, **values: Any) -> None:

@@ -192,6 +192,8 @@ MODEL = Group("Model and server", (
          flag=True),
     _opt("mode", "online (rate-limited calls, default) or batch (OpenAI Batch API jobs: half "
          "the price, answers within 24h).", metavar="online|batch"),
+    _opt("api_key_env", "Read the API key from environment variable NAME instead of "
+         "OPENAI_API_KEY (e.g. OPENROUTER_API_KEY).", metavar="NAME"),
 ))
 
 GENERATION = Group("Generation", (
@@ -252,8 +254,12 @@ COST = Group("Cost", (
     _opt("batch_price_out", "With --price-out: $ per 1M output tokens in batch mode (default "
          "half --price-out).", float, metavar="USD"),
     _opt("free", "Declare the server free (local models).", flag=True),
-    _opt("prices_file", "Price table (TOML or JSON) over the bundled one: models, and fields "
-         "of known ones, it names.", click.Path(dir_okay=False), metavar="PATH"),
+    _opt("prices_file", "Prices file (TOML or JSON, the shape of dynogen/data/prices.json): "
+         "its rows win over the built-in tables.", click.Path(dir_okay=False), metavar="PATH",
+         old=("--prices",)),
+    _opt("price_key", "Price the model as this exact key of the price tables (e.g. "
+         "deepseek/deepseek-r1), when its name is not a key or is another provider's.",
+         metavar="KEY"),
 ))
 
 BATCH = Group("Batch mode", (

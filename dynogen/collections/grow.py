@@ -197,7 +197,9 @@ def estimate_next(collection: str | Path, cfg: Config, *, calibration: str | Pat
 def export_collection(collection: str | Path, *, fmt: str = "jsonl",
                       dest: str | Path | None = None) -> tuple[Path, int]:
     """The merged view (every version, superseded tasks left out) as JSONL, Parquet or
-    a ``datasets`` folder; returns the path and the number of instances."""
+    a ``datasets`` folder, with its dataset card beside it; returns the path and the number
+    of instances."""
+    from dynogen.instances.card import export_card
     from dynogen.instances.export import export_instances
 
     if fmt not in EXPORT_FORMATS:
@@ -220,4 +222,5 @@ def export_collection(collection: str | Path, *, fmt: str = "jsonl",
             export_instances(tmp, target, fmt, overwrite=True)  # type: ignore[arg-type]
     finally:
         tmp.unlink(missing_ok=True)
+    export_card(coll.path, target)
     return target, n

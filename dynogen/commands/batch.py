@@ -22,11 +22,11 @@ __all__ = ["batch_cancel", "batch_status"]
 
 def _batch_config(out: str | Path, base_url: str | None) -> Config:
     """The server and prices a run directory's batches were sent with (its manifest), the
-    API key from the environment."""
+    API key from the environment (the variable the run read it from)."""
     manifest = RunDir(out).manifest
     saved = orjson.loads(manifest.read_bytes()).get("config", {}) if manifest.exists() else {}
     keep = ("base_url", "model", "price_in", "price_out", "batch_price_in", "batch_price_out",
-            "prices_file", "free")
+            "prices_file", "price_key", "free", "api_key_env")
     values = {k: saved[k] for k in keep if saved.get(k) is not None}
     if base_url:
         values["base_url"] = base_url

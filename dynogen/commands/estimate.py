@@ -20,6 +20,10 @@ expected and ``JUDGE_MAX_TOKENS`` at most.
 Prompt caching is counted only for models that support it and only for the
 part of the shared prefix a provider caches (OpenAI: prefixes of 1,024+
 tokens, in 128-token steps); batch prices never stack with it.
+
+The report names where the price comes from (``Price.describe``: the
+hand-checked table, LiteLLM's map, a prices file, hand-given flags) and warns
+when its date is more than ``PRICE_MAX_AGE_DAYS`` old.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,7 @@ from dynogen.compose import counter_for, gated, open_sources, resolve_price
 from dynogen.config import Config
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import Calibration
-from dynogen.execute.prices import Price
+from dynogen.execute.prices import PRICE_MAX_AGE_DAYS, Price, price_age_days
 from dynogen.prompts.builder import PromptBuilder, render_metadata
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.tasks.judge import INSTANCE_CHARS, JUDGE_MAX_TOKENS, judge_messages
@@ -72,6 +77,10 @@ class Estimate:
     calibration: str
     prefix_tokens: dict[str, int]
     judge: dict[str, int] | None = None
+    price: Price | None = None
+    # the tokenizer that counted the prompts, when it is not the model's own (a model
+    # priced by LiteLLM's map names none): its counts are then an approximation
+    approx_encoding: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         exp = self.cost_usd["expected"]
@@ -91,6 +100,9 @@ class Estimate:
             "calibration": self.calibration,
             "prefix_tokens": self.prefix_tokens,
             "judge": self.judge,
+            "price_source": self.price.describe() if self.price is not None else None,
+            "price": self.price.to_dict() if self.price is not None else None,
+            "approx_encoding": self.approx_encoding,
         }
 
 
@@ -168,7 +180,8 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
         minutes = round(max(parts), 2)
     outs = {k: n + judge_out[k] for k, n in outs.items()}
     return Estimate(cfg.model, units, dict(sorted(skipped.items())), requests, input_tokens,
-                    cached, outs, cost, minutes, calibration.source, prefix, judge)
+                    cached, outs, cost, minutes, calibration.source, prefix, judge, price,
+                    None if price.encoding else counter.encoding)
 
 
 def _judge_prompt_tokens(cfg: Config, unit: Unit, counter: TokenCounter) -> int:
@@ -197,18 +210,22 @@ def _policy_line(skipped: dict[str, int]) -> str:
     return f"{sum(by.values()):,} (" + ", ".join(f"{k} {v}" for k, v in by.items()) + ")"
 
 
-def format_estimate(e: Estimate) -> str:
-    """A short human-readable table."""
+def format_estimate(e: Estimate, *, today: date | None = None) -> str:
+    """A short human-readable table; ``today`` (default: the system's) dates the prices."""
     c = e.cost_usd
     lines = [
         f"model              {e.model}",
+        *([f"price source       {e.price.describe()}"] if e.price is not None else []),
         f"units              {e.units:,} (skipped {sum(e.units_skipped.values()):,}: "
         + ", ".join(f"{k} {v}" for k, v in e.units_skipped.items()) + ")",
         f"left out by policy {_policy_line(e.units_skipped)}",
         f"requests           {e.requests:,}" + (
             f" (judge: {e.judge['requests_expected']:,} expected, up to "
             f"{e.judge['requests_high']:,})" if e.judge else ""),
-        f"input tokens       {e.input_tokens:,} exact ({e.cached_input_tokens:,} at cached price)",
+        f"input tokens       {e.input_tokens:,} "
+        + ("exact" if e.approx_encoding is None else
+           f"counted with {e.approx_encoding}, not the model's own tokenizer")
+        + f" ({e.cached_input_tokens:,} at cached price)",
         f"output tokens      low {e.output_tokens['low']:,} / expected "
         f"{e.output_tokens['expected']:,} / high {e.output_tokens['high']:,}",
         f"cost online        ${c['low']['online']:.4f} / ${c['expected']['online']:.4f} / "
@@ -222,6 +239,12 @@ def format_estimate(e: Estimate) -> str:
         lines.append(f"time at limits     {m:,.1f} min" + (f" ({m / 60:.1f} h)" if m > 90 else ""))
     if not math.isfinite(c["expected"]["online"]):
         lines.append("warning: cost is not finite")
+    if e.price is not None:
+        age = price_age_days(e.price, today)
+        if age is not None and age > PRICE_MAX_AGE_DAYS:
+            lines.append(f"warning: these prices were read {age} days ago ({e.price.date}, "
+                         f"over {PRICE_MAX_AGE_DAYS}): providers change prices; check the "
+                         "model's page, or pass --prices FILE or --price-in/--price-out")
     return "\n".join(lines)
 
 

@@ -51,13 +51,25 @@ def open_run_log(directory: Path, *, name: str, secrets: tuple[str | None, ...] 
         logger.removeHandler(h)
         h.close()
     try:
-        handler: logging.Handler = logging.FileHandler(directory / RUN_LOG, encoding="utf-8")
+        handler: logging.Handler = _QuietFileHandler(directory / RUN_LOG, encoding="utf-8")
     except OSError:
         handler = logging.NullHandler()  # a read-only or full disk: the run's files say why
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.addFilter(_Mask(tuple(s for s in secrets if s)))
     logger.addHandler(handler)
     return logger
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log line the disk refuses is dropped, not printed as a traceback: run.log is a
+    record for people, and a full disk is already reported by the run's own files."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self.dropped = getattr(self, "dropped", 0) + 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last flush found the disk full
+            super().close()
 
 
 class _Mask(logging.Filter):

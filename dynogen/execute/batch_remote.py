@@ -42,7 +42,8 @@ def map_error(e: Exception, what: str, host: str) -> APIError:
         if status in (401, 403):
             return AuthenticationError(
                 f"the Batch API at {host} refused the API key on {what} (HTTP {status}): check "
-                f"OPENAI_API_KEY; {_RESUME}", status=status, request_id=rid, body=message)
+                f"OPENAI_API_KEY (or the variable --api-key-env names); {_RESUME}",
+                status=status, request_id=rid, body=message)
         if status == 429 and (code == "insufficient_quota" or "quota" in message.lower()):
             return InsufficientQuotaError(
                 f"the API account is out of quota (on {what}): add credit or raise the "

@@ -83,7 +83,8 @@ def classify(resp: RawResponse) -> APIError:
                               request_id=rid, body=excerpt)
     if status in (401, 403):
         return AuthenticationError(
-            f"the server refused the API key (HTTP {status}): check OPENAI_API_KEY; {excerpt}",
+            f"the server refused the API key (HTTP {status}): check OPENAI_API_KEY (or the "
+            f"variable --api-key-env names); {excerpt}",
             status=status, request_id=rid, body=excerpt)
     if status in (408, 409) or status >= 500:
         err = ServerError(f"server error HTTP {status}: {excerpt}", status=status,

@@ -116,6 +116,9 @@ def _count(d: Mapping[str, Any], key: str) -> int | None:
 def _parse_usage(usage: Mapping[str, Any]) -> tuple[int, int, int] | None:
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
+    if (completion is None and "completion_tokens" not in usage and prompt is not None
+            and _count(usage, "total_tokens") == prompt):
+        completion = 0  # an embeddings answer: {"prompt_tokens": n, "total_tokens": n}
     if prompt is None or completion is None:
         return None
     details = usage.get("prompt_tokens_details")

@@ -28,6 +28,7 @@ __all__ = [
     "RowsFound",
     "RowsFn",
     "build_units",
+    "card_citation",
     "card_license",
     "card_summary",
     "card_tags",
@@ -205,6 +206,48 @@ def _truncate(text: str, max_chars: int) -> str:
 
 
 # --- YAML header fields ------------------------------------------------------------------
+
+
+CITATION_CHARS = 4000
+_CITATION_TITLE = re.compile(r"^(citation(\s+information)?|bibtex|how to cite|cite)$",
+                             re.IGNORECASE)
+_FENCED = re.compile(r"^\s*```[^\n]*\n(.*?)^\s*```", re.DOTALL | re.MULTILINE)
+
+
+def card_citation(
+    meta: Mapping[str, Any], prose: str, infos: Mapping[str, Any] | None = None
+) -> str:
+    """How the dataset asks to be cited; "" when its metadata does not say.
+
+    ``dataset_infos.json``'s ``citation`` (the first config that has one), else the
+    card's "Citation Information" section: its first fenced block (BibTeX, usually),
+    else its text. Units do not carry it (it is not part of any prompt); a dataset
+    card of the data grown from them does.
+    """
+    for info in (infos or {}).values():
+        text = info.get("citation") if isinstance(info, Mapping) else None
+        if isinstance(text, str) and text.strip():
+            return _truncate(text.strip(), CITATION_CHARS)
+    value = meta.get("citation")
+    if isinstance(value, str) and value.strip():
+        return _truncate(value.strip(), CITATION_CHARS)
+    lines = _COMMENT.sub("", prose).split("\n")
+    section: list[str] | None = None
+    for line in lines:
+        m = _HEADING.match(line)
+        if m is not None:
+            if section is not None:
+                break
+            if _CITATION_TITLE.match(m.group(1).strip()):
+                section = []
+        elif section is not None:
+            section.append(line)
+    if not section:
+        return ""
+    body = "\n".join(section)
+    fenced = _FENCED.search(body)
+    text = fenced.group(1).strip() if fenced else _clean(body)
+    return _truncate(text, CITATION_CHARS) if text else ""
 
 
 def card_license(meta: Mapping[str, Any], fallback: Any = None) -> str | None:

@@ -22,23 +22,50 @@ itself, or ``any``, is given.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dynogen.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LICENSES",
+    "HUB_LICENSES",
     "LICENSE_CLASSES",
+    "REDISTRIBUTABLE",
     "LicensePolicy",
     "license_class",
     "license_ids",
     "normalize_license",
+    "strictest",
+    "strictest_class",
 ]
 
 DEFAULT_LICENSES = "permissive,share-alike"
 LICENSE_CLASSES = ("permissive", "share-alike", "non-commercial", "no-derivatives", "unknown",
                    "other")
+# Classes whose terms allow anyone to redistribute derived data (what a public push may hold
+# without being told otherwise).
+REDISTRIBUTABLE = ("permissive", "share-alike")
+# From least to most restrictive: a dataset naming several licences carries all their terms.
+_STRICTNESS = ("permissive", "share-alike", "non-commercial", "no-derivatives", "other", "unknown")
+# The ids the Hub accepts in a card's ``license`` field (huggingface.co/docs/hub/repositories-
+# licenses); any other id is published as ``other`` and named in the card's table.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m",
+    "bigscience-bloom-rail-1.0", "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0",
+    "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0",
+    "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0",
+    "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0",
+    "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl",
+    "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research", "intel-research",
+    "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openrail++",
+    "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "unknown", "other",
+})
 
 _PERMISSIVE = {
     "mit", "apache-2.0", "apache-1.1", "bsd", "bsd-2-clause", "bsd-3-clause", "bsd-3-clause-clear",
@@ -71,6 +98,7 @@ def normalize_license(text: str) -> str:
     return aliases.get(s, s)
 
 
+@functools.lru_cache(maxsize=4096)  # called per instance when publishing; few distinct texts
 def license_ids(raw: str | None) -> tuple[str, ...]:
     """The ids a card's licence field names (``()`` when it names none)."""
     if raw is None:
@@ -105,6 +133,18 @@ def license_class(license_id: str) -> str:
     if i in _SHARE_ALIKE or i.startswith(("gpl-", "lgpl-", "agpl-", "gfdl")):
         return "share-alike"
     return "unknown"
+
+
+def strictest(classes: Iterable[str]) -> str:
+    """The most restrictive of some licence classes (``unknown`` when there are none)."""
+    return max(classes, key=_STRICTNESS.index, default="unknown")
+
+
+@functools.lru_cache(maxsize=4096)
+def strictest_class(raw: str | None) -> str:
+    """The class of a card's whole licence field: the most restrictive of its ids
+    (``"mit, cc-by-nc-4.0"`` is non-commercial; no id at all is unknown)."""
+    return strictest(license_class(i) for i in license_ids(raw))
 
 
 @dataclass(frozen=True, slots=True)

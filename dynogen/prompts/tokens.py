@@ -93,7 +93,7 @@ _MEMO_ENTRIES = 16_384  # at most ~3 MB; the text that repeats is a few prompts
 
 
 # Bytes of the longest token of each encoding (both 128; checked against the
-# vocabularies in tests/test_tokens.py): bounds how much text a token prefix covers.
+# vocabularies in tests/prompts/test_tokens.py): bounds how much text a token prefix covers.
 _LONGEST_TOKEN_BYTES = {"o200k_base": 128, "cl100k_base": 128}
 
 

@@ -1,12 +1,12 @@
 """Following the server: its rate-limit headers and its 429 bodies steer the limiter.
 
-``ServerFollower`` is the part of ``Limiter`` that learns from answers: the
-server's limits, usage the server counts beyond ours (charged to the minute
-window as corrections), and what the server charges a request (fed to
-``calibrate.ChargeModel``). It sits between ``Pacer``, whose window it
-corrects, and ``Limiter``, which owns the user's limits and the in-flight
-state it reads; it is a base class so ``observe_headers``, called once per
-answer, stays one plain method call.
+``Following`` is the part of ``Limiter`` that learns from answers: the
+server's limits, usage the server counts beyond ours (charged to ``Pacing``'s
+minute window as corrections), and what the server charges a request (fed to
+``calibrate.ChargeModel``). The limiter owns the user's limits, the requests in
+flight and the running totals of what it charged; its ``observe_headers`` hands
+this part an answer's headers in two steps (``note``, then ``learn_usage``) and
+applies what they return: new server limits, a correction to charge.
 
 Following the server's headers (``observe_headers``)
     * ``x-ratelimit-limit-*``: the limit in force is ``min(user's, server's)``;
@@ -43,18 +43,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
-from dynogen.ratelimit.headers import RateLimitHeaders, parse_rate_limit_headers
-from dynogen.ratelimit.pacing import WINDOW, Pacer
+from dynogen.ratelimit.calibrate import ChargeModel
+from dynogen.ratelimit.headers import RateLimitHeaders
+from dynogen.ratelimit.pacing import WINDOW
 from dynogen.ratelimit.permit import Permit
 
-if TYPE_CHECKING:
-    from dynogen.ratelimit.calibrate import ChargeModel
-    from dynogen.ratelimit.clock import Clock
-
-__all__ = ["DEADBAND", "ServerFollower", "limit_source", "min_limit"]
+__all__ = ["DEADBAND", "Following", "limit_source", "lowered", "min_limit"]
 
 DEADBAND: Final = 0.01  # header corrections below this fraction of the limit are noise
 _REQUESTED: Final = re.compile(rb"Requested (\d+)")
@@ -67,6 +63,11 @@ def min_limit(a: float | None, b: float | None) -> float | None:
     return a if b is None else min(a, b)
 
 
+def lowered(old: float | None, new: float | None) -> bool:
+    """A limit in force went down (not merely appeared or went away)."""
+    return old is not None and new is not None and new < old
+
+
 def limit_source(user: float | None, server: float | None) -> str | None:
     """Whose limit is in force: ``"user"`` (also on a tie), ``"server"``, or ``None``."""
     if user is None and server is None:
@@ -76,118 +77,127 @@ def limit_source(user: float | None, server: float | None) -> str | None:
     return "server"
 
 
-class ServerFollower(Pacer):
-    """Learns the server's limits, usage and charge from its answers (``Limiter``'s base)."""
+class Following:
+    """Learns the server's limits, usage and charge from its answers (a part of ``Limiter``).
 
-    __slots__ = ("_server_rpm", "_server_tpm", "_last_headers", "_invalid_headers",
-                 "_n_corrections", "_corrected_r", "_corrected_t")
+    It feeds ``charge`` (the limiter's, handed over at construction) and says
+    what to charge the minute window; the limiter applies it.
 
-    if TYPE_CHECKING:
-        # The limiter's, read here (``Limiter.__init__`` sets them).
-        _clock: Clock
-        _burst_seconds: float
-        _limited: bool
-        _user_rpm: float | None
-        _user_tpm: float | None
-        _charge: ChargeModel
-        _held: dict[Permit, None]
-        _unlogged_r: int
-        _unlogged_t: int
+    >>> following = Following(ChargeModel())
+    >>> following.note(RateLimitHeaders(limit_requests=500.0)), following.server_rpm
+    (True, 500.0)
+    """
 
-        def _apply_limits(self, now: float) -> None: ...
+    __slots__ = ("server_rpm", "server_tpm", "last_headers", "invalid_headers", "corrections",
+                 "corrected_requests", "corrected_tokens", "_charge")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._server_rpm: float | None = None
-        self._server_tpm: float | None = None
-        self._n_corrections = 0
-        self._corrected_r = 0
-        self._corrected_t = 0
-        self._invalid_headers = 0
-        self._last_headers = RateLimitHeaders()
+    def __init__(self, charge: ChargeModel) -> None:
+        self._charge = charge
+        self.server_rpm: float | None = None
+        self.server_tpm: float | None = None
+        self.last_headers = RateLimitHeaders()
+        self.invalid_headers = 0
+        self.corrections = 0
+        self.corrected_requests = 0
+        self.corrected_tokens = 0
 
-    def observe_headers(self, headers: Mapping[str, str], permit: Permit | None = None) -> None:
-        """Learn from one answer's headers (every answer, 2xx or 429). See the module docstring."""
-        info = parse_rate_limit_headers(headers)
+    def note(self, info: RateLimitHeaders) -> bool | None:
+        """Read one answer's headers: count the unreadable ones, keep the answer as the
+        last one, adopt the server's limits. ``None``: it said nothing; else whether
+        the server's limits changed."""
         if info.invalid:
-            self._invalid_headers += len(info.invalid)
+            self.invalid_headers += len(info.invalid)
         if info.empty:
-            return
-        self._last_headers = info
-        now = self._clock.now()
-        newly = not self._limited
-        pre_r, pre_t = self._charged_r, self._charged_t  # before learning limits charges anything
+            return None
+        self.last_headers = info
         changed = False
-        if info.limit_requests is not None and info.limit_requests != self._server_rpm:
-            self._server_rpm = info.limit_requests
+        if info.limit_requests is not None and info.limit_requests != self.server_rpm:
+            self.server_rpm = info.limit_requests
             changed = True
-        if info.limit_tokens is not None and info.limit_tokens != self._server_tpm:
-            self._server_tpm = info.limit_tokens
+        if info.limit_tokens is not None and info.limit_tokens != self.server_tpm:
+            self.server_tpm = info.limit_tokens
             changed = True
-        if changed:
-            old_rpm, old_tpm = self._rpm, self._tpm
-            new_rpm = min_limit(self._user_rpm, self._server_rpm)
-            new_tpm = min_limit(self._user_tpm, self._server_tpm)
-            if (old_rpm is not None and new_rpm is not None and new_rpm < old_rpm) or (
-                    old_tpm is not None and new_tpm is not None and new_tpm < old_tpm):
-                # The server lowered its limit. Providers enforce it as a refilling
-                # bucket, so a minute of history sent at the old rate is not held
-                # against us: keep only the last burst, and let the server's
-                # remaining headers (corrections) and 429s say if it counts more.
-                self._floor = now - self._burst_seconds
-            self._apply_limits(now)
-        if not self._limited:
-            return
+        return changed
+
+    def learn_usage(self, info: RateLimitHeaders, permit: Permit | None, ref: Permit | None,
+                    newly: bool, rpm: float | None, tpm: float | None, charged_r: int,
+                    charged_t: int, unlogged_r: int, unlogged_t: int,
+                    ) -> tuple[float, int, int] | None:
+        """Learn the server's charge, and its usage beyond ours, from one answer.
+
+        ``permit``: the answered request, if known; ``ref``: the request it is
+        judged by (``permit`` if logged, else the oldest in flight); ``newly``:
+        no limit was known before this answer; ``rpm``/``tpm``: the limits in
+        force; ``charged_*``: our running totals of everything charged before
+        this answer; ``unlogged_*``: in flight, granted while no limit was known.
+        Returns usage beyond ours to charge the minute window with,
+        ``(seconds, requests, tokens)``, or ``None``.
+        """
         if (permit is not None and permit.at is not None and info.limit_tokens is not None
                 and info.remaining_tokens is not None):
             # What the server took for it, as of just after admitting it (ChargeModel).
-            self._charge.observe(permit._seq, permit.at,
-                                 info.limit_tokens - info.remaining_tokens, permit._psum,
-                                 permit._msum, info.limit_tokens / WINDOW, permit._p, permit._m)
-        # The request this answer is about, as we saw things when granting it.
-        ref = permit if permit is not None and permit.at is not None else None
-        if ref is None and self._held:
-            ref = next(iter(self._held))
+            self._charge.observe(permit.seq, permit.at,
+                                 info.limit_tokens - info.remaining_tokens, permit.prompt_sum,
+                                 permit.max_tokens_sum, info.limit_tokens / WINDOW,
+                                 permit.prompt, permit.max_tokens)
         add_r = add_t = 0
-        if self._rpm is not None and info.remaining_requests is not None:
-            limit = info.limit_requests if info.limit_requests is not None else self._rpm
-            add_r = self._excess(limit - info.remaining_requests, ref, permit, newly, self._rpm,
-                                 pre_r, requests=True)
-        if self._tpm is not None and info.remaining_tokens is not None:
-            limit = info.limit_tokens if info.limit_tokens is not None else self._tpm
-            add_t = self._excess(limit - info.remaining_tokens, ref, permit, newly, self._tpm,
-                                 pre_t, requests=False)
-        if add_r or add_t:
-            resets = [r for r, a in ((info.reset_requests, add_r), (info.reset_tokens, add_t))
-                      if a and r is not None]
-            life = min(WINDOW, max(resets)) if resets else WINDOW
-            self._n_corrections += 1
-            self._corrected_r += add_r
-            self._corrected_t += add_t
-            self._charge_correction(now + life, add_r, add_t)
+        if rpm is not None and info.remaining_requests is not None:
+            limit = info.limit_requests if info.limit_requests is not None else rpm
+            add_r = _excess(limit - info.remaining_requests, ref, permit, newly, rpm,
+                            charged_r, unlogged_r, requests=True)
+        if tpm is not None and info.remaining_tokens is not None:
+            limit = info.limit_tokens if info.limit_tokens is not None else tpm
+            add_t = _excess(limit - info.remaining_tokens, ref, permit, newly, tpm,
+                            charged_t, unlogged_t, requests=False)
+        if not (add_r or add_t):
+            return None
+        resets = [r for r, a in ((info.reset_requests, add_r), (info.reset_tokens, add_t))
+                  if a and r is not None]
+        self.corrections += 1
+        self.corrected_requests += add_r
+        self.corrected_tokens += add_t
+        return min(WINDOW, max(resets)) if resets else WINDOW, add_r, add_t
 
-    def _excess(self, server_used: float, ref: Permit | None, permit: Permit | None,
-                newly: bool, limit: float, charged: int, *, requests: bool) -> int:
-        """Usage the server reports beyond anything we can account for (0 if none)."""
-        if ref is not None:
-            ours = ref._used_r if requests else ref._used_t
-            since = charged - (ref._charged_r if requests else ref._charged_t)
-            deficit = server_used - ours - since
-            return math.ceil(deficit) if deficit > max(1.0, DEADBAND * limit) else 0
-        if not newly:
-            return 0
-        # Limits just learned: nothing was logged. The server's count plus what
-        # we granted after the answered request is our usage; the requests in
-        # flight are already charged (see _apply_limits), so add only the rest.
-        unlogged = self._unlogged_r if requests else self._unlogged_t
-        if permit is not None:
-            since = charged - (permit._charged_r if requests else permit._charged_t)
-        else:
-            since = unlogged
-        return max(0, math.ceil(server_used + since - unlogged))
+    def snapshot(self) -> dict[str, Any]:
+        """The corrections made, headers refused, and the last answer's numbers."""
+        last = self.last_headers
+        return {
+            "corrections": self.corrections,
+            "corrected_requests": self.corrected_requests,
+            "corrected_tokens": self.corrected_tokens,
+            "invalid_headers": self.invalid_headers,
+            "server": {
+                "limit_requests": last.limit_requests,
+                "limit_tokens": last.limit_tokens,
+                "remaining_requests": last.remaining_requests,
+                "remaining_tokens": last.remaining_tokens,
+                "reset_requests": last.reset_requests,
+                "reset_tokens": last.reset_tokens,
+            },
+        }
 
     def observe_refusal(self, permit: Permit, body: bytes) -> None:
         """A 429's body: OpenAI's says what this request is charged (``Requested N``)."""
         m = _REQUESTED.search(body)
         if m is not None and b"tokens per min" in body:
-            self._charge.observe_exact(float(m.group(1)), permit._p, permit._m)
+            self._charge.observe_exact(float(m.group(1)), permit.prompt, permit.max_tokens)
+
+
+def _excess(server_used: float, ref: Permit | None, permit: Permit | None, newly: bool,
+            limit: float, charged: int, unlogged: int, *, requests: bool) -> int:
+    """Usage the server reports beyond anything we can account for (0 if none)."""
+    if ref is not None:
+        ours = ref.window_requests if requests else ref.window_tokens
+        since = charged - (ref.charged_requests if requests else ref.charged_tokens)
+        deficit = server_used - ours - since
+        return math.ceil(deficit) if deficit > max(1.0, DEADBAND * limit) else 0
+    if not newly:
+        return 0
+    # Limits just learned: nothing was logged. The server's count plus what
+    # we granted after the answered request is our usage; the requests in
+    # flight are already charged (see Limiter._apply_limits), so add only the rest.
+    if permit is not None:
+        since = charged - (permit.charged_requests if requests else permit.charged_tokens)
+    else:
+        since = unlogged
+    return max(0, math.ceil(server_used + since - unlogged))

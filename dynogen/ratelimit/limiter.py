@@ -9,16 +9,19 @@ headers say about its limits. The shape (``__slots__``, FIFO waiters,
 time from one injected clock, refusing an amount that can never fit) is
 aiolimiter's.
 
-Where each part lives (``Limiter`` is the one class callers use)
-    * ``pacing`` — the minute window, the burst buckets and refunds: how pacing
-      works (``Pacer``, the limiter's base class);
-    * ``following`` — what the server's headers and 429 bodies teach: its limits,
-      usage beyond ours, its charge per request (``ServerFollower``);
-    * ``waiters`` — the FIFO of requests that must wait (``WaitQueue``, ``Waiter``);
-    * ``permit``, ``senders`` — the grant record (and the one outright refusal),
-      and the hard in-flight cap from the open-files limit;
+The parts (``Limiter`` is the one class callers use; it owns one of each and
+delegates, and each part changes its own state only)
+    * ``pacing.Pacing`` — the minute window, the burst buckets, refunds and
+      corrections: whether a request fits the limits in force, and when it will;
+    * ``following.Following`` — what the server's headers and 429 bodies teach:
+      its limits, usage beyond ours, its charge per request;
+    * ``waiters.WaitQueue`` — the FIFO of requests that must wait (futures, timers);
+    * ``calibrate.Concurrency`` and ``calibrate.ChargeModel`` — the in-flight
+      target's hold time and the server's charge per request;
+    * ``permit`` — the grant record (a plain dataclass every part reads) and the one
+      outright refusal; ``senders`` — the hard in-flight cap from the open-files limit;
     * here — ``acquire``/``release``, the in-flight target, 429 pauses and the
-      limits in force.
+      limits in force (the lower of the user's and the server's).
 
 How many requests in flight
     ``max_senders`` is the hard cap — ``--max-in-flight`` if given, else what the
@@ -49,16 +52,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections.abc import Mapping
 from typing import Any, Final
 
 from dynogen.errors import ConfigError
 from dynogen.ratelimit.calibrate import START as CONC_START
 from dynogen.ratelimit.calibrate import ChargeModel, Concurrency
 from dynogen.ratelimit.clock import Clock, MonotonicClock
-from dynogen.ratelimit.following import DEADBAND as DEADBAND
-from dynogen.ratelimit.following import ServerFollower, limit_source, min_limit
-from dynogen.ratelimit.pacing import WINDOW
+from dynogen.ratelimit.following import Following, limit_source, lowered, min_limit
+from dynogen.ratelimit.headers import parse_rate_limit_headers
+from dynogen.ratelimit.pacing import WINDOW, Pacing
 from dynogen.ratelimit.permit import Permit, RequestTooLarge, Reservation
 from dynogen.ratelimit.senders import AUTO_MAX_SENDERS, auto_max_senders
 from dynogen.ratelimit.waiters import MIN_SLEEP, Waiter, WaitQueue
@@ -68,8 +71,6 @@ __all__ = ["AUTO_MAX_SENDERS", "KINDS", "WINDOW", "Limiter", "Permit", "RequestT
 
 KINDS: Final = ("requests", "tokens", "unknown")
 _INF: Final = math.inf
-SMOOTH: Final = 0.25  # after a requests 429, bursts are this share of the server's
-_TINY: Final = 1e-7  # added to a bucket's wait so float rounding never wakes us just short
 
 
 class _Unset:
@@ -90,7 +91,13 @@ def _check_limit(name: str, value: float | None) -> float | None:
     return float(value)
 
 
-class Limiter(WaitQueue, ServerFollower):
+def _too_large(tokens: int, tpm: float) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"one request needs up to {tokens} tokens (prompt + max_tokens) but the token limit "
+        f"is {tpm:g} per minute, so it can never be sent: lower --max-tokens or raise --tpm")
+
+
+class Limiter:
     """Requests/minute, tokens/minute and in-flight cap, paced and steered by server headers.
 
     >>> import asyncio
@@ -104,13 +111,12 @@ class Limiter(WaitQueue, ServerFollower):
     830
     """
 
-    # The minute window and buckets are ``Pacer``'s slots, the server's limits and
-    # header counts ``ServerFollower``'s; these are the rest.
     __slots__ = (
         "_clock", "_burst_seconds", "_user_cap", "_target", "_conc", "_in_flight",
-        "_unlogged_r", "_unlogged_t", "_user_rpm", "_user_tpm", "_limited",
-        "_rate", "_mean_tok", "_charge", "_grants", "_psum", "_msum", "_slot_waits",
-        "_held", "_waiters", "_paused_until", "_pauses", "_paused_seconds", "_smooth_r",
+        "_unlogged_r", "_unlogged_t", "_user_rpm", "_user_tpm", "_rpm", "_tpm", "_limited",
+        "_rate", "_mean_tok", "_charge", "_grants", "_psum", "_msum",
+        "_held", "_queue", "_waiting", "_paused_until", "_pauses", "_paused_seconds",
+        "_smooth_r", "_charged_r", "_charged_t", "_pacing", "_following",
     )
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None,
@@ -118,9 +124,15 @@ class Limiter(WaitQueue, ServerFollower):
                  clock: Clock | None = None) -> None:
         if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
             raise ConfigError(f"burst_seconds must be a positive number (got {burst_seconds})")
-        super().__init__()  # the window, buckets and server state start empty
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._burst_seconds = float(burst_seconds)
+        self._charge = ChargeModel()
+        self._pacing = Pacing()  # the window and buckets start empty
+        self._following = Following(self._charge)
+        self._queue = WaitQueue()
+        # The queue's own deque, read (never changed) here: "is anyone waiting?" is
+        # asked on every acquire and release, and a truth test on a deque is cheapest.
+        self._waiting = self._queue.fifo
         self._user_cap: int | None = None
         # The CPU guard reads the process's CPU time against the clock: real clocks only.
         self._conc = Concurrency(auto_max_senders(),
@@ -129,21 +141,22 @@ class Limiter(WaitQueue, ServerFollower):
         self._target = 1
         self._rate: float | None = None  # binding requests/s (None: no limit known)
         self._mean_tok = 0.0  # tokens reserved per request, smoothed (for a TPM-bound rate)
-        self._charge = ChargeModel()
         self._grants = 0
         self._psum = 0.0
         self._msum = 0.0
-        self._slot_waits = 0
         self._in_flight = 0
         self.max_in_flight = max_in_flight
         self._unlogged_r = 0  # in flight, granted while no limit was known
         self._unlogged_t = 0
+        self._charged_r = 0  # running totals: every grant and correction ever charged
+        self._charged_t = 0
         self._user_rpm = _check_limit("rpm", rpm)
         self._user_tpm = _check_limit("tpm", tpm)
+        self._rpm: float | None = None  # the limits in force (``_apply_limits`` sets them)
+        self._tpm: float | None = None
         self._limited = False
         self._smooth_r = False  # after a requests 429: one request per 60/rpm seconds
         self._held: dict[Permit, None] = {}  # logged permits in flight, oldest first
-        self._waiters: deque[Waiter] = deque()
         self._paused_until = 0.0
         self._pauses = dict.fromkeys(KINDS, 0)
         self._paused_seconds = 0.0
@@ -171,7 +184,7 @@ class Limiter(WaitQueue, ServerFollower):
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return len(self._waiting)
 
     @property
     def max_in_flight(self) -> int:
@@ -216,14 +229,17 @@ class Limiter(WaitQueue, ServerFollower):
         charge = self._charge.charge(tokens, max_tokens) if self._charge.ready else tokens
         tpm = self._tpm
         if tpm is not None and charge > tpm:
-            raise self._too_large(charge, tpm)
-        if not self._waiters and self._in_flight < self._target:
+            raise _too_large(charge, tpm)
+        if not self._waiting and self._in_flight < self._target:
             if not self._limited and not self._paused_until:
                 return self._grant_unlogged(charge)
             now = self._clock.now()
-            if self._wait_time(now, charge) == 0.0:
+            # A slot is free: unless paused, the windows alone decide (_wait_time, shortened).
+            wait = (self._wait_time(now, charge) if self._paused_until
+                    else self._pacing.wait(now, charge))
+            if wait == 0.0:
                 return self._grant(now, charge, tokens, max_tokens)
-        return await self._wait(charge, tokens, max_tokens)
+        return await self._queue.wait(Waiter(charge, tokens, max_tokens), self._admit)
 
     def reserve(self, tokens: int) -> Reservation:
         """``async with limiter.reserve(n) as permit:`` acquire, then release on exit.
@@ -240,11 +256,11 @@ class Limiter(WaitQueue, ServerFollower):
         ``0`` = it never counted against the server (not sent, or refused), so
         its request and all its tokens come back; ``None`` = unknown, keep it all.
         """
-        if permit._released:
+        if permit.released:
             raise RuntimeError(f"{permit!r} was released twice")
         if used_tokens is not None and not used_tokens >= 0:
             raise ValueError(f"used_tokens must be 0 or more (got {used_tokens})")
-        permit._released = True
+        permit.released = True
         if permit.at is None:
             self._in_flight -= 1
             self._unlogged_r -= 1
@@ -256,11 +272,48 @@ class Limiter(WaitQueue, ServerFollower):
             del self._held[permit]
             if used_tokens is not None:
                 if used_tokens == 0:
-                    self._adjust(permit, -permit._req, -permit._tok)
-                elif used_tokens != permit._tok:
-                    self._adjust(permit, 0, used_tokens - permit._tok)
-        if self._waiters:
-            self._wake_head()
+                    self._pacing.adjust(permit, -permit.counted_requests, -permit.counted_tokens)
+                elif used_tokens != permit.counted_tokens:
+                    self._pacing.adjust(permit, 0, used_tokens - permit.counted_tokens)
+        if self._waiting:
+            self._queue.wake_head()
+
+    # ------------------------------------------------------ what answers say
+    def observe_headers(self, headers: Mapping[str, str], permit: Permit | None = None) -> None:
+        """Learn from one answer's headers (every answer, 2xx or 429); see ``following``."""
+        info = parse_rate_limit_headers(headers)
+        following = self._following
+        changed = following.note(info)
+        if changed is None:
+            return
+        now = self._clock.now()
+        newly = not self._limited
+        # Before learning limits charges anything (requests in flight, unlogged).
+        charged_r, charged_t = self._charged_r, self._charged_t
+        if changed:
+            rpm = min_limit(self._user_rpm, following.server_rpm)
+            tpm = min_limit(self._user_tpm, following.server_tpm)
+            if lowered(self._rpm, rpm) or lowered(self._tpm, tpm):
+                # The server lowered its limit. Providers enforce it as a refilling
+                # bucket, so a minute of history sent at the old rate is not held
+                # against us: keep only the last burst, and let the server's
+                # remaining headers (corrections) and 429s say if it counts more.
+                self._pacing.forget_before(now - self._burst_seconds)
+            self._apply_limits(now)
+        if not self._limited:
+            return
+        # The request this answer is about, as we saw things when granting it.
+        ref = permit if permit is not None and permit.at is not None else None
+        if ref is None and self._held:
+            ref = next(iter(self._held))
+        fix = following.learn_usage(info, permit, ref, newly, self._rpm, self._tpm, charged_r,
+                                    charged_t, self._unlogged_r, self._unlogged_t)
+        if fix is not None:
+            self._correct(now + fix[0], fix[1], fix[2])
+
+    def observe_refusal(self, permit: Permit, body: bytes) -> None:
+        """A 429's body: OpenAI's says what this request is charged (``Requested N``)."""
+        self._following.observe_refusal(permit, body)
 
     # --------------------------------------------------- 429s, limits, report
     def pause(self, seconds: float, kind: str = "unknown") -> None:
@@ -272,13 +325,9 @@ class Limiter(WaitQueue, ServerFollower):
         self._pauses[kind] += 1
         now = self._clock.now()
         if kind == "tokens" and self._tpm is not None:
-            # The server's token bucket is empty: ours cannot be fuller. Without this,
-            # tokens refunded before we learnt the server does not refund would stay
-            # in our bucket for good (it never fills up under load to shed them).
-            self._tb_level = min(self._tb_refill(now), 0.0)
+            self._pacing.drain_tokens(now)
         elif kind == "requests" and self._rpm is not None:
-            # The server's request bucket is empty: ours cannot be fuller either.
-            self._rb_level = min(self._rb_refill(now), 0.0)
+            self._pacing.drain_requests(now)
             if not self._smooth_r:
                 # The server refuses even our short bursts: pace requests one at a time
                 # from now on. That is still the full rate, only without bunching.
@@ -301,94 +350,83 @@ class Limiter(WaitQueue, ServerFollower):
     def snapshot(self) -> dict[str, Any]:
         """Plain data for progress display and the run report."""
         now = self._clock.now()
-        self._expire(now)
+        pacing, following = self._pacing, self._following
+        pacing.expire(now)
         rpm, tpm = self._rpm, self._tpm
-        last = self._last_headers
         return {
             "rpm": rpm,
             "tpm": tpm,
-            "rpm_source": limit_source(self._user_rpm, self._server_rpm),
-            "tpm_source": limit_source(self._user_tpm, self._server_tpm),
-            "burst_requests": None if rpm is None else self._cap_r,
-            "burst_tokens": None if tpm is None else self._cap_t,
+            "rpm_source": limit_source(self._user_rpm, following.server_rpm),
+            "tpm_source": limit_source(self._user_tpm, following.server_tpm),
+            "burst_requests": None if rpm is None else pacing.burst_requests,
+            "burst_tokens": None if tpm is None else pacing.burst_tokens,
             "max_in_flight": self._target,
             "max_senders": self._conc.hard,
             "hold_seconds": None if self._conc.hold is None else round(self._conc.hold, 4),
             "request_rate": self._rate,
             "charge_model": self._charge.snapshot(),
             "in_flight": self._in_flight,
-            "waiting": len(self._waiters),
-            "requests_in_window": self._req60,
-            "tokens_in_window": self._tok60,
-            "requests_available": None if rpm is None else max(0.0, self._long_r - self._req60),
-            "tokens_available": None if tpm is None else max(0.0, tpm - self._tok60),
+            "waiting": len(self._waiting),
+            "requests_in_window": pacing.requests_in_window,
+            "tokens_in_window": pacing.tokens_in_window,
+            "requests_available": None if rpm is None else max(
+                0.0, pacing.minute_requests - pacing.requests_in_window),
+            "tokens_available": None if tpm is None else max(0.0, tpm - pacing.tokens_in_window),
             "paused_for": max(0.0, self._paused_until - now),
             "pauses": dict(self._pauses),
             "paused_seconds": self._paused_seconds,
-            "corrections": self._n_corrections,
-            "corrected_requests": self._corrected_r,
-            "corrected_tokens": self._corrected_t,
-            "invalid_headers": self._invalid_headers,
-            "server": {
-                "limit_requests": last.limit_requests,
-                "limit_tokens": last.limit_tokens,
-                "remaining_requests": last.remaining_requests,
-                "remaining_tokens": last.remaining_tokens,
-                "reset_requests": last.reset_requests,
-                "reset_tokens": last.reset_tokens,
-            },
+            **following.snapshot(),
         }
 
     # -------------------------------------------------------------- internals
-    def _too_large(self, tokens: int, tpm: float) -> RequestTooLarge:
-        return RequestTooLarge(
-            f"one request needs up to {tokens} tokens (prompt + max_tokens) but the token limit "
-            f"is {tpm:g} per minute, so it can never be sent: lower --max-tokens or raise --tpm"
-        )
-
     def _grant_unlogged(self, tokens: int) -> Permit:
-        p = Permit(tokens)
         self._in_flight += 1
         self._unlogged_r += 1
         self._unlogged_t += tokens
         self._charged_r += 1
         self._charged_t += tokens
-        p._charged_r = self._charged_r
-        p._charged_t = self._charged_t
-        return p
+        return Permit(tokens, self._charged_r, self._charged_t)
 
     def _grant(self, now: float, tokens: int, asked: int, max_tokens: int) -> Permit:
         if not self._limited:
             return self._grant_unlogged(tokens)
         if self._conc.step(now, self._in_flight, False):
             self._period()
-        p = Permit(tokens, asked, max_tokens)
-        p.at = now
-        self._log.append(p)
-        self._held[p] = None
-        self._in_flight += 1
-        self._req60 += 1
-        self._tok60 += tokens
-        # _wait_time(now) just refilled both buckets to ``now``: take from them directly.
-        if self._rpm is not None:
-            self._rb_level -= 1.0
-        if self._tpm is not None:
-            self._tb_level -= tokens
+        self._grants = seq = self._grants + 1
+        prompt = asked - max_tokens
+        self._psum += prompt
+        self._msum += max_tokens
+        self._mean_tok += (tokens - self._mean_tok) * (0.02 if seq > 50 else 1.0 / seq)
         self._charged_r += 1
         self._charged_t += tokens
-        self._grants += 1
-        self._psum += p._p
-        self._msum += max_tokens
-        self._mean_tok += (tokens - self._mean_tok) * (0.02 if self._grants > 50 else
-                                                      1.0 / self._grants)
-        p._seq = self._grants
-        p._psum = self._psum
-        p._msum = self._msum
-        p._used_r = self._req60
-        p._used_t = self._tok60
-        p._charged_r = self._charged_r
-        p._charged_t = self._charged_t
+        p = Permit(tokens, self._charged_r, self._charged_t, now, prompt, max_tokens, seq,
+                   self._psum, self._msum, 1, tokens)
+        self._pacing.grant(now, p)
+        self._held[p] = None
+        self._in_flight += 1
         return p
+
+    def _correct(self, until: float, req: int, tok: int) -> None:
+        """Charge usage beyond our grants to the minute window until ``until``."""
+        self._pacing.correct(until, req, tok)
+        self._charged_r += req
+        self._charged_t += tok
+
+    def _admit(self, w: Waiter) -> Permit | None:
+        """The head of the queue: grant it if it may go now, else arm its timer (``None``)."""
+        if self._charge.ready:
+            # The charge as known now: a request queued before the server's
+            # charge was learned must not go on reserving the old count.
+            w.tokens = self._charge.charge(w.asked, w.max_tokens)
+            if self._tpm is not None and w.tokens > self._tpm:
+                w.tokens = math.floor(self._tpm)  # goes alone, a full bucket
+        now = self._clock.now()
+        delay = self._wait_time(now, w.tokens)
+        if delay == 0.0:
+            return self._grant(now, w.tokens, w.asked, w.max_tokens)
+        if delay != _INF:
+            w.arm(self._clock, now, delay)
+        return None
 
     def _wait_time(self, now: float, tokens: int) -> float:
         """0.0 if ``tokens`` may go now, else seconds until it might (inf: until a release)."""
@@ -400,35 +438,12 @@ class Limiter(WaitQueue, ServerFollower):
             self._paused_until = 0.0
         if not self._limited:
             return 0.0
-        self._expire(now)
-        wait = 0.0
-        if self._rpm is not None:
-            over = self._req60 + 1 - self._long_r
-            if over > 0:
-                wait = self._minute_wait(now, over, requests=True)
-            # Request burst: a bucket, as providers enforce it. Its level is computed
-            # from absolute times, so a timer that fires late loses nothing: the
-            # refill it slept through is there for the next requests.
-            level = self._rb_refill(now)
-            if level < 1.0:
-                wait = max(wait, (1.0 - level) * WINDOW / self._rpm + _TINY)
-        if self._tpm is not None:
-            over = self._tok60 + tokens - self._tpm
-            if over > 0:
-                wait = max(wait, self._minute_wait(now, over, requests=False))
-            # Token burst: a bucket too. A request waits until the bucket holds its
-            # tokens (one bigger than the bucket waits until it is full and goes
-            # alone), so the burst is never overdrawn.
-            level = self._tb_refill(now)
-            need = min(float(tokens), self._cap_t)
-            if level < need:
-                wait = max(wait, (need - level) * WINDOW / self._tpm + _TINY)
+        wait = self._pacing.wait(now, tokens)
         return wait if wait == 0.0 else max(wait, MIN_SLEEP)
 
     def _slow_start(self) -> bool:
         """In-flight cap reached before any hold time was measured: double it (if allowed)."""
         if self._rate is None or self._conc.hold is not None or self._target >= self._conc.hard:
-            self._slot_waits += 1
             return False
         self._target = min(self._conc.hard, 2 * self._target)
         return self._in_flight < self._target
@@ -453,38 +468,24 @@ class Limiter(WaitQueue, ServerFollower):
             self._target = cap if cap is not None else min(self._conc.hard, CONC_START)
         else:
             self._target = self._conc.target(self._rate, old)
-        if self._target > old and getattr(self, "_waiters", None):
-            self._wake_head()
+        if self._target > old:
+            self._queue.wake_head()
 
     def _apply_limits(self, now: float) -> None:
-        """Recompute limits, burst shapes and window sums; fail waiters that can never fit."""
-        rpm = min_limit(self._user_rpm, self._server_rpm)
-        tpm = min_limit(self._user_tpm, self._server_tpm)
+        """Recompute the limits in force; fail waiters that can never fit."""
+        rpm = min_limit(self._user_rpm, self._following.server_rpm)
+        tpm = min_limit(self._user_tpm, self._following.server_tpm)
         newly = not self._limited and (rpm is not None or tpm is not None)
         self._rpm, self._tpm = rpm, tpm
         self._limited = rpm is not None or tpm is not None
-        b = self._burst_seconds
-        if rpm is not None:
-            burst = rpm / WINDOW * b
-            # Smooth (after a requests 429): a quarter of the burst, but at least 2, so
-            # a late timer is still made up by the next request (a bucket of 1 cannot).
-            self._cap_r = (max(2, math.floor(burst * SMOOTH)) if self._smooth_r
-                           else max(1, math.floor(burst)))
-            self._long_r = max(1.0, rpm)
-        else:
-            self._cap_r, self._long_r = _INF, _INF
-        self._cap_t = tpm / WINDOW * b if tpm is not None else _INF
-        self._rebuild(now)
+        self._pacing.configure(now, rpm, tpm, self._burst_seconds, self._smooth_r)
         if newly and (self._unlogged_r or self._unlogged_t):
             # Requests granted before any limit was known are in flight unlogged:
             # count them for a minute rather than pretend they were never sent.
-            self._charge_correction(now + WINDOW, self._unlogged_r, self._unlogged_t)
+            self._correct(now + WINDOW, self._unlogged_r, self._unlogged_t)
         if tpm is not None:
-            for w in [w for w in self._waiters if w.tokens > tpm]:
-                self._waiters.remove(w)
-                w.disarm()
-                if w.fut is not None and not w.fut.done():
-                    w.fut.set_exception(self._too_large(w.tokens, tpm))
+            self._queue.fail_where(lambda w: w.tokens > tpm, lambda w: _too_large(w.tokens, tpm))
         self._update_rate()
         self._retarget()
-        self._wake_head()
+        self._queue.wake_head()
+

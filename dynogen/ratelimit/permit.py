@@ -1,21 +1,21 @@
 """What ``Limiter.acquire`` hands out, and what it refuses outright.
 
-A ``Permit`` is the record of one grant: the limiter's pacing, refunds and
-header corrections all read and update the numbers it carries, so it lives
-apart from any one of them. ``RequestTooLarge`` is the one refusal that needs no
-waiting to decide, and ``Reservation`` is ``limiter.reserve(n)``'s
-``async with`` form of acquire + release.
+A ``Permit`` is the record of one grant: plain data that the limiter's parts
+read and update through their own methods (pacing moves what the windows count
+for it, following reads what was charged around it, the charge model reads its
+parts), so it lives apart from all of them and imports none of them.
+``RequestTooLarge`` is the one refusal that needs no waiting to decide, and
+``Reservation`` is ``limiter.reserve(n)``'s ``async with`` form of acquire +
+release (it names the limiter only by the two methods it calls).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dynogen.errors import UserError
-
-if TYPE_CHECKING:
-    from dynogen.ratelimit.limiter import Limiter
 
 __all__ = ["Permit", "RequestTooLarge", "Reservation"]
 
@@ -24,41 +24,54 @@ class RequestTooLarge(UserError, ValueError):
     """One request's worst case exceeds the token limit, so it could never be sent."""
 
 
+# eq=False: a permit is one grant, equal only to itself and hashed by identity (the
+# limiter keeps the permits in flight as dict keys).
+@dataclass(slots=True, eq=False, repr=False)
 class Permit:
     """A granted request: one in-flight slot, one request and ``tokens`` reserved tokens.
 
-    Hand it back with ``Limiter.release(permit, used_tokens)``.
+    Hand it back with ``Limiter.release(permit, used_tokens)``. Besides ``tokens``
+    and ``used_tokens`` the fields are the limiter's bookkeeping, public so that
+    each of its parts reads them without reaching into another; the limiter
+    fills them positionally (one call is the cheapest way to build one).
+
+    >>> Permit(1200)
+    <Permit tokens=1200 at=None held>
     """
 
-    __slots__ = ("tokens", "at", "used_tokens", "_req", "_tok", "_used_r", "_used_t",
-                 "_charged_r", "_charged_t", "_released", "_seq", "_p", "_m", "_psum", "_msum")
-
-    def __init__(self, tokens: int, asked: int = 0, max_tokens: int = 0) -> None:
-        self.tokens = tokens  # reserved at acquire
-        self._seq = 0  # grant order (logged permits), and our parts of what was asked
-        self._p = asked - max_tokens
-        self._m = max_tokens
-        self._psum = 0.0  # running sums of those parts over every grant, just after it
-        self._msum = 0.0
-        self.at: float | None = None  # when granted, if logged (some limit was set)
-        self.used_tokens: int | None = None  # for ``async with limiter.reserve(...)``
-        self._req = 1  # what the windows hold for it now
-        self._tok = tokens
-        self._used_r = 0  # our minute-window usage just after granting it
-        self._used_t = 0
-        self._charged_r = 0  # running totals of everything charged, just after it
-        self._charged_t = 0
-        self._released = False
+    tokens: int  # reserved at acquire
+    charged_requests: int = 0  # running totals of everything charged, just after it
+    charged_tokens: int = 0
+    at: float | None = None  # when granted, if logged (some limit was set)
+    prompt: int = 0  # our count of what was asked, less ``max_tokens`` (the charge model's p)
+    max_tokens: int = 0  # the request's ``max_tokens`` (the charge model's m)
+    seq: int = 0  # grant order (logged permits)
+    prompt_sum: float = 0.0  # running sums of ``prompt`` and ``max_tokens`` over every
+    max_tokens_sum: float = 0.0  # grant, just after this one
+    counted_requests: int = 1  # what the minute window and buckets hold for it now
+    counted_tokens: int = 0
+    window_requests: int = 0  # our minute-window usage just after granting it
+    window_tokens: int = 0
+    used_tokens: int | None = None  # for ``async with limiter.reserve(...)``
+    released: bool = False
 
     def __repr__(self) -> str:
-        state = "released" if self._released else "held"
+        state = "released" if self.released else "held"
         return f"<Permit tokens={self.tokens} at={self.at} {state}>"
 
 
+class _Grants(Protocol):
+    async def acquire(self, tokens: int, max_tokens: int = 0) -> Permit: ...
+
+    def release(self, permit: Permit, used_tokens: int | None = None) -> None: ...
+
+
 class Reservation:
+    """``limiter.reserve(n)``: acquire on entering the ``async with``, release on leaving."""
+
     __slots__ = ("_limiter", "_tokens", "_permit")
 
-    def __init__(self, limiter: Limiter, tokens: int) -> None:
+    def __init__(self, limiter: _Grants, tokens: int) -> None:
         self._limiter = limiter
         self._tokens = tokens
         self._permit: Permit | None = None

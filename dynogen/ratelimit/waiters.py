@@ -1,46 +1,58 @@
 """The limiter's FIFO: requests that cannot go at once, and what wakes them.
 
-Each waiting ``acquire`` is one ``Waiter`` (its future and its timer) in the
-limiter's queue. Only the head of the queue is ever woken: by a release, by a
+Each waiting ``acquire`` is one ``Waiter`` (its future and its timer) in a
+``WaitQueue``. Only the head of the queue is ever woken: by a release, by a
 change of limits or of the in-flight target, or by the timer armed for when
-pacing says it may go; it takes its grant, then wakes the next. Kept apart from
-the limiter because it is the only part that creates futures and tasks: the
-uncontended path of ``acquire`` never gets here.
+pacing says it may go; it takes its grant, then wakes the next. The queue knows
+nothing of limits: whether the head may go is the ``admit`` callback's answer
+(the limiter's), which grants it or arms its timer. Kept apart from the limiter
+because it is the only part that creates futures and tasks: the uncontended
+path of ``acquire`` never gets here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Final
+from collections import deque
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 from dynogen.ratelimit.clock import Clock
-
-if TYPE_CHECKING:
-    from collections import deque
-
-    from dynogen.ratelimit.calibrate import ChargeModel
-    from dynogen.ratelimit.permit import Permit
 
 __all__ = ["MIN_SLEEP", "WaitQueue", "Waiter"]
 
 MIN_SLEEP: Final = 1e-6  # never arm a timer shorter than this (float rounding at wake-up)
 _INF: Final = math.inf
 
+T = TypeVar("T")
+
 
 class Waiter:
-    __slots__ = ("tokens", "fut", "timer", "wake_at")
+    """One waiting request: the tokens it reserves (and what it asked, of which
+    ``max_tokens``), its future, and the timer that wakes it."""
 
-    def __init__(self, tokens: int) -> None:
+    __slots__ = ("tokens", "asked", "max_tokens", "fut", "timer", "wake_at", "error")
+
+    def __init__(self, tokens: int, asked: int = 0, max_tokens: int = 0) -> None:
         self.tokens = tokens
+        self.asked = asked
+        self.max_tokens = max_tokens
         self.fut: asyncio.Future[None] | None = None
         self.timer: asyncio.Task[None] | None = None
         self.wake_at = _INF
+        self.error: BaseException | None = None  # it can never go: its acquire raises this
 
     def wake(self, _: object = None) -> None:
         fut = self.fut
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        # Recorded, then woken: a waiter already woken (its future done, not yet run)
+        # must see the error too, not carry on with its waker's result.
+        self.error = exc
+        self.wake()
 
     def arm(self, clock: Clock, now: float, delay: float) -> None:
         """Make sure something wakes us by ``now + delay`` (an earlier timer already does)."""
@@ -61,55 +73,64 @@ class Waiter:
 
 
 class WaitQueue:
-    """``Limiter``'s waiting path: FIFO, one woken at a time (a mixin, no state of its own)."""
+    """FIFO of waiting requests, one woken at a time.
 
-    __slots__ = ()
+    ``fifo`` is the queue itself, public so the limiter's fast path can see
+    whether anyone waits with one truth test (it only reads it).
 
-    if TYPE_CHECKING:
-        # The limiter's, used here (``Limiter.__init__`` sets them).
-        _clock: Clock
-        _charge: ChargeModel
-        _tpm: float | None
-        _waiters: deque[Waiter]
+    >>> async def demo() -> str:
+    ...     queue = WaitQueue()
+    ...     return await queue.wait(Waiter(10), lambda w: f"granted {w.tokens}")
+    >>> asyncio.run(demo())
+    'granted 10'
+    """
 
-        def _wait_time(self, now: float, tokens: int) -> float: ...
-        def _grant(self, now: float, tokens: int, asked: int, max_tokens: int) -> Permit: ...
+    __slots__ = ("fifo",)
 
-    async def _wait(self, tokens: int, asked: int, max_tokens: int) -> Permit:
+    def __init__(self) -> None:
+        self.fifo: deque[Waiter] = deque()
+
+    def __len__(self) -> int:
+        return len(self.fifo)
+
+    async def wait(self, w: Waiter, admit: Callable[[Waiter], T | None]) -> T:
+        """Queue ``w``; when it is at the head, ``admit(w)`` says whether it goes: its
+        grant, or ``None`` (it has armed the waiter's timer, or a release, new limits
+        or a new target will wake it)."""
         loop = asyncio.get_running_loop()
-        w = Waiter(tokens)
-        self._waiters.append(w)
+        fifo = self.fifo
+        fifo.append(w)
         try:
             while True:
+                if w.error is not None:
+                    raise w.error
                 w.fut = loop.create_future()
-                if self._waiters[0] is w:
-                    if self._charge.ready:
-                        # The charge as known now: a request queued before the server's
-                        # charge was learned must not go on reserving the old count.
-                        w.tokens = self._charge.charge(asked, max_tokens)
-                        if self._tpm is not None and w.tokens > self._tpm:
-                            w.tokens = math.floor(self._tpm)  # goes alone, a full bucket
-                    now = self._clock.now()
-                    delay = self._wait_time(now, w.tokens)
-                    if delay == 0.0:
-                        self._waiters.popleft()
+                if fifo[0] is w:
+                    granted = admit(w)
+                    if granted is not None:
+                        fifo.popleft()
                         w.disarm()
-                        permit = self._grant(now, w.tokens, asked, max_tokens)
-                        if self._waiters:
-                            self._wake_head()
-                        return permit
-                    if delay != _INF:
-                        w.arm(self._clock, now, delay)
+                        if fifo:
+                            fifo[0].wake()
+                        return granted
                 await w.fut
         except BaseException:
             w.disarm()
-            if self._waiters and self._waiters[0] is w:
-                self._waiters.popleft()
-                self._wake_head()
-            elif w in self._waiters:
-                self._waiters.remove(w)
+            if fifo and fifo[0] is w:
+                fifo.popleft()
+                self.wake_head()
+            elif w in fifo:
+                fifo.remove(w)
             raise
 
-    def _wake_head(self) -> None:
-        if self._waiters:
-            self._waiters[0].wake()
+    def wake_head(self) -> None:
+        if self.fifo:
+            self.fifo[0].wake()
+
+    def fail_where(self, never: Callable[[Waiter], bool],
+                   error: Callable[[Waiter], BaseException]) -> None:
+        """Take out every waiter that can ``never`` go, failing its ``acquire`` with ``error``."""
+        for w in [w for w in self.fifo if never(w)]:
+            self.fifo.remove(w)
+            w.disarm()
+            w.fail(error(w))

@@ -1,5 +1,5 @@
 """Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API)
-and Hub servers.
+and Hub servers (reading, and the commit API ``dynogen publish`` writes through).
 
 Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
 module fresh (an eager import here would make runpy warn about a module
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
     from dynogen.testing.fake_batches import FakeBatches
     from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub, synthetic_hub
+    from dynogen.testing.fake_hub_commit import FakeHubCommits, serve_hub_commits
     from dynogen.testing.fake_openai import (
         FakeOpenAI,
         FakeProcess,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
     "FakeHub",
+    "FakeHubCommits",
     "FakeBatches",
     "FakeOpenAI",
     "FakeProcess",
@@ -40,6 +42,7 @@ __all__ = [
     "make_app",
     "serve",
     "serve_hub",
+    "serve_hub_commits",
     "start_fake_process",
     "synthetic_hub",
 ]
@@ -53,6 +56,8 @@ _HOME = {
     "HubServer": "fake_hub",
     "serve_hub": "fake_hub",
     "synthetic_hub": "fake_hub",
+    "FakeHubCommits": "fake_hub_commit",
+    "serve_hub_commits": "fake_hub_commit",
     "FakeBatches": "fake_batches",
     "FakeOpenAI": "fake_openai",
     "FakeProcess": "fake_openai",

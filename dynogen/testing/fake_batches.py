@@ -5,10 +5,13 @@ asynchronous side: files uploaded as multipart with ``purpose=batch``, batches
 that move ``validating → in_progress → finalizing → completed`` over time, an
 output file and an error file in OpenAI's line format, partial output when a
 batch expires or is cancelled, and whole batches that fail. ``FakeBatches``
-holds that state next to a ``FakeOpenAI``; every line is answered by the same
-``FakeOpenAI.reply`` as the chat route (so scripted answers, fault draws and
-``exact_tokens`` usage apply), but outside the chat rate limits, as OpenAI's
-batch queue is.
+holds that state for a ``FakeOpenAI``, which owns one (``fake.batches``; creating
+one with other settings, ``FakeBatches(fake, ...)``, puts it in the old one's
+place); every line is answered by the same ``FakeOpenAI.reply`` as the chat
+route (so scripted answers, fault draws and ``exact_tokens`` usage apply), but
+outside the chat rate limits, as OpenAI's batch queue is. The records and their
+JSON are ``fake_batch_objects``; the HTTP routes, ``fake_batch_routes``. This
+module knows the fake only by what it calls (``ChatFake``): it imports neither.
 
 Time is read from ``clock`` (``time.time`` by default, so timestamps are Unix
 seconds). A batch created at ``t`` validates until ``t + validating``, answers
@@ -47,30 +50,34 @@ import collections
 import math
 import random
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import orjson
 import xxhash
-from aiohttp import BodyPartReader, web
 
-from dynogen.testing.fake_answers import count_prompt_tokens, error_body
+from dynogen.testing.fake_answers import ExactTokens, Reply, count_prompt_tokens, error_body
+from dynogen.testing.fake_batch_objects import (
+    BATCH_ENDPOINTS,
+    LIVE,
+    MAX_FILE_BYTES,
+    MAX_FILE_REQUESTS,
+    TERMINAL,
+    Batch,
+    Refused,
+    StoredFile,
+    batch_object,
+    custom_id,
+    iter_lines,
+    json_or_none,
+    line_error,
+    parse_input,
+    refusal,
+)
 
-if TYPE_CHECKING:
-    from dynogen.testing.fake_openai import FakeOpenAI
+__all__ = ["BATCH_ENDPOINTS", "MAX_FILE_BYTES", "MAX_FILE_REQUESTS", "ChatFake", "FakeBatches",
+           "batches_of"]
 
-__all__ = ["BATCH_ENDPOINTS", "MAX_FILE_BYTES", "MAX_FILE_REQUESTS", "FakeBatches",
-           "add_batch_routes", "batches_of"]
-
-MAX_FILE_REQUESTS = 50_000
-MAX_FILE_BYTES = 200 * 1024 * 1024
-BATCH_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/completions",
-                             "/v1/responses"})
-_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-_LIVE = frozenset({"in_progress", "finalizing"})
-_JSON = "application/json"
 _SETTINGS = ("validating", "in_progress", "finalizing", "cancelling", "line_fail_rate",
              "line_fail_status", "expire_every", "fail_every", "expire_fraction",
              "enqueued_token_limit", "upload_error", "create_error", "max_file_bytes",
@@ -79,72 +86,28 @@ _EXPIRED_MSG = "This request could not be executed before the completion window 
 _CANCELLED_MSG = "This request was not executed because the batch was cancelled."
 
 
-class _Refused(Exception):
-    """An HTTP error answer: status and an OpenAI error body."""
+class ChatFake(Protocol):
+    """What the batch queue needs of the chat server it belongs to (``FakeOpenAI``)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = error_body(message, kind, code, param)
+    model: str
+    api_key: str | None
+    exact: ExactTokens | None
+    batches: FakeBatches
 
+    def reply(self, raw: bytes, headers: Mapping[str, str], *,
+              limited: bool = True) -> Reply: ...
 
-@dataclass(slots=True)
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def obj(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "file", "bytes": len(self.data),
-                "created_at": self.created_at, "filename": self.filename,
-                "purpose": self.purpose, "status": "processed", "expires_at": None,
-                "status_details": None}
-
-
-@dataclass(slots=True)
-class _Line:
-    custom_id: str
-    body: bytes
-    prompt_tokens: int
-
-
-@dataclass(slots=True)
-class _Batch:
-    id: str
-    seq: int
-    input_file_id: str
-    endpoint: str
-    window: str
-    metadata: dict[str, str] | None
-    created: float
-    auth: dict[str, str]
-    fate: str                      # "complete", "expire" or "fail"
-    status: str = "validating"
-    stamps: dict[str, float] = field(default_factory=dict)
-    lines: list[_Line] = field(default_factory=list)
-    done: int = 0                  # lines processed (answered or failed)
-    out: list[bytes] = field(default_factory=list)
-    err: list[bytes] = field(default_factory=list)
-    completed: int = 0
-    failed: int = 0
-    usage: list[int] = field(default_factory=lambda: [0, 0, 0])  # prompt, completion, cached
-    errors: list[dict[str, Any]] | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    model: str | None = None
+    def finished(self, reply: Reply) -> None: ...
 
 
 class FakeBatches:
     """Files and batches of one ``FakeOpenAI``; see the module docstring for the switches.
 
-    Creating one attaches it to ``fake`` (``batches_of(fake)`` finds it; a fake
-    served without one gets the defaults).
+    Every ``FakeOpenAI`` has one with the defaults (``fake.batches``); creating one
+    for ``fake`` puts it in that one's place, so that ``make_app(fake)`` serves it.
     """
 
-    def __init__(self, fake: FakeOpenAI, *, clock: Callable[[], float] = time.time,
+    def __init__(self, fake: ChatFake, *, clock: Callable[[], float] = time.time,
                  validating: float = 0.02, in_progress: float = 0.1, finalizing: float = 0.02,
                  cancelling: float = 0.0, line_fail_rate: float = 0.0,
                  line_fail_status: int = 500, expire_every: int = 0, fail_every: int = 0,
@@ -173,13 +136,13 @@ class FakeBatches:
         self.configure()  # validates
         self.seed = seed
         self.reset()
-        _ATTACHED[fake] = self
+        fake.batches = self  # the fake's batches from now on (``make_app`` serves its own)
 
     def reset(self) -> None:
         """Forget every file, batch and count (the switches stay); the RNG is reseeded."""
         self.rng = random.Random(self.seed)
-        self.files: dict[str, _File] = {}
-        self.batches: dict[str, _Batch] = {}
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, Batch] = {}
         self.files_created = 0
         self.batches_created = 0
         self.lines_processed = 0
@@ -232,82 +195,103 @@ class FakeBatches:
     # ---- files --------------------------------------------------------------------------------
 
     def add_file(self, filename: str, purpose: str, data: bytes, *,
-                 uploaded: bool = True) -> _File:
+                 uploaded: bool = True) -> StoredFile:
         prefix = "file-" if uploaded else "file-out"
-        f = _File(f"{prefix}{len(self.files) + 1:020d}", filename, purpose, data,
-                  int(self.clock()))
+        f = StoredFile(f"{prefix}{len(self.files) + 1:020d}", filename, purpose, data,
+                       int(self.clock()))
         self.files[f.id] = f
         if uploaded:
             self.files_created += 1
             self.upload_digests[xxhash.xxh3_128_hexdigest(data)] += 1
         return f
 
-    def _file(self, file_id: str) -> _File:
+    def file(self, file_id: str) -> StoredFile:
+        """The file ``file_id`` (``Refused`` 404 if there is none)."""
         f = self.files.get(file_id)
         if f is None:
-            raise _Refused(404, f"No such File object: {file_id}", None, "id")
+            raise Refused(404, f"No such File object: {file_id}", None, "id")
         return f
+
+    def delete_file(self, file_id: str) -> StoredFile:
+        f = self.file(file_id)
+        del self.files[f.id]
+        return f
+
+    def list_files(self, purpose: str | None = None) -> list[StoredFile]:
+        """Newest first, as OpenAI lists them."""
+        return [f for f in reversed(self.files.values()) if purpose is None or f.purpose == purpose]
 
     # ---- batches ------------------------------------------------------------------------------
 
-    def create_batch(self, body: Any, auth: Mapping[str, str]) -> _Batch:
+    def create_batch(self, body: Any, auth: Mapping[str, str]) -> Batch:
         if self.create_error is not None:
-            raise _refusal(self.create_error)
+            raise refusal(self.create_error)
         if not isinstance(body, dict):
-            raise _Refused(400, "We could not parse the JSON body of your request.")
+            raise Refused(400, "We could not parse the JSON body of your request.")
         for name in ("input_file_id", "endpoint", "completion_window"):
             if not isinstance(body.get(name), str):
-                raise _Refused(400, f"Missing required parameter: '{name}'.",
-                               "missing_required_parameter", name)
+                raise Refused(400, f"Missing required parameter: '{name}'.",
+                              "missing_required_parameter", name)
         if body["endpoint"] not in BATCH_ENDPOINTS:
-            raise _Refused(400, f"Invalid value: '{body['endpoint']}'. Supported values are: "
-                           + ", ".join(f"'{e}'" for e in sorted(BATCH_ENDPOINTS)) + ".",
-                           "invalid_value", "endpoint")
+            raise Refused(400, f"Invalid value: '{body['endpoint']}'. Supported values are: "
+                          + ", ".join(f"'{e}'" for e in sorted(BATCH_ENDPOINTS)) + ".",
+                          "invalid_value", "endpoint")
         if body["completion_window"] != "24h":
-            raise _Refused(400, "Invalid value: completion_window must be '24h'.",
-                           "invalid_value", "completion_window")
+            raise Refused(400, "Invalid value: completion_window must be '24h'.",
+                          "invalid_value", "completion_window")
         metadata = body.get("metadata")
         if metadata is not None and (
                 not isinstance(metadata, dict) or len(metadata) > 16
                 or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str)
                        or len(v) > 512 for k, v in metadata.items())):
-            raise _Refused(400, "Invalid 'metadata': up to 16 string pairs, keys of at most 64 "
-                           "characters, values of at most 512.", "invalid_value", "metadata")
-        f = self._file(body["input_file_id"])
+            raise Refused(400, "Invalid 'metadata': up to 16 string pairs, keys of at most 64 "
+                          "characters, values of at most 512.", "invalid_value", "metadata")
+        f = self.file(body["input_file_id"])
         if f.purpose != "batch":
-            raise _Refused(400, f"File {f.id} has purpose '{f.purpose}'; a batch needs an input "
-                           "file uploaded with purpose 'batch'.", "invalid_value", "input_file_id")
+            raise Refused(400, f"File {f.id} has purpose '{f.purpose}'; a batch needs an input "
+                          "file uploaded with purpose 'batch'.", "invalid_value", "input_file_id")
         self.batches_created += 1
         seq = self.batches_created
         fate = ("fail" if self.fail_every and seq % self.fail_every == 0 else
                 "expire" if self.expire_every and seq % self.expire_every == 0 else "complete")
-        b = _Batch(f"batch_{seq:024x}", seq, f.id, body["endpoint"], "24h",
-                   dict(metadata) if metadata is not None else None, self.clock(), dict(auth),
-                   fate)
+        b = Batch(f"batch_{seq:024x}", seq, f.id, body["endpoint"], "24h",
+                  dict(metadata) if metadata is not None else None, self.clock(), dict(auth),
+                  fate)
         self.batches[b.id] = b
-        for line in _iter_lines(f.data):
-            cid = _custom_id(line)
+        for line in iter_lines(f.data):
+            cid = custom_id(line)
             if cid is not None:
                 self.submitted[cid] += 1
         return b
 
-    def cancel(self, batch_id: str) -> _Batch:
+    def cancel(self, batch_id: str) -> Batch:
         b = self._batch(batch_id)
         self._advance(b, self.clock())
-        if b.status in _TERMINAL or b.status == "cancelling":
+        if b.status in TERMINAL or b.status == "cancelling":
             if b.status != "cancelling":
-                raise _Refused(409, f"Cannot cancel a batch with status '{b.status}'.",
-                               "batch_not_cancellable")
+                raise Refused(409, f"Cannot cancel a batch with status '{b.status}'.",
+                              "batch_not_cancellable")
             return b
         b.status = "cancelling"
         b.stamps["cancelling_at"] = self.clock()
         self._advance(b, self.clock())
         return b
 
-    def _batch(self, batch_id: str) -> _Batch:
+    def retrieve(self, batch_id: str) -> Batch:
+        """The batch ``batch_id``, caught up with the clock (``Refused`` 404 if none)."""
+        b = self._batch(batch_id)
+        self._advance(b, self.clock())
+        return b
+
+    def list_batches(self) -> list[Batch]:
+        """Every batch, caught up with the clock, newest first."""
+        self._advance_all()
+        return list(reversed(self.batches.values()))
+
+    def _batch(self, batch_id: str) -> Batch:
         b = self.batches.get(batch_id)
         if b is None:
-            raise _Refused(404, f"No batch found with id '{batch_id}'.", None, "batch_id")
+            raise Refused(404, f"No batch found with id '{batch_id}'.", None, "batch_id")
         return b
 
     def _advance_all(self) -> None:
@@ -315,7 +299,7 @@ class FakeBatches:
         for b in self.batches.values():
             self._advance(b, now)
 
-    def _advance(self, b: _Batch, now: float) -> None:
+    def _advance(self, b: Batch, now: float) -> None:
         """Catch ``b`` up with ``now``: validate, answer the lines due, finish."""
         v_end = b.created + self.validating
         ip_end = v_end + self.in_progress
@@ -341,25 +325,26 @@ class FakeBatches:
                 self._finish(b, "cancelled", at + self.cancelling, "batch_cancelled",
                              _CANCELLED_MSG)
 
-    def _validate(self, b: _Batch, at: float) -> None:
+    def _validate(self, b: Batch, at: float) -> None:
         f = self.files.get(b.input_file_id)
         errors: list[dict[str, Any]] = []
         if f is None:
-            errors.append(_err("invalid_file", "The input file was deleted.", None))
+            errors.append(line_error("invalid_file", "The input file was deleted.", None))
         elif b.fate == "fail":
-            errors.append(_err("server_error", "The batch failed because of an internal error. "
-                               "Please try again.", None))
+            errors.append(line_error("server_error", "The batch failed because of an internal "
+                                     "error. Please try again.", None))
         else:
-            errors = self._parse_lines(b, f.data)
+            errors = parse_input(b, f.data, self._count_tokens, self.max_file_requests)
         if not errors and self.enqueued_token_limit is not None:
             queued = sum(ln.prompt_tokens for other in self.batches.values()
-                         if other.status in _LIVE for ln in other.lines[other.done:])
+                         if other.status in LIVE for ln in other.lines[other.done:])
             mine = sum(ln.prompt_tokens for ln in b.lines)
             if queued + mine > self.enqueued_token_limit:
-                errors.append(_err("token_limit_exceeded", f"Enqueued token limit reached for "
-                                   f"{b.model or self.fake.model} in organization org-fake. "
-                                   f"Limit: {self.enqueued_token_limit:,} enqueued tokens. "
-                                   "Please try submitting your requests again later.", None))
+                errors.append(line_error(
+                    "token_limit_exceeded", f"Enqueued token limit reached for "
+                    f"{b.model or self.fake.model} in organization org-fake. "
+                    f"Limit: {self.enqueued_token_limit:,} enqueued tokens. "
+                    "Please try submitting your requests again later.", None))
         if errors:
             b.status, b.errors, b.lines = "failed", errors, []
             b.stamps["failed_at"] = at
@@ -367,50 +352,11 @@ class FakeBatches:
             b.status = "in_progress"
             b.stamps["in_progress_at"] = at
 
-    def _parse_lines(self, b: _Batch, data: bytes) -> list[dict[str, Any]]:
-        seen: set[str] = set()
-        models: set[str] = set()
-        for no, raw in enumerate(_iter_lines(data), 1):
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                return [_err("invalid_json_line", "This line is not parseable as valid JSON.", no)]
-            if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
-                return [_err("missing_required_parameter", "Missing required parameter: "
-                             "'custom_id'.", no, "custom_id")]
-            cid = line["custom_id"]
-            if cid in seen:
-                return [_err("duplicate_custom_id", f"The custom_id '{cid}' is used more than "
-                             "once in this file.", no, "custom_id")]
-            seen.add(cid)
-            if line.get("method") != "POST":
-                return [_err("invalid_method", "Only the POST method is supported.", no,
-                             "method")]
-            if line.get("url") != b.endpoint and "/v1" + str(line.get("url")) != b.endpoint:
-                return [_err("mismatched_endpoint", f"The url '{line.get('url')}' does not "
-                             f"match the batch endpoint '{b.endpoint}'.", no, "url")]
-            body = line.get("body")
-            if not isinstance(body, dict):
-                return [_err("missing_required_parameter", "Missing required parameter: "
-                             "'body'.", no, "body")]
-            if isinstance(body.get("model"), str):
-                models.add(body["model"])
-            raw_body = orjson.dumps(body)
-            tokens = (len(self.fake.exact.prompt_ids(body)) if self.fake.exact is not None
-                      else count_prompt_tokens(body))
-            b.lines.append(_Line(cid, raw_body, tokens))
-        if not b.lines:
-            return [_err("empty_file", "The input file has no requests.", None)]
-        if len(b.lines) > self.max_file_requests:
-            return [_err("too_many_requests", f"The input file has {len(b.lines):,} requests; "
-                         f"the limit is {self.max_file_requests:,}.", None)]
-        if len(models) > 1:
-            return [_err("model_mismatch", "Every request in a batch must use the same model.",
-                         None, "model")]
-        b.model = next(iter(models), None)
-        return []
+    def _count_tokens(self, body: dict[str, Any]) -> int:
+        exact = self.fake.exact
+        return len(exact.prompt_ids(body)) if exact is not None else count_prompt_tokens(body)
 
-    def _process(self, b: _Batch, upto: int) -> None:
+    def _process(self, b: Batch, upto: int) -> None:
         """Answer lines ``b.done .. upto`` with the chat route's reply logic."""
         while b.done < upto:
             line = b.lines[b.done]
@@ -426,7 +372,7 @@ class FakeBatches:
             else:
                 reply = self.fake.reply(line.body, b.auth, limited=False)
                 self.fake.finished(reply)
-                status, body = reply.status, _json_or_none(reply.body)
+                status, body = reply.status, json_or_none(reply.body)
                 if reply.action != "answer" or body is None:
                     status, body = 500, orjson.loads(error_body(
                         "The server had an error while processing your request.",
@@ -453,7 +399,7 @@ class FakeBatches:
                 b.failed += 1
                 b.err.append(orjson.dumps(record))
 
-    def _finish(self, b: _Batch, status: str, at: float, code: str | None = None,
+    def _finish(self, b: Batch, status: str, at: float, code: str | None = None,
                 message: str = "") -> None:
         """End ``b``: unprocessed lines become error lines with ``code``; files are written."""
         if code is not None:
@@ -478,220 +424,11 @@ class FakeBatches:
         b.status = status
         b.stamps[f"{status}_at"] = at
 
-    def obj(self, b: _Batch) -> dict[str, Any]:
+    def obj(self, b: Batch) -> dict[str, Any]:
         """``b`` as OpenAI's batch object."""
-        def stamp(name: str) -> int | None:
-            t = b.stamps.get(name)
-            return None if t is None else int(t)
-        prompt, completion, cached = b.usage
-        return {
-            "id": b.id, "object": "batch", "endpoint": b.endpoint, "model": b.model,
-            "errors": None if b.errors is None else {"object": "list", "data": b.errors},
-            "input_file_id": b.input_file_id, "completion_window": b.window,
-            "status": b.status, "output_file_id": b.output_file_id,
-            "error_file_id": b.error_file_id, "created_at": int(b.created),
-            "in_progress_at": stamp("in_progress_at"),
-            "expires_at": int(b.created) + 24 * 3600,
-            "finalizing_at": stamp("finalizing_at"), "completed_at": stamp("completed_at"),
-            "failed_at": stamp("failed_at"), "expired_at": stamp("expired_at"),
-            "cancelling_at": stamp("cancelling_at"), "cancelled_at": stamp("cancelled_at"),
-            "request_counts": {"total": len(b.lines), "completed": b.completed,
-                               "failed": b.failed},
-            "usage": {"input_tokens": prompt, "output_tokens": completion,
-                      "total_tokens": prompt + completion,
-                      "input_tokens_details": {"cached_tokens": cached},
-                      "output_tokens_details": {"reasoning_tokens": 0}},
-            "metadata": b.metadata,
-        }
+        return batch_object(b)
 
 
-_ATTACHED: weakref.WeakKeyDictionary[FakeOpenAI, FakeBatches] = weakref.WeakKeyDictionary()
-
-
-def batches_of(fake: FakeOpenAI) -> FakeBatches:
-    """The ``FakeBatches`` attached to ``fake``, attaching one with the defaults if none is."""
-    found = _ATTACHED.get(fake)
-    return found if found is not None else FakeBatches(fake)
-
-
-def _err(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-def _refusal(status: int) -> _Refused:
-    if status == 401:
-        return _Refused(401, "Incorrect API key provided.", "invalid_api_key")
-    if status == 429:
-        return _Refused(429, "You exceeded your current quota, please check your plan and "
-                        "billing details.", "insufficient_quota", None, "insufficient_quota")
-    return _Refused(status, "The request was refused by the fake server's switch.",
-                    "refused_by_switch")
-
-
-def _iter_lines(data: bytes) -> Iterator[bytes]:
-    for raw in data.split(b"\n"):
-        if raw.strip():
-            yield raw
-
-
-def _custom_id(raw: bytes) -> str | None:
-    try:
-        line = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    cid = line.get("custom_id") if isinstance(line, dict) else None
-    return cid if isinstance(cid, str) else None
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _page(items: list[dict[str, Any]], query: Mapping[str, str]) -> dict[str, Any]:
-    """OpenAI's cursor page over ``items`` (already in listing order)."""
-    try:
-        limit = max(1, min(100, int(query.get("limit", "20"))))
-    except ValueError:
-        raise _Refused(400, "Invalid 'limit': an integer from 1 to 100.", "invalid_value",
-                       "limit") from None
-    after = query.get("after")
-    start = 0
-    if after:
-        ids = [it["id"] for it in items]
-        start = ids.index(after) + 1 if after in ids else len(items)
-    data = items[start:start + limit]
-    return {"object": "list", "data": data, "has_more": start + limit < len(items),
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}
-
-
-# ---- routes -----------------------------------------------------------------------------------
-
-def add_batch_routes(app: web.Application, fake: FakeOpenAI) -> None:
-    """Serve ``batches_of(fake)`` on ``app``: files, batches and the admin endpoints."""
-    store = batches_of(fake)
-
-    def guard(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            key = fake.api_key
-            try:
-                if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-                    raise _Refused(401, "Incorrect API key provided. You can find your API key "
-                                   "at https://platform.openai.com/account/api-keys.",
-                                   "invalid_api_key")
-                result: web.StreamResponse = await handler(request)
-                return result
-            except _Refused as e:
-                return web.Response(status=e.status, body=e.body, content_type=_JSON)
-        return wrapped
-
-    async def upload(request: web.Request) -> web.Response:
-        if store.upload_error is not None:
-            raise _refusal(store.upload_error)
-        if not request.content_type.startswith("multipart/"):
-            raise _Refused(400, "Uploads are multipart/form-data with 'file' and 'purpose'.")
-        purpose, filename, data = None, "upload.jsonl", b""
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "purpose":
-                purpose = (await part.text()).strip()
-            elif part.name == "file":
-                filename = part.filename or filename
-                chunks, size = [], 0
-                while chunk := await part.read_chunk(1 << 20):
-                    size += len(chunk)
-                    if size > store.max_file_bytes:
-                        raise _Refused(400, f"File is larger than the {store.max_file_bytes:,}"
-                                       "-byte limit for batch input.", "file_too_large", "file")
-                    chunks.append(chunk)
-                data = b"".join(chunks)
-        if purpose is None:
-            raise _Refused(400, "Missing required parameter: 'purpose'.",
-                           "missing_required_parameter", "purpose")
-        if purpose not in ("batch", "fine-tune", "assistants", "user_data", "vision"):
-            raise _Refused(400, f"Invalid value for 'purpose': '{purpose}'.", "invalid_value",
-                           "purpose")
-        if purpose == "batch" and not filename.endswith(".jsonl"):
-            raise _Refused(400, "Batch input files must be .jsonl.", "invalid_file_format",
-                           "file")
-        return _json(store.add_file(filename, purpose, data).obj())
-
-    async def file_get(request: web.Request) -> web.Response:
-        return _json(store._file(request.match_info["file_id"]).obj())
-
-    async def file_list(request: web.Request) -> web.Response:
-        purpose = request.query.get("purpose")
-        items = [f.obj() for f in reversed(store.files.values())
-                 if purpose is None or f.purpose == purpose]
-        return _json(_page(items, request.query))
-
-    async def file_delete(request: web.Request) -> web.Response:
-        f = store._file(request.match_info["file_id"])
-        del store.files[f.id]
-        return _json({"id": f.id, "object": "file", "deleted": True})
-
-    async def file_content(request: web.Request) -> web.StreamResponse:
-        f = store._file(request.match_info["file_id"])
-        resp = web.StreamResponse(headers={"content-type": "application/octet-stream"})
-        resp.content_length = len(f.data)
-        await resp.prepare(request)
-        view = memoryview(f.data)
-        for start in range(0, len(f.data), 1 << 16):
-            await resp.write(view[start:start + (1 << 16)])
-        await resp.write_eof()
-        return resp
-
-    async def batch_create(request: web.Request) -> web.Response:
-        auth = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        b = store.create_batch(_json_or_none(await request.read()), auth)
-        return _json(store.obj(b))
-
-    async def batch_get(request: web.Request) -> web.Response:
-        b = store._batch(request.match_info["batch_id"])
-        store._advance(b, store.clock())
-        return _json(store.obj(b))
-
-    async def batch_list(request: web.Request) -> web.Response:
-        store._advance_all()
-        items = [store.obj(b) for b in reversed(store.batches.values())]
-        return _json(_page(items, request.query))
-
-    async def batch_cancel(request: web.Request) -> web.Response:
-        return _json(store.obj(store.cancel(request.match_info["batch_id"])))
-
-    async def admin_get(request: web.Request) -> web.Response:
-        return _json(store.counts())
-
-    async def admin_set(request: web.Request) -> web.Response:
-        try:
-            settings = orjson.loads(await request.read())
-            if not isinstance(settings, dict):
-                raise ValueError("send a JSON object of settings")
-            if settings.pop("reset", False):
-                store.reset()
-            store.configure(**settings)
-        except (orjson.JSONDecodeError, ValueError, TypeError) as e:
-            raise _Refused(400, str(e)) from None
-        return _json(store.counts())
-
-    r = app.router
-    r.add_post("/v1/files", guard(upload))
-    r.add_get("/v1/files", guard(file_list))
-    r.add_get("/v1/files/{file_id}", guard(file_get))
-    r.add_delete("/v1/files/{file_id}", guard(file_delete))
-    r.add_get("/v1/files/{file_id}/content", guard(file_content))
-    r.add_post("/v1/batches", guard(batch_create))
-    r.add_get("/v1/batches", guard(batch_list))
-    r.add_get("/v1/batches/{batch_id}", guard(batch_get))
-    r.add_post("/v1/batches/{batch_id}/cancel", guard(batch_cancel))
-    r.add_get("/admin/batches", guard(admin_get))
-    r.add_post("/admin/batches", guard(admin_set))
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type=_JSON)
+def batches_of(fake: ChatFake) -> FakeBatches:
+    """The ``FakeBatches`` of ``fake``: ``fake.batches`` (every fake has one)."""
+    return fake.batches

@@ -64,6 +64,8 @@ from dynogen.testing.fake_answers import (
     is_verdict_request,
     task_spec,
 )
+from dynogen.testing.fake_batch_routes import add_batch_routes
+from dynogen.testing.fake_batches import FakeBatches
 from dynogen.testing.fake_limits import RateLimiter, Stats, insufficient_quota_body
 
 __all__ = ["FakeOpenAI", "FakeProcess", "FakeServer", "Recorded", "main", "make_app",
@@ -159,6 +161,9 @@ class FakeOpenAI:
         self._seq = 0
         self.exact = ExactTokens(encoding or _encoding_of(model),
                                  prompt_cache=prompt_cache) if exact_tokens else None
+        # The Batch API's files and batches (``fake_batches``), with the defaults;
+        # ``FakeBatches(fake, ...)`` with other settings takes their place.
+        self.batches = FakeBatches(self)
 
     # ---- scripting and control -------------------------------------------------------------
 
@@ -354,7 +359,7 @@ def _encoding_of(model: str) -> str:
 
 def make_app(fake: FakeOpenAI) -> web.Application:
     """Routes: chat completions, embeddings, health, models, stats, two admin endpoints, and
-    the Batch API (files and batches, see ``fake_batches``)."""
+    the Batch API (``fake.batches`` served by ``fake_batch_routes``)."""
     closing = asyncio.Event()
 
     async def pause(seconds: float) -> None:
@@ -418,8 +423,7 @@ def make_app(fake: FakeOpenAI) -> web.Application:
     app.router.add_post("/admin/limits", limits)
     app.router.add_post("/admin/reset", reset)
     app.on_shutdown.append(on_shutdown)
-    from dynogen.testing.fake_batches import add_batch_routes  # it imports this module
-    add_batch_routes(app, fake)
+    add_batch_routes(app, fake.batches)
     return app
 
 

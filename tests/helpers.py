@@ -1,0 +1,127 @@
+"""Helpers shared by several test files: paths, a run's environment, a small source
+of dataset folders, comparing run outputs, and waiting on a condition.
+
+Test files import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+__all__ = ["FIXTURES", "REPO", "TESTS", "journals_consistent", "lines", "run_env",
+           "same_output", "wait_until", "wait_until_async", "write_source"]
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+
+# ------------------------------------------------------------------------ waiting
+
+POLL = 0.01  # seconds between two looks at the condition
+DEADLINE = 60.0  # generous: it only ends a test that is already failing
+
+
+def _poll_times(timeout: float, what: str) -> Callable[[], None]:
+    deadline = time.monotonic() + timeout
+
+    def check() -> None:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+
+    return check
+
+
+def wait_until(predicate: Callable[[], object], what: str, *, timeout: float = DEADLINE,
+               interval: float = POLL) -> None:
+    """Look at ``predicate`` every ``interval`` s until it is true; fail naming ``what``
+    once ``timeout`` s have passed.
+
+    For tests that drive a real process or thread (kill it mid-run, signal it): the
+    test goes on as soon as the condition holds, never after a fixed time. A
+    predicate may raise ``AssertionError`` itself to fail early (the process died).
+    """
+    expired = _poll_times(timeout, what)
+    while not predicate():
+        expired()
+        time.sleep(interval)
+
+
+async def wait_until_async(predicate: Callable[[], object], what: str, *,
+                           timeout: float = DEADLINE, interval: float = POLL) -> None:
+    """``wait_until`` for a coroutine: the event loop runs while it waits."""
+    expired = _poll_times(timeout, what)
+    while not predicate():
+        expired()
+        await asyncio.sleep(interval)
+
+
+# ------------------------------------------------------------------------ a run's inputs
+
+
+def run_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``dynogen`` subprocess: offline, its own HF cache, no API
+    settings inherited from the caller (``extra`` adds some back)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp / "hf-home"),
+               **extra)
+    return env
+
+
+def card(fields: list[str], body: str = "Short texts, each with a label.") -> str:
+    """A dataset card with string ``fields`` and one training split in data/train.jsonl."""
+    feats = "".join(f"  - name: {f}\n    dtype: string\n" for f in fields)
+    return (f"---\nlicense: mit\ndataset_info:\n  features:\n{feats}configs:\n"
+            "- config_name: default\n  data_files:\n  - split: train\n"
+            f"    path: data/train.jsonl\n---\n\n{body}\n")
+
+
+def write_source(root: Path, n: int) -> None:
+    """``n`` dataset folders under ``root``, each a card and four rows."""
+    for i in range(n):
+        d = root / f"set_{i:02d}"
+        (d / "data").mkdir(parents=True)
+        cols = [f"text_{i}", "label"]
+        (d / "README.md").write_text(card(cols, f"Sentences about thing {i}, with a label."))
+        (d / "data" / "train.jsonl").write_bytes(b"".join(
+            orjson.dumps({cols[0]: f"thing {i} sentence {j}", "label": "ab"[j % 2]}) + b"\n"
+            for j in range(4)))
+
+
+# ------------------------------------------------------------------------ a run's outputs
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines() if path.exists() else []
+
+
+def same_output(got: Path, want: Path) -> None:
+    """Two run directories hold the same tasks, instances and report totals."""
+    for name in ("tasks.jsonl", "instances.jsonl"):
+        assert lines(got / name) == lines(want / name) != [], name
+    g = orjson.loads((got / "report.json").read_bytes())
+    w = orjson.loads((want / "report.json").read_bytes())
+    for k in ("units", "tasks"):
+        assert g[k] == w[k], k
+    assert g["instances"]["written"] == w["instances"]["written"]
+
+
+def journals_consistent(out: Path) -> None:
+    """Every journal line is whole and points at data that is there."""
+    for journal, data, end, count in (("units.jsonl", "tasks.jsonl", "tasks_end", "tasks_kept"),
+                                      ("builds.jsonl", "instances.jsonl", "instances_end",
+                                       "instances")):
+        size = (out / data).stat().st_size if (out / data).exists() else 0
+        raw = (out / journal).read_bytes() if (out / journal).exists() else b""
+        assert not raw or raw.endswith(b"\n"), f"{journal} ends in a torn line"
+        recs = [orjson.loads(x) for x in raw.splitlines()]
+        ends = [r[end] for r in recs if end in r]
+        assert all(e <= size for e in ends), f"{journal} points past the end of {data}"
+        if ends:
+            want = sum(r.get(count) or 0 for r in recs)
+            assert (out / data).read_bytes()[:ends[-1]].count(b"\n") == want
