@@ -31,6 +31,7 @@ from dynogen.io.hub_options import HubOptions
 from dynogen.testing import FakeOpenAI, serve
 from dynogen.testing.fake_hub import FakeHub, HubServer, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
+from tests.helpers import lines
 
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
@@ -57,10 +58,6 @@ def hub_unit(fake: FakeHub, repo: str, n: int = 120, *, rows_of: str | None = No
 def shard(path: Path, units: list[Unit]) -> str:
     path.write_bytes(b"".join(orjson.dumps(u.to_dict()) + b"\n" for u in units))
     return str(path)
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines() if path.exists() else []
 
 
 def journal(path: Path) -> list[dict[str, Any]]:

@@ -8,11 +8,9 @@ never interrupted.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,14 +20,11 @@ import pytest
 from dynogen.testing import FakeProcess, start_fake_process
 from dynogen.testing.fake_hub import FakeHub, HubServer
 from dynogen.units import Field, Unit
+from tests.helpers import lines, run_env, wait_until
 
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
 UNITS = 24
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines() if path.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +60,9 @@ def command(shard: Path, out: Path, llm: FakeProcess, server: HubServer) -> list
 
 
 def environment(tmp: Path, server: HubServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HF_"))}
-    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=server.url, HF_HOME=str(tmp / "hf-home"))
+    env = run_env(tmp, HF_ENDPOINT=server.url)
+    env["HF_HUB_OFFLINE"] = "0"  # the fake Hub is in this process
     return env
-
-
-def wait_for(pred: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -95,7 +83,7 @@ def test_a_signal_stops_the_build_and_the_same_command_completes_it_identically(
     try:
         p = subprocess.Popen(command(shard, out, llm, server), env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for(lambda: len(lines(out / "builds.jsonl")) >= 3)
+        wait_until(lambda: len(lines(out / "builds.jsonl")) >= 3, "three units built")
         p.send_signal(sig)
         _, stderr = p.communicate(timeout=15)  # not the minutes a slow Hub could take
     finally:
