@@ -38,8 +38,9 @@ script-only or unreadable dataset), ``config_not_found``, ``split_not_found``,
 the retries are spent, the transient ``rate_limited``, ``server_error``,
 ``timeout``, ``connection_error``, ``offline`` (``RowsUnavailable.retryable``).
 
-No engine, store or config dependency: a plain module a Ray row stage can
-import. One ``HubRowReader`` per event loop.
+No engine or store dependency: a plain module a Ray row stage can import
+(parsing is in ``hub_parquet``, the HTTP and its limits in ``hub_http`` and
+``hub_buckets``). One ``HubRowReader`` per event loop.
 
 >>> reader = HubRowReader.open(rpm=300, concurrency=8)        # doctest: +SKIP
 >>> rows = await reader.read("stanfordnlp/imdb", "plain_text", splits=("train",),
@@ -51,10 +52,8 @@ import. One ``HubRowReader`` per event loop.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import re
-import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -62,12 +61,22 @@ from urllib.parse import quote
 from dynogen.config import Secret
 from dynogen.io.hub_buckets import HubBuckets
 from dynogen.io.hub_http import BodyTooLarge, HubAnswer, HubHttp, HubHTTPError, HubUnreachable
+from dynogen.io.hub_parquet import (
+    MediaCell,
+    byte_span,
+    decode_row_groups,
+    features_of_metadata,
+    features_of_page,
+    footer_length,
+    read_metadata,
+    typed_rows,
+)
 from dynogen.io.hub_viewer import DEFAULT_VIEWER_URL
 from dynogen.io.rows import RowsInfo, RowsReason, RowsUnavailable, UnitRows, label_names
 from dynogen.ratelimit import Clock, RetryPolicy
 
 __all__ = ["MAX_RANGE_BYTES", "PAGE_ROWS", "TAIL_BYTES", "HubRowReader", "MediaCell",
-           "default_endpoint"]
+           "default_endpoint"]  # MediaCell lives in hub_parquet, the module's pure half
 
 PAGE_ROWS = 100  # the viewer's page size
 TAIL_BYTES = 256 * 1024  # the first read of a Parquet file: its footer, or all of a small one
@@ -76,22 +85,9 @@ MAX_RANGE_BYTES = 32 * 1024 * 1024  # the most bytes of row groups read for one 
 # listing) that is smaller than this is the split's last, so no call asks for the next.
 NEXT_SHARD_BYTES = 64 * 1024 * 1024
 PARQUET_BRANCH = "refs%2Fconvert%2Fparquet"
-_MEDIA = frozenset({"Image", "Audio", "Video", "Pdf"})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 Allow = Callable[[str], bool]
-
-
-class MediaCell:
-    """A media value (image, audio, video) not decoded: it renders as no text."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MediaCell()"
-
-
-_MEDIA_CELL = MediaCell()
 
 
 class _TooLarge(Exception):
@@ -290,7 +286,7 @@ class _Unit:
             if not isinstance(items, list):
                 return None
             if features is None:
-                features = _features_of_page(page)
+                features = features_of_page(page)
             for item in items:
                 if item.get("truncated_cells"):
                     if strict:
@@ -302,7 +298,7 @@ class _Unit:
             total = page.get("num_rows_total")
             if not items or (isinstance(total, int) and offset >= total):
                 break
-        return _typed(rows[:n], features), features
+        return typed_rows(rows[:n], features), features
 
     async def parquet(self, split: str, n: int) -> tuple[list[dict[str, Any]], Any] | None:
         """Rows from the conversion's files: the direct name, else the API's listing."""
@@ -351,13 +347,13 @@ class _Unit:
                               what="Parquet footer", max_body=self.r.tail_bytes + 1024)
         start, size = _span(tail)
         parts = [(start, tail.body)]
-        footer = _footer_length(tail.body, url)
+        footer = footer_length(tail.body, url)
         if footer + 8 > len(tail.body):
             first = size - footer - 8
             more = await http.get(url, headers={"Range": f"bytes={first}-{start - 1}"},
                                   what="Parquet footer", max_body=self.r.max_range_bytes)
             parts.append((first, more.body))
-        meta = _metadata(parts, size, footer, url)
+        meta = read_metadata(parts, size, footer, url)
         groups, total = [], 0
         for i in range(meta.num_row_groups):
             if total >= need:
@@ -365,8 +361,8 @@ class _Unit:
             groups.append(i)
             total += meta.row_group(i).num_rows
         if not groups:
-            return [], _features_of_meta(meta), True, size
-        lo, hi = _byte_span(meta, groups)
+            return [], features_of_metadata(meta), True, size
+        lo, hi = byte_span(meta, groups)
         if lo < start:
             if hi - lo > self.r.max_range_bytes:
                 raise _TooLarge(f"the first row groups of {url} are {hi - lo} bytes, over "
@@ -376,43 +372,12 @@ class _Unit:
                                   what="Parquet row groups",
                                   max_body=self.r.max_range_bytes + 1024)
             parts.append((lo, body.body))
-        rows, features = await asyncio.to_thread(_decode, parts, size, meta, groups, need, url)
+        rows, features = await asyncio.to_thread(decode_row_groups, parts, size, meta, groups,
+                                                 need, url)
         return rows, features, meta.num_rows <= need, size
 
 
-# ----------------------------------------------------------------- Parquet, pure
-class _Sparse(io.RawIOBase):
-    """A file of ``size`` bytes of which only ``parts`` were fetched (pyarrow reads these)."""
-
-    def __init__(self, size: int, parts: list[tuple[int, bytes]]) -> None:
-        self.size = size
-        self.parts = sorted(parts)
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.size - self.pos))
-        for start, chunk in self.parts:
-            if start <= self.pos and self.pos + n <= start + len(chunk):
-                buffer[:n] = chunk[self.pos - start:self.pos - start + n]
-                self.pos += n
-                return n
-        raise OSError(f"bytes {self.pos}-{self.pos + n} were not fetched")
-
-
+# ------------------------------------------------------------------ ranged answers
 def _span(answer: HubAnswer) -> tuple[int, int]:
     """``(first byte, file size)`` of a ranged answer (a 200 is the whole file)."""
     if answer.status == 206:
@@ -421,108 +386,6 @@ def _span(answer: HubAnswer) -> tuple[int, int]:
             raise HubHTTPError(206, "BadRange", "a partial answer without Content-Range")
         return int(m.group(1)), int(m.group(3))
     return 0, len(answer.body)
-
-
-def _footer_length(tail: bytes, url: str) -> int:
-    if len(tail) < 12 or tail[-4:] != b"PAR1":
-        raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{url} is not a Parquet file")
-    return int(struct.unpack("<I", tail[-8:-4])[0])
-
-
-def _metadata(parts: list[tuple[int, bytes]], size: int, footer: int, url: str) -> Any:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    blob = _Sparse(size, parts)
-    blob.seek(size - footer - 8)
-    raw = blob.read(footer + 8)
-    try:
-        return pq.read_metadata(pa.BufferReader(raw))
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{url}: footer: {e}") from None
-
-
-def _byte_span(meta: Any, groups: list[int]) -> tuple[int, int]:
-    lo, hi = None, 0
-    for g in groups:
-        rg = meta.row_group(g)
-        for c in range(rg.num_columns):
-            col = rg.column(c)
-            first = col.dictionary_page_offset if col.has_dictionary_page else \
-                col.data_page_offset
-            lo = first if lo is None else min(lo, first)
-            hi = max(hi, first + col.total_compressed_size)
-    return lo or 0, hi
-
-
-def _features_of_meta(meta: Any) -> Any:
-    from datasets import Features
-
-    return Features.from_arrow_schema(meta.schema.to_arrow_schema())
-
-
-def _decode(parts: list[tuple[int, bytes]], size: int, meta: Any, groups: list[int], need: int,
-            url: str) -> tuple[list[dict[str, Any]], Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.ParquetFile(_Sparse(size, parts), metadata=meta).read_row_groups(groups)
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{url}: {type(e).__name__}: {e}") from None
-    features = _features_of_meta(meta)
-    return _media_out(table.slice(0, need).to_pylist(), features), features
-
-
-# --------------------------------------------------------------- viewer pages, pure
-def _features_of_page(page: Mapping[str, Any]) -> Any:
-    from datasets import Features
-
-    listed = page.get("features")
-    if not isinstance(listed, list):
-        return None
-    try:
-        return Features.from_dict({str(f["name"]): f["type"] for f in listed})
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _typed(rows: list[dict[str, Any]], features: Any) -> list[dict[str, Any]]:
-    """JSON rows cast to ``features`` column by column (a column that will not cast stays
-    as JSON gave it), media replaced by ``MediaCell``."""
-    if not features or not rows:
-        return rows
-    import pyarrow as pa
-
-    schema = features.arrow_schema
-    columns: dict[str, list[Any]] = {}
-    for name in features:
-        if _is_media(features[name]) or name not in rows[0]:
-            continue
-        values = [r.get(name) for r in rows]
-        try:
-            columns[name] = pa.array(values, type=schema.field(name).type).to_pylist()
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            continue
-    out = []
-    for i, row in enumerate(rows):
-        typed = {k: (columns[k][i] if k in columns else v) for k, v in row.items()}
-        out.append(typed)
-    return _media_out(out, features)
-
-
-def _media_out(rows: list[dict[str, Any]], features: Any) -> list[dict[str, Any]]:
-    media = [k for k in (features or {}) if _is_media(features[k])]
-    if media:
-        for row in rows:
-            for k in media:
-                if k in row:
-                    row[k] = _MEDIA_CELL
-    return rows
-
-
-def _is_media(feature: Any) -> bool:
-    return type(feature).__name__ in _MEDIA
 
 
 # ------------------------------------------------------------------- errors, pure
