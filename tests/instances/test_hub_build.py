@@ -31,11 +31,11 @@ from dynogen.io.hub_options import HubOptions
 from dynogen.testing import FakeOpenAI, serve
 from dynogen.testing.fake_hub import FakeHub, HubServer, synthetic_hub
 from dynogen.units import Field, Skipped, Unit
-from tests.helpers import lines
+from tests.helpers import REPO, lines
 
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
-SAMPLES = Path(__file__).resolve().parent.parent / "dynogen" / "data" / "samples"
+SAMPLES = REPO / "dynogen" / "data" / "samples"
 TOKEN = "hf_canaryROWS0123456789abcdefCANARY"
 PARQUET = "convert/parquet/default/train/0000.parquet|"
 
