@@ -36,16 +36,19 @@ def measure(checkout: Path, what: str, workload: Path, corpus: Path, work: Path,
     out = work / f"out-{what}"
     shutil.rmtree(out, ignore_errors=True)
     out.unlink(missing_ok=True)
-    exe = str(Path(sys.executable).with_name("dynogen"))
+    # `python -m dynogen` from a neutral folder: the venv's `dynogen` script names one
+    # layout's entry point, and `-m` from inside a checkout would import that checkout.
+    exe = [sys.executable, "-m", "dynogen"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(checkout)}
     with start_fake_process(seed=7, ready_timeout=90) as fake:
         common = ["--base-url", fake.url, "--free", "--quiet", "--rpm", "1e6", "--tpm", "1e10"]
-        argv = ([exe, "call", str(workload), "--out", str(out), *common] if what == "call" else
-                [exe, "run", "--source", str(corpus), "--out", str(out), *common,
+        argv = ([*exe, "call", str(workload), "--out", str(out), *common] if what == "call" else
+                [*exe, "run", "--source", str(corpus), "--out", str(out), *common,
                  *(LIFT if lift else [])])
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                              cwd=work)
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         n = fake.stats()["totals"]["requests"]

@@ -4,13 +4,15 @@ Every command gets its parts here, in one order, so no two commands assemble
 them differently: the model's price, the API key, that the server answers
 (``open_executor``), the limiter, ledger, request cache, spend journal and the
 executor ``cfg.mode`` names (``open_stack``), the source behind its data
-policies (``open_sources``, ``gated``), the prompt layout ``auto`` stands for
-(``resolve_layout``), the run's identity (``run_identity``), the task
-engine with its prompts, filter and judge (``make_engine``), the bundled
-local server (``local_server``) and the signal handling every long command
-shares (``signals``). ``run``, ``build``, ``call``, ``grow``, ``estimate``,
-``replay`` and the judge all reach the model through it; the stages below
-(engine, executors, store) receive their parts and never look for them.
+policies (``open_sources``, ``gated``), the row reader of the gate and the
+instance stage (``open_row_reader``: local folders, and Hub datasets under the
+Hub's rate-limit buckets with ``HF_TOKEN``), the prompt layout ``auto`` stands
+for (``resolve_layout``), the run's identity (``run_identity``), the task engine
+with its prompts, filter and judge (``make_engine``), the bundled local server
+(``local_server``) and the signal handling every long command shares
+(``signals``). ``run``, ``build``, ``call``, ``grow``, ``estimate``, ``replay``
+and the judge all reach the model through it; the stages below (engine,
+executors, store) receive their parts and never look for them.
 
 >>> async with open_executor(cfg, stage="call", cache_path=None) as stack:
 ...     comp = await stack.executor.complete(request, Accounting())
@@ -31,9 +33,9 @@ import aiohttp
 import orjson
 import xxhash
 
-from dynogen.config import DEFAULT_BASE_URL, Config
+from dynogen.config import DEFAULT_BASE_URL, Config, Secret
 from dynogen.dedup import HashSet
-from dynogen.engine.engine import Progress, TaskEngine
+from dynogen.engine.engine import OnCommit, Progress, TaskEngine
 from dynogen.errors import AuthenticationError, ConfigError
 from dynogen.execute.base import Executor
 from dynogen.execute.client import ChatClient
@@ -41,6 +43,8 @@ from dynogen.execute.ledger import Ledger
 from dynogen.execute.online import Meter, OnlineExecutor
 from dynogen.execute.prices import Price, PriceTable, price_for
 from dynogen.execute.transport import AiohttpTransport, Transport
+from dynogen.io.hub_rows import HubRowReader
+from dynogen.io.row_reader import RowReader
 from dynogen.io.sources import source_for
 from dynogen.policy.gate import Policies, gate
 from dynogen.prompts.builder import PromptBuilder
@@ -57,9 +61,9 @@ from dynogen.units import Field, Skipped, Unit
 
 __all__ = [
     "BATCH_CONCURRENCY", "EXIT_INTERRUPTED", "SIGNAL_GRACE_SECONDS", "Stack", "check_key",
-    "counter_for", "gated", "local_server", "make_engine", "open_executor",
-    "open_sources", "open_stack", "preflight", "resolve_layout", "resolve_price", "run_identity",
-    "signals",
+    "counter_for", "gated", "hub_token", "local_server", "make_engine", "open_executor",
+    "open_row_reader", "open_sources", "open_stack", "preflight", "resolve_layout",
+    "resolve_price", "run_identity", "signals",
 ]
 
 BATCH_CONCURRENCY = 1024  # answers a batch run waits on at once: futures, not sockets
@@ -326,22 +330,42 @@ def open_sources(cfg: Config, source: Iterable[Unit | Skipped] | None, *, plan: 
 def gated(cfg: Config, items: Iterable[Unit | Skipped], *, cache_dir: str | None = None,
           ) -> Iterable[Unit | Skipped]:
     """``items`` behind the run's data policies (licence, splits, language, readable
-    rows), applied before any request is sent."""
+    rows), applied before any request is sent. The row checks get a reader of their own
+    (they run on the gate's loop), with the same buckets' settings as the build's."""
     return gate(items, Policies.from_config(cfg.policies), rows_per_split=cfg.rows_per_split,
-                cache_dir=cache_dir)
+                cache_dir=cache_dir, reader=lambda: open_row_reader(cfg, cache_dir=cache_dir))
+
+
+def hub_token() -> Secret:
+    """``HF_TOKEN`` (or a stored ``huggingface-cli login``) as a ``Secret``: sent in the
+    ``Authorization`` header of Hub calls, never written anywhere."""
+    from huggingface_hub import get_token
+
+    return Secret(get_token())
+
+
+def open_row_reader(cfg: Config, *, cache_dir: str | None = None) -> RowReader:
+    """The reader of a run's rows (one per event loop; ``aclose`` it): local folders
+    through ``datasets``, Hub datasets by viewer pages or Parquet ranges under the Hub's
+    buckets at ``--hub-rpm``/``--hub-concurrency``, with ``HF_TOKEN`` for gated ones."""
+    hub = HubRowReader.open(rpm=cfg.hub_rpm, concurrency=cfg.hub_concurrency,
+                            token=hub_token(), viewer_url=cfg.hub_viewer_url)
+    return RowReader(hub, cache_dir=cache_dir)
 
 
 def make_engine(cfg: Config, stack: Stack, counter: TokenCounter, rundir: RunDir, *,
                 progress: Progress | None = None, stats: Stats | None = None,
-                seen: HashSet | None = None) -> TaskEngine:
+                seen: HashSet | None = None, on_commit: OnCommit | None = None) -> TaskEngine:
     """The task stage with its parts: prompts, the task filter, the judge (``--judge``)
-    on the same executor, and the spend journal it commits beside each unit."""
+    on the same executor, and the spend journal it commits beside each unit;
+    ``on_commit`` hears of each committed unit (the instance stage, overlapped)."""
     task_filter = TaskFilter(cfg.max_tasks_per_unit, cfg.heldout_fraction, seen=seen,
                              sample_path=rundir.path / "dropped_tasks.jsonl")
     judge = Judge(cfg, stack.executor, counter) if cfg.judge else None
     return TaskEngine(cfg, executor=stack.executor, counter=counter, rundir=rundir,
                       prompts=PromptBuilder(cfg, counter), task_filter=task_filter,
-                      judge=judge, spend=stack.spend, progress=progress, stats=stats)
+                      judge=judge, spend=stack.spend, progress=progress, stats=stats,
+                      on_commit=on_commit)
 
 
 @contextlib.asynccontextmanager

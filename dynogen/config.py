@@ -220,6 +220,7 @@ class OutputSettings:
     out: str
     cache_path: str | None
     force_new: bool
+    retry_skipped: tuple[str, ...]
     quiet: bool
     durability: str
     IDENTITY: ClassVar[tuple[str, ...]] = ()
@@ -343,6 +344,9 @@ class Config:
     out: str = "runs/latest"
     cache_path: str | None = None
     force_new: bool = False
+    # skip reasons a resume tries again although they are final (``rows_gated`` after being
+    # granted access, ``rows_not_found`` after a fix on the Hub); transient ones always are
+    retry_skipped: tuple[str, ...] = ()
     quiet: bool = False
     # safety (issue #12): sync policy, and the largest answer body read from a server
     durability: str = "batched"  # batched | always
@@ -491,6 +495,9 @@ class Config:
             raise ConfigError("--hub-sort must be downloads or last_modified")
         if self.hub_concurrency < 1 or (self.hub_rpm is not None and self.hub_rpm <= 0):
             raise ConfigError("--hub-concurrency must be at least 1 and --hub-rpm positive")
+        if any(not isinstance(r, str) or not r.strip() or "," in r for r in self.retry_skipped):
+            raise ConfigError("--retry-skipped takes skip reasons as report.json names them, "
+                              "comma-separated (e.g. rows_gated,rows_not_found)")
         if self.hub_datasets is not None and self.hub_datasets < 0:
             raise ConfigError("--hub-datasets must be 0 or more")
         if self.hub_modified_since is not None:
@@ -558,11 +565,11 @@ def load_config(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    if isinstance(values.get("hub_task_categories"), (list, str)):
-        v = values["hub_task_categories"]
-        values["hub_task_categories"] = tuple(
-            x.strip() for x in (v.split(",") if isinstance(v, str) else v) if x.strip()
-        )
+    for name in ("hub_task_categories", "retry_skipped"):  # TOML lists and comma strings
+        if isinstance(values.get(name), (list, str)):
+            v = values[name]
+            values[name] = tuple(
+                x.strip() for x in (v.split(",") if isinstance(v, str) else v) if x.strip())
     if "variants" in values and isinstance(values["variants"], (list, str)):
         v = values["variants"]
         values["variants"] = tuple(v.split(",") if isinstance(v, str) else v)

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ID_NAME", "Field", "Unit", "Skipped", "SkipReason", "safe_text", "skip_reason"]
+__all__ = ["ID_NAME", "TRANSIENT_REASONS", "Field", "Unit", "Skipped", "SkipReason", "is_final",
+           "redo", "safe_text", "skip_reason", "transient"]
 
 # Field names that name an identifier, not content (ids, keys, hashes, links, paths):
 # the prompt leaves their sample values out and the rules refuse them as the only inputs.
@@ -149,6 +150,39 @@ class SkipReason:
     NO_TEXT = "no_usable_text"
     INVALID_METADATA = "invalid_metadata"
     DUPLICATE = "duplicate_unit"
+
+
+# Why rows (or a Hub answer) could not be had that say nothing about the dataset: the
+# server was busy or away (429, 5xx, a timeout, a reset connection, offline mode). A unit
+# or build that ends on one is journaled ``retryable`` and redone by the next resume.
+TRANSIENT_REASONS = frozenset({
+    "offline", "rate_limited", "server_error", "timeout", "connection_error", "hub_error"})
+
+
+def transient(reason: str) -> bool:
+    """Whether a skip ``reason`` (``rows_timeout``, ``timeout``, ``hub_error``...) is transient.
+
+    >>> transient("rows_rate_limited"), transient("rows_gated")
+    (True, False)
+    """
+    return reason.removeprefix("rows_") in TRANSIENT_REASONS
+
+
+def redo(reason: str, retry_skipped: tuple[str, ...] = ()) -> bool:
+    """Whether a journaled skip for ``reason`` is tried again on resume: it is transient,
+    or the user named it (``--retry-skipped``; ``gated`` also names ``rows_gated``)."""
+    if transient(reason):
+        return True
+    bare = reason.removeprefix("rows_")
+    return any(r == reason or r.removeprefix("rows_") == bare for r in retry_skipped)
+
+
+def is_final(rec: dict[str, Any], retry_skipped: tuple[str, ...] = ()) -> bool:
+    """Whether a ``units.jsonl`` record settles its unit for good (a resume skips it)."""
+    status = rec.get("status")
+    if status == "done":
+        return True
+    return status == "skipped" and not redo(str(rec.get("reason")), retry_skipped)
 
 
 def _encodable(unit: Unit) -> bool:

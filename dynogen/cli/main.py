@@ -118,10 +118,15 @@ def run(run_dir: str | None, no_build: bool, config_file: str | None, **values: 
 @app.command()
 @directory("run_dir", "A run directory (default runs/latest).", default="runs/latest",
            old=("--out",))
-@settings(DATA.pick("rows_per_split"), OUTPUT.pick("quiet"))
-def build(run_dir: str, rows_per_split: int | None, quiet: bool | None) -> None:
-    """Build instances from a run directory's tasks (no LLM calls)."""
-    click.echo(api.build(run_dir, rows_per_split=rows_per_split, quiet=bool(quiet)).message)
+@settings(DATA.pick("rows_per_split"), OUTPUT.pick("retry_skipped", "quiet"))
+def build(run_dir: str, rows_per_split: int | None, retry_skipped: str | None,
+          quiet: bool | None) -> None:
+    """Build instances from a run directory's tasks (no LLM calls); Ctrl-C stops it and the
+    same command resumes it."""
+    retry = (tuple(r.strip() for r in retry_skipped.split(",") if r.strip())
+             if retry_skipped else None)
+    _done(api.build(run_dir, rows_per_split=rows_per_split, quiet=bool(quiet),
+                    retry_skipped=retry))
 
 
 @app.command()

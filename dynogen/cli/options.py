@@ -179,8 +179,11 @@ SOURCE = Group("Source and Hub", (
     _opt("hub_datasets", "Hub: list at most N datasets.", int, metavar="N"),
     _opt("hub_sort", "Hub: downloads or last_modified (newest first).",
          metavar="ORDER"),
-    _opt("hub_rpm", "Hub and viewer calls per minute (default 300).", float, metavar="N"),
-    _opt("hub_concurrency", "Hub and viewer calls in flight (default 8).", int, metavar="N"),
+    _opt("hub_rpm", "Hub calls per minute for each Hub rate-limit bucket (API, file "
+         "resolves, viewer); lowered by the Hub's RateLimit headers (default 300).", float,
+         metavar="N"),
+    _opt("hub_concurrency", "Hub and viewer calls in flight, all buckets together, for "
+         "listing and row reads (default 8).", int, metavar="N"),
     _opt("hub_viewer_url", "Dataset viewer API base URL.", metavar="URL"),
 ))
 
@@ -274,6 +277,9 @@ BATCH = Group("Batch mode", (
 
 OUTPUT = Group("Output and durability", (
     _opt("force_new", "Discard an existing run in RUN_DIR whose settings differ.", flag=True),
+    _opt("retry_skipped", "On resume, also retry units skipped for these final reasons, e.g. "
+         "rows_gated,gated after access is granted (transient ones, such as "
+         "rows_rate_limited or rows_server_error, are always retried).", metavar="LIST"),
     _opt("cache_path", "Request cache file to share across runs (default: a run's "
          "RUN_DIR/cache.sqlite; call: none).", click.Path(dir_okay=False), metavar="PATH",
          old=("--cache",)),

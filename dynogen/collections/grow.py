@@ -42,7 +42,7 @@ from dynogen.outcome import EXIT, RunOutcome
 from dynogen.prompts.builder import PromptBuilder
 from dynogen.store.collection import PLAN, Collection, Fingerprint, Plan
 from dynogen.store.journal import iter_jsonl
-from dynogen.units import Skipped, Unit
+from dynogen.units import Skipped, Unit, is_final
 
 if TYPE_CHECKING:
     from dynogen.execute.transport import Transport
@@ -166,8 +166,7 @@ def staging_rmtree(path: Path) -> None:
 def _pending(coll: Collection, entry: dict[str, Any]) -> Iterator[Unit | Skipped]:
     """A running version's planned items not yet committed (what resuming it would send)."""
     vdir = coll.version_dir(entry)
-    done = {str(r.get("key")) for r in iter_jsonl(vdir / "units.jsonl")
-            if r.get("status") in ("done", "skipped")}
+    done = {str(r.get("key")) for r in iter_jsonl(vdir / "units.jsonl") if is_final(r)}
     for item in JsonlSource(vdir / PLAN):
         if item.key not in done:
             yield item

@@ -19,13 +19,16 @@ from typing import Any
 
 import orjson
 
+from dynogen import eventloop
 from dynogen.commands.watch import Watch, close_run_log, open_run_log, watching
 from dynogen.compose import (
     check_key,
     counter_for,
     gated,
+    hub_token,
     local_server,
     make_engine,
+    open_row_reader,
     open_sources,
     open_stack,
     preflight,
@@ -35,7 +38,7 @@ from dynogen.compose import (
     signals,
 )
 from dynogen.config import IDENTITY_BEFORE, Config
-from dynogen.dedup import DedupSeed
+from dynogen.dedup import DedupSeed, HashSet
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import write_calibration
 from dynogen.engine.engine import EngineResult, TaskEngine
@@ -44,7 +47,8 @@ from dynogen.errors import BudgetExceeded, ConfigError, DynogenError, StorageErr
 from dynogen.execute.ledger import Ledger
 from dynogen.execute.prices import Price
 from dynogen.execute.transport import Transport
-from dynogen.instances.build import build_instances
+from dynogen.instances.build import InstanceBuilder, abuild_instances
+from dynogen.io.row_reader import RowReader
 from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
 from dynogen.progress import Bar, Plain, Quiet, make_progress
@@ -121,7 +125,7 @@ async def _arun_locked(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped
                        counted: bool, seed: DedupSeed | None = None,
                        sizing: autosize.Sizing | None = None,
                        status_also: Path | None = None) -> RunOutcome:
-    log = open_run_log(rundir.path, name="run", secrets=(cfg.api_key.get(),))
+    log = open_run_log(rundir.path, name="run", secrets=(cfg.api_key.get(), hub_token().get()))
     try:
         log.info("start: dynogen %s, run %s%s; settings %s", __version__, rundir.path,
                  " (resumed)" if rundir.resumed else "",
@@ -149,7 +153,7 @@ async def _arun_watched(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skippe
     spent_before = _paid(rundir)["usd"]
     budget_left = None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - spent_before)
     counter = counter_for(cfg, price)
-    stats = Stats()
+    stats = Stats(retry_skipped=cfg.retry_skipped)
     progress = make_progress(cfg.quiet, "tasks", rpm=cfg.rpm, tpm=cfg.tpm,
                              budget=cfg.budget_usd, spent_before=spent_before)
     watch = Watch((rundir.path, *((status_also,) if status_also else ())), "run", stats, log,
@@ -184,44 +188,152 @@ async def _stages(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], pr
                   budget_left: float | None,
                   ) -> tuple[EngineResult, Ledger, int, TaskEngine, Config,
                              autosize.Sizing | None]:
-    """The task stage on the composition root's stack, then the instance stage."""
+    """The task stage on the composition root's stack, and the instance stage beside it.
+
+    Units are built as the task stage commits them (in commit order, so the outputs
+    are those of a build after it), unless ``--max-share`` needs every task first:
+    then the build runs after. The first Ctrl-C or SIGTERM stops both.
+    """
+    hf_cache = str(rundir.path / ".hf-cache")
+    reader = open_row_reader(cfg, cache_dir=hf_cache)
+    instances = _Instances(cfg, rundir, stats, reader, seed.instances if seed else None,
+                           build=build, overlap=cfg.max_share is None or cfg.max_share >= 1.0)
+    engine: TaskEngine | None = None
+
+    def stop() -> None:
+        instances.stop()
+        if engine is not None:
+            engine.stop("interrupted")
+
     try:
-        async with open_stack(
-            cfg, price=price, stage="tasks",
-            budget_usd=budget_left if budget_left is None or budget_left > 0 else 1e-12,
-            cache_path=Path(cfg.cache_path) if cfg.cache_path else rundir.path / "cache.sqlite",
-            spend_path=rundir.path / "spend.jsonl", state_dir=rundir.path,
-            transport=transport, meter=progress,
-        ) as stack:
-            watch.attach(ledger=stack.ledger, executor=stack.executor)
-            watch.stage = "tasks"
-            if sizing is None:  # --max-tokens auto with nothing to go on: a pilot first
-                cfg, sizing, src = await autosize.pilot(
-                    cfg, stack.executor, PromptBuilder(cfg, counter), src)
-                rundir.record(cfg, run_identity(cfg))
-            engine = make_engine(cfg, stack, counter, rundir, progress=progress, stats=stats,
-                                 seen=seed.tasks if seed else None)
+        with signals(stop, enabled=handle_signals):
             try:
-                with signals(lambda: engine.stop("interrupted"), enabled=handle_signals):
-                    result = await engine.run(src, plan=plan)
+                async with open_stack(
+                    cfg, price=price, stage="tasks",
+                    budget_usd=budget_left if budget_left is None or budget_left > 0 else 1e-12,
+                    cache_path=Path(cfg.cache_path) if cfg.cache_path
+                    else rundir.path / "cache.sqlite",
+                    spend_path=rundir.path / "spend.jsonl", state_dir=rundir.path,
+                    transport=transport, meter=progress,
+                ) as stack:
+                    watch.attach(ledger=stack.ledger, executor=stack.executor)
+                    watch.stage = "tasks"
+                    if sizing is None:  # --max-tokens auto with nothing to go on: a pilot first
+                        cfg, sizing, src = await autosize.pilot(
+                            cfg, stack.executor, PromptBuilder(cfg, counter), src)
+                        rundir.record(cfg, run_identity(cfg))
+                    instances.start()
+                    engine = make_engine(cfg, stack, counter, rundir, progress=progress,
+                                         stats=stats, seen=seed.tasks if seed else None,
+                                         on_commit=instances.add)
+                    try:
+                        result = await engine.run(src, plan=plan)
+                    finally:
+                        engine.close()
+                    ledger = stack.ledger
+                    cache_entries = stack.cache_entries()
+                    if stack.cache is not None and stack.cache.recovered:
+                        rundir.repairs["cache"] = stack.cache.recovered
             finally:
-                engine.close()
-            ledger = stack.ledger
-            cache_entries = stack.cache_entries()
-            if stack.cache is not None and stack.cache.recovered:
-                rundir.repairs["cache"] = stack.cache.recovered
+                if counting is not None:
+                    counting.cancel()
+                progress.close()
+            watch.stage = "instances"
+            await instances.finish(result)
     finally:
-        if counting is not None:
-            counting.cancel()
-        progress.close()
-    if build and result.stop_reason is None:
-        watch.stage = "instances"
-        try:
-            await asyncio.to_thread(build_instances, cfg, rundir, stats=stats,
-                                    seen=seed.instances if seed else None)
-        except StorageError as e:
-            result.stop_reason, result.error = "fatal", e
+        await instances.aclose()
+    result.session["instance_stage"] = instances.report()
     return result, ledger, cache_entries, engine, cfg, sizing
+
+
+class _Instances:
+    """The instance stage of a run: beside the task stage (``overlap``), or after it."""
+
+    def __init__(self, cfg: Config, rundir: RunDir, stats: Stats, reader: RowReader,
+                 seen: HashSet | None, *, build: bool, overlap: bool) -> None:
+        self.build = build
+        self.cfg = cfg
+        self.rundir = rundir
+        self.stats = stats
+        self.reader = reader
+        self.seen = seen
+        self.overlap = overlap
+        self.builder: InstanceBuilder | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        """Overlapped: build what is committed already, then each unit as it commits."""
+        if not (self.build and self.overlap) or self.builder is not None:
+            return
+        self._t0 = time.perf_counter()
+        self.builder = InstanceBuilder(self.cfg, self.rundir, reader=self.reader,
+                                       stats=self.stats, seen=self.seen)
+        self.builder.add_committed()
+        self.task = asyncio.create_task(self.builder.run())
+
+    def add(self, rec: dict[str, Any]) -> None:
+        if self.builder is not None:
+            self.builder.add(rec)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.builder is not None:
+            self.builder.stop()
+
+    async def finish(self, result: EngineResult) -> None:
+        """After the task stage: let the overlapped build end, or build now (``max_share``).
+
+        An interrupted run or a failing disk stops the build where it is; a run stopped by
+        its budget or a fatal API error still builds what it committed."""
+        storage = isinstance(result.error, StorageError)
+        try:
+            if self.builder is not None and self.task is not None:
+                if result.stop_reason == "interrupted" or storage:
+                    self.builder.stop()
+                self.builder.close_input()
+                await self.task
+            elif (self.build and not self.overlap and result.stop_reason is None
+                  and not self.stopped):
+                self._t0 = time.perf_counter()
+
+                def hold(builder: InstanceBuilder) -> None:
+                    self.builder = builder
+                    if self.stopped:
+                        builder.stop()
+
+                await abuild_instances(self.cfg, self.rundir, reader=self.reader,
+                                       stats=self.stats, seen=self.seen, on_builder=hold)
+        except StorageError as e:
+            if result.error is None:
+                result.stop_reason, result.error = "fatal", e
+        if self.stopped and result.stop_reason is None:
+            result.stop_reason = "interrupted"  # Ctrl-C during the build
+
+    async def aclose(self) -> None:
+        try:
+            if self.task is not None and not self.task.done():
+                assert self.builder is not None
+                self.builder.stop()
+                await asyncio.gather(self.task, return_exceptions=True)
+            if self.builder is not None and self.task is not None:
+                self.builder.close()  # abuild_instances closes its own
+        finally:
+            if self._t0:
+                self.seconds = time.perf_counter() - self._t0
+            await self.reader.aclose()
+
+    def report(self) -> dict[str, Any]:
+        """What ``report.json``'s session says of the instance stage (and its Hub calls)."""
+        out: dict[str, Any] = {"overlapped": self.task is not None,
+                               "seconds": round(self.seconds, 3),
+                               "units_built": self.builder.built if self.builder else 0}
+        if self.reader.hub is not None and self.reader.hub.http.stats.calls:
+            out["hub"] = {**self.reader.hub.http.stats.to_dict(),
+                          "buckets": self.reader.hub.http.buckets.snapshot()}
+        return out
 
 
 def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, ledger: Ledger,
@@ -299,9 +411,15 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     return RunOutcome(exit_code(err), rundir.path, report, msg, reason)
 
 
-def build(out: str | Path, *, rows_per_split: int | None = None,
-          quiet: bool = False) -> RunOutcome:
-    """Build instances from an existing run directory's tasks (no LLM calls)."""
+def build(out: str | Path, *, rows_per_split: int | None = None, quiet: bool = False,
+          retry_skipped: tuple[str, ...] | None = None,
+          handle_signals: bool = True) -> RunOutcome:
+    """Build instances from an existing run directory's tasks (no LLM calls).
+
+    ``retry_skipped``: build again units whose rows were unavailable for these reasons.
+    Ctrl-C or SIGTERM stops it as it stops ``run`` (``handle_signals``): the units whose
+    rows are in are written, and the same command builds the rest.
+    """
     rundir = RunDir(out)
     if not rundir.manifest.exists() or not rundir.tasks.exists():
         raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
@@ -315,14 +433,16 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
     cfg = Config(**values).with_(quiet=quiet, force_new=False)
     if rows_per_split is not None:
         cfg = cfg.with_(rows_per_split=rows_per_split)
+    if retry_skipped is not None:
+        cfg = cfg.with_(retry_skipped=tuple(retry_skipped))
     # the write lock; a new --rows-per-split rebuilds
     rundir.open(cfg, identity=run_identity(cfg), stage="build")
     try:
-        stats = Stats()
+        stats = Stats(retry_skipped=cfg.retry_skipped)
         for rec in iter_jsonl(rundir.units):
             stats.add_unit(rec)
         t0 = time.perf_counter()
-        build_instances(cfg, rundir, stats=stats)
+        stopped = eventloop.run(_build(cfg, rundir, stats, handle_signals))
         report = stats.to_dict()
         if rundir.report.exists():
             with contextlib.suppress(ValueError):  # a spoiled old report: not needed
@@ -331,9 +451,34 @@ def build(out: str | Path, *, rows_per_split: int | None = None,
                     if k in old:
                         report[k] = old[k]
         report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
-                             "command": "build"}
+                             "command": "build", "stop_reason": stopped}
         rundir.write_report(report)
     finally:
         rundir.close()
+    if stopped:
+        msg = (f"interrupted: {report['instances']['written']} instances so far in "
+               f"{rundir.instances}. Run the same command again to build the rest.")
+        return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, "interrupted")
     msg = f"built {report['instances']['written']} instances into {rundir.instances}"
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
+
+
+async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool) -> str | None:
+    """``dynogen build``'s instance stage under the run's signal handling; ``"interrupted"``
+    when a signal stopped it."""
+    held: list[InstanceBuilder] = []
+    hit: list[bool] = []
+
+    def stop() -> None:
+        hit.append(True)
+        for builder in held:
+            builder.stop()
+
+    reader = open_row_reader(cfg, cache_dir=str(rundir.path / ".hf-cache"))
+    try:
+        with signals(stop, enabled=handle_signals):
+            await abuild_instances(cfg, rundir, reader=reader, stats=stats,
+                                   on_builder=held.append)
+    finally:
+        await reader.aclose()
+    return "interrupted" if hit else None

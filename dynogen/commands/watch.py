@@ -153,7 +153,11 @@ class Watch:
             "units": {"done": done, "total": self.total_units, "left": left,
                       "kept_tasks": report["tasks"]["kept"],
                       "skipped": u["skipped"], "skipped_by_reason": u["skipped_by_reason"],
-                      "failed": u["failed"], "failed_by_reason": u["failed_by_reason"]},
+                      "failed": u["failed"], "failed_by_reason": u["failed_by_reason"],
+                      "retryable": u["retryable"] + sum(
+                          report["instances"]["retryable_by_reason"].values()),
+                      "retryable_by_reason": _merged(
+                          u["retryable_by_reason"], report["instances"]["retryable_by_reason"])},
             "instances": report["instances"]["written"],
             "rates": {"requests_per_second": round(rps, 2), "tokens_per_minute": round(tpm),
                       "rpm_limit": self.rpm, "tpm_limit": self.tpm},
@@ -209,6 +213,12 @@ async def watching(watch: Watch, *, every: float = STATUS_SECONDS,
         watch.log_summary(watch.write())
 
 
+def _merged(units: dict[str, int], builds: dict[str, int]) -> dict[str, int]:
+    """Units left for the next resume by transient errors: before their requests (the
+    rows check, ``rows_*``) and at the build (the bare reason, marked ``build_*``)."""
+    return {**units, **{f"build_{k}": v for k, v in builds.items()}}
+
+
 def format_status(data: dict[str, Any] | None, where: Path) -> str:
     """``dynogen status``'s text: what ``status.json`` says, for a person."""
     if data is None:
@@ -223,7 +233,7 @@ def format_status(data: dict[str, Any] | None, where: Path) -> str:
     lines = [f"{data.get('command', 'run')} in {where}: {stage}",
              f"  units      {u.get('done', 0):,}{total} done, {u.get('kept_tasks', 0):,} tasks "
              f"kept, {data.get('instances', 0):,} instances"]
-    for key in ("skipped", "failed"):
+    for key in ("skipped", "failed", "retryable"):
         by = u.get(f"{key}_by_reason") or {}
         if by:
             lines.append(f"  {key:10} " + ", ".join(f"{k} {v:,}" for k, v in by.items()))

@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,15 +64,20 @@ from dynogen.tasks.filter import TaskFilter
 from dynogen.tasks.judge import Judge, Verdict
 from dynogen.tasks.parsing import parse_tasks
 from dynogen.tasks.task import Task
-from dynogen.units import Skipped, SkipReason, Unit, safe_text, skip_reason
+from dynogen.units import Skipped, SkipReason, Unit, is_final, safe_text, skip_reason, transient
 
-__all__ = ["EngineResult", "Progress", "TaskEngine"]
+__all__ = ["EngineResult", "OnCommit", "Progress", "TaskEngine"]
 
 class Progress(Protocol):
     """What the engine tells a progress display; the display owns formatting."""
 
     def unit_done(self, n: int = 1) -> None: ...
     def request_done(self, tokens: int, cost_usd: float) -> None: ...
+
+
+# Told of each unit once its journal line and tasks are written (``units.jsonl``'s record,
+# with ``tasks_start``/``tasks_end``): the instance stage builds it while the engine goes on.
+OnCommit = Callable[[dict[str, Any]], None]
 
 
 @dataclass(slots=True)
@@ -141,14 +146,16 @@ class TaskEngine:
         spend: JsonlWriter | None = None,
         progress: Progress | None = None,
         stats: Stats | None = None,
+        on_commit: OnCommit | None = None,
     ) -> None:
         self.cfg = config
+        self.on_commit = on_commit
         self.executor = executor
         self.counter = counter
         self.prompts = prompts
         self.rundir = rundir
         self.progress: Progress = progress or Quiet()
-        self.stats = stats or Stats()
+        self.stats = stats or Stats(retry_skipped=config.retry_skipped)
         self.filter = task_filter
         self.dialect = Dialect(format=config.response_format)
         self.workers = max(1, executor.concurrency)
@@ -182,7 +189,8 @@ class TaskEngine:
     def _load_journal(self) -> None:
         for rec in iter_jsonl(self.rundir.units):
             self.stats.add_unit(rec)
-            if rec.get("status") in ("done", "skipped"):
+            # failed and retryable units, and skips --retry-skipped names, are redone
+            if is_final(rec, self.cfg.retry_skipped):
                 self._done_keys.add(_key_hash(str(rec.get("key"))))
         for rec in iter_jsonl(self.rundir.tasks):
             self.filter.remember(rec)
@@ -410,8 +418,9 @@ class TaskEngine:
         rec: dict[str, Any] = {"key": safe_text(job.key)}
         if job.skip is not None:
             reason, dataset, config = job.skip
-            rec.update(dataset=safe_text(dataset), config=safe_text(config), status="skipped",
-                       reason=reason)
+            # A transient reason (the Hub busy or away) is no verdict on the unit: redo it.
+            rec.update(dataset=safe_text(dataset), config=safe_text(config),
+                       status="retryable" if transient(reason) else "skipped", reason=reason)
         else:
             assert job.unit is not None
             filtered, job.kept = self._filter(job.unit, job.results)
@@ -464,6 +473,8 @@ class TaskEngine:
         self.stats.add_unit(rec)
         self._committed += 1
         self.progress.unit_done()
+        if self.on_commit is not None and rec.get("tasks_kept"):
+            self.on_commit(rec)
 
     def _write_tasks(self, job: _Job, rec: dict[str, Any]) -> None:
         """Kept tasks, less those the judge found invalid (each with the judge's reason)."""

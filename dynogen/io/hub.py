@@ -4,15 +4,18 @@ A listing through ``huggingface_hub`` (``HfApi.list_datasets`` with filters,
 sort and ``expand``), then per dataset: its card (``README.md``) and, from the
 dataset viewer's API, ``/is-valid``, ``/info`` (features, splits) and
 ``/first-rows`` (a few rows become the unit's ``samples``), instead of
-downloading any data file. Datasets that are private, gated, disabled, only a
+downloading any data file. Datasets that are private, disabled, only a
 loading script, or that the viewer cannot open are skipped with counted
 reasons (``HubSkip``), decided from the listing where possible so they cost no
-call.
+call. A gated dataset is skipped from the listing when there is no token; with
+one (``HF_TOKEN``) it is read if the Hub grants that account access, and skipped
+as gated if not.
 
 Concurrency: the per-dataset calls run on an event loop in a worker thread
-(``prefetch.ordered_prefetch``), up to ``fetch_ahead`` datasets at once, all
-calls under one ``Limiter`` of the Hub's own (``rpm``, ``concurrency``) with
-retries (``hub_http``). Results come out in listing order, so a run over the
+(``prefetch.ordered_prefetch``), up to ``fetch_ahead`` datasets at once, each
+call under its Hub rate-limit bucket (``hub_buckets``: ``rpm`` and
+``concurrency``, and what the Hub's headers say) with retries (``hub_http``).
+Results come out in listing order, so a run over the
 same listing is deterministic and the engine's synchronous reading is unchanged.
 
 Incremental listing: ``modified_since`` keeps only datasets whose last
@@ -47,6 +50,7 @@ from typing import Any, Protocol
 from dynogen.config import Secret
 from dynogen.errors import SourceError
 from dynogen.io.cards import SUMMARY_CHARS, CardError, RowsFound, build_units, split_card
+from dynogen.io.hub_buckets import HubBuckets
 from dynogen.io.hub_http import (
     BodyTooLarge,
     HubHttp,
@@ -58,7 +62,7 @@ from dynogen.io.hub_options import HUB_SORTS, HubOptions, HubSkip
 from dynogen.io.hub_viewer import Viewer, pick_split, viewer_skip
 from dynogen.io.nearcopy import NEAR_COPY, NearCopies
 from dynogen.io.prefetch import ordered_prefetch
-from dynogen.ratelimit import Clock, Limiter, RetryPolicy
+from dynogen.ratelimit import Clock, RetryPolicy
 from dynogen.units import Skipped, SkipReason, Unit
 
 __all__ = ["HUB_SORTS", "HubApi", "HubOptions", "HubSkip", "HubSource", "HubStats", "LIST_EXPAND"]
@@ -101,7 +105,7 @@ class HubApi(Protocol):
 
 
 class HubSource:
-    """Units for Hub datasets; ``data_ref`` is the Hub id (rows via ``datasets`` streaming).
+    """Units for Hub datasets; ``data_ref`` is the Hub id (rows via ``hub_rows.HubRowReader``).
 
     ``api`` replaces the listing client (tests); ``clock``/``retry`` tune the
     HTTP side. ``stats`` describes the last completed or current iteration.
@@ -214,8 +218,10 @@ class _HubJob:
         self.source = source
         self.options = o
         self.api = api
-        self.limiter = Limiter(rpm=o.rpm, max_in_flight=o.concurrency, clock=source.clock)
-        self.http = HubHttp(self.limiter, retry=source.retry, token=_token(),
+        self.buckets = HubBuckets(rpm=o.rpm, concurrency=o.concurrency, clock=source.clock,
+                                  viewer_url=o.viewer_url)
+        self.token = _token()
+        self.http = HubHttp(self.buckets, retry=source.retry, token=self.token,
                             max_body=o.max_body, clock=source.clock)
         source.stats.http = self.http.stats
         self.viewer = Viewer(self.http, o.viewer_url)
@@ -243,12 +249,12 @@ class _HubJob:
         pool = ThreadPoolExecutor(1, thread_name_prefix="dynogen-hub-listing")
         try:
             while True:
-                permit = await self.limiter.acquire(0)
+                permit = await self.buckets.acquire("api")
                 try:
                     batch, more = await loop.run_in_executor(
                         pool, _take, listing, _LISTING_BATCH, since if stop_at_older else None)
                 finally:
-                    self.limiter.release(permit)
+                    self.buckets.release("api", permit)
                 for info in batch:
                     self.source.stats.listed += 1
                     yield info
@@ -277,6 +283,9 @@ class _HubJob:
             raise SourceError(f"the Hugging Face Hub is unreachable ({err}): {UNREACHABLE_HINT}") \
                 from None
         except HubHTTPError as err:
+            if getattr(info, "gated", None) and err.status in (401, 403, 404):
+                return [Skipped(repo_id, "", HubSkip.GATED,
+                                f"gated, and HF_TOKEN's account has no access: {err}")]
             return [_http_skip(repo_id, "", err)]
         except BodyTooLarge as err:
             return [Skipped(repo_id, "", HubSkip.TOO_LARGE, str(err))]
@@ -356,9 +365,11 @@ class _HubJob:
         if getattr(info, "disabled", None):
             return Skipped(repo_id, "", HubSkip.DISABLED, "the dataset is disabled on the Hub")
         gated = getattr(info, "gated", None)
-        if gated:
+        if gated and not self.token:
+            # Without a token the answer is known; with one, the Hub says if it grants access.
             return Skipped(repo_id, "", HubSkip.GATED,
-                           f"gated ({gated}): its terms must be accepted on the Hub")
+                           f"gated ({gated}): its terms must be accepted on the Hub, and "
+                           "HF_TOKEN set to a token of an account that did")
         since = self.options.modified_since
         modified = _last_modified(info)
         if since is not None and modified is not None and modified < since:

@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynogen.errors import DynogenError
+from dynogen.units import transient
 
 __all__ = [
     "RowsInfo",
     "Rows",
+    "UnitRows",
     "RowsReason",
     "RowsUnavailable",
     "iter_rows",
@@ -49,26 +51,44 @@ Loader = Callable[..., Any]
 
 
 class RowsReason:
-    """Counted reasons a unit yields no rows (labels used in report.json)."""
+    """Counted reasons a unit yields no rows (labels used in report.json).
+
+    The first group is final: the dataset is what it is, and a resume skips it
+    (unless ``--retry-skipped`` names the reason). The second is transient
+    (``dynogen.units.TRANSIENT_REASONS``): the server was busy or away, the
+    retries ran out, and the unit is journaled ``retryable`` for the next resume.
+    """
 
     NOT_FOUND = "not_found"
     GATED = "gated"
     SCRIPT_ONLY = "script_only"
-    OFFLINE = "offline"
     NO_DATA_FILES = "no_data_files"
     CONFIG_NOT_FOUND = "config_not_found"
     SPLIT_NOT_FOUND = "split_not_found"
     NO_TRAINING_SPLIT = "no_training_split"
-    LOAD_ERROR = "load_error"
+    LOAD_ERROR = "load_error"  # a data file that cannot be parsed
+    # transient
+    OFFLINE = "offline"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection_error"
 
 
 class RowsUnavailable(DynogenError):
-    """No (more) rows can be read from a dataset; ``reason`` is a ``RowsReason`` label."""
+    """No (more) rows can be read from a dataset; ``reason`` is a ``RowsReason`` label.
+
+    ``retryable``: the reason is transient (a 429, a 5xx, a timeout, a reset, offline).
+    """
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"rows unavailable ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
+
+    @property
+    def retryable(self) -> bool:
+        return transient(self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +107,27 @@ class RowsInfo:
     splits: tuple[str, ...]
     missing_splits: tuple[str, ...] = ()
     columns: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRows:
+    """A unit's rows read whole: ``(split, row)`` pairs in order, and what is known of them.
+
+    ``via`` says how they were read (``datasets`` for a local folder; ``parquet`` or
+    ``viewer`` for the Hub, see ``hub_rows``); ``dropped`` counts rows left out
+    because the server cut one of their cells.
+    """
+
+    info: RowsInfo
+    rows: tuple[tuple[str, dict[str, Any]], ...]
+    via: str = "datasets"
+    dropped: int = 0
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def label_names(features: Mapping[str, Any] | None) -> dict[str, tuple[str, ...]]:
@@ -288,8 +329,17 @@ def _classify(e: BaseException, data_ref: str, config: str | None) -> tuple[str,
     from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
 
     msg = _short(e)
-    if isinstance(e, ConnectionError) or "OfflineModeIsEnabled" in msg:
+    if "OfflineModeIsEnabled" in msg or (isinstance(e, ConnectionError) and _offline()):
         return RowsReason.OFFLINE, f"{data_ref}: {msg}"
+    status = _http_status(e)
+    if status == 429:
+        return RowsReason.RATE_LIMITED, f"{data_ref}: HTTP 429: {msg}"
+    if status is not None and status >= 500:
+        return RowsReason.SERVER_ERROR, f"{data_ref}: HTTP {status}: {msg}"
+    if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__:
+        return RowsReason.TIMEOUT, f"{data_ref}: {type(e).__name__}: {msg}"
+    if isinstance(e, ConnectionError) or type(e).__name__ in _CONNECTION_ERRORS:
+        return RowsReason.CONNECTION, f"{data_ref}: {type(e).__name__}: {msg}"
     if isinstance(e, DatasetNotFoundError):
         if "gated" in msg:
             return RowsReason.GATED, f"{data_ref}: {msg}"
@@ -301,6 +351,24 @@ def _classify(e: BaseException, data_ref: str, config: str | None) -> tuple[str,
     if isinstance(e, ValueError) and "BuilderConfig" in msg and "not found" in msg:
         return RowsReason.CONFIG_NOT_FOUND, f"{data_ref} has no config {config!r}: {msg}"
     return RowsReason.LOAD_ERROR, f"{data_ref}: {type(e).__name__}: {msg}"
+
+
+# httpx/httpx2 transport errors below HTTP (named, not imported: either may be absent)
+_CONNECTION_ERRORS = frozenset({"ConnectError", "ReadError", "WriteError", "RemoteProtocolError",
+                                "NetworkError", "TransportError", "ProtocolError"})
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status of a ``huggingface_hub`` error (``e.response.status_code``), if any."""
+    response = getattr(e, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

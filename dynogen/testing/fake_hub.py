@@ -7,13 +7,21 @@ It serves, from recorded or generated answers, the HTTP endpoints the real
   linked with a ``Link: <…>; rel="next"`` header, as the Hub does);
 * ``GET /datasets/{id}/resolve/{revision}/{file}`` (cards; errors carry the
   Hub's ``X-Error-Code`` header, which ``huggingface_hub`` maps to its errors);
-* the viewer under ``/viewer``: ``/is-valid``, ``/info``, ``/first-rows``.
+* the viewer under ``/viewer``: ``/is-valid``, ``/info``, ``/first-rows``, ``/rows``;
+* rows (``add_rows``): the Parquet conversion under
+  ``/datasets/{id}/resolve/refs%2Fconvert%2Fparquet/...`` with ``Range`` support,
+  ``/api/datasets/{id}/parquet[/{config}[/{split}]]`` listing its files, and
+  ``/rows`` pages (see ``fake_hub_rows``).
 
 Point ``HF_ENDPOINT`` (or ``HubOptions.endpoint``) at ``server.url`` and the
 viewer URL at ``server.viewer_url``. It records every request (path, query,
 whether an ``Authorization`` header came, never its value), counts requests in
-flight and their peak, can delay answers (``latency``) and answer a path with
-some 503/429 first (``transient``), so retries and concurrency are observable.
+flight and their peak, can delay answers (``latency``), answer a path with
+some 503/429 first (``transient``) or a share of all calls with a 429 or 503
+and a ``Retry-After`` (``fault_rate``), enforce per-bucket quotas with the
+Hub's ``RateLimit`` headers (``limits``), and gate datasets (``gate``: 401
+without a token, 403 with one that has no access, 200 with one that has), so
+retries, limits, access and concurrency are observable.
 
     fake = FakeHub.from_recorded("tests/fixtures/hub")
     with fake.running() as server:            # its own thread and event loop
@@ -31,12 +39,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
+
+from dynogen.testing.fake_hub_rows import HubRows, RateWindows, bucket_of, parse_range
 
 __all__ = ["FakeHub", "HubServer", "HubRequest", "make_hub_app", "serve_hub", "synthetic_hub"]
 
@@ -49,6 +60,7 @@ class HubRequest:
     query: tuple[tuple[str, str], ...]
     authorized: bool
     bearer_sha: str = ""  # never the token: a short digest, to check which token came
+    range: str = ""  # the Range header, if any
 
 
 @dataclass
@@ -66,6 +78,24 @@ class FakeHub:
     in_flight: int = 0
     peak_in_flight: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    data: HubRows = field(default_factory=HubRows)
+    limits: RateWindows = field(default_factory=RateWindows)
+    fault_rate: float = 0.0  # share of calls answered 429 or 503 (with Retry-After) at random
+    fault_retry_after: float = 1.0
+    fault_seed: int = 0
+    faults: Counter[int] = field(default_factory=Counter)
+    gated: dict[str, set[str]] = field(default_factory=dict)  # repo -> digests of granted tokens
+    _rng: random.Random | None = None
+
+    def add_rows(self, repo: str, config: str, split: str, rows: list[dict[str, Any]],
+                 features: dict[str, Any], **kw: Any) -> None:
+        """Rows of ``repo``'s ``config``/``split`` (``datasets`` features as a dict); ``kw``:
+        ``row_group_size``, ``shard_rows``, ``partial`` (see ``HubRows.add``)."""
+        self.data.add(repo, config, split, rows, features, **kw)
+
+    def gate(self, repo: str, *granted: str) -> None:
+        """Make ``repo`` gated; the tokens in ``granted`` have been given access."""
+        self.gated[repo] = {_digest(f"Bearer {t}") for t in granted}
 
     @classmethod
     def from_recorded(cls, root: str | Path) -> FakeHub:
@@ -142,14 +172,59 @@ def _error(status: int, code: str, message: str) -> web.Response:
                         headers={"X-Error-Code": code, "X-Error-Message": message})
 
 
+def _digest(auth: str) -> str:
+    return sha256(auth.encode()).hexdigest()[:12] if auth else ""
+
+
+def _repo_of(request: web.Request) -> str:
+    """The dataset a request is about (``""`` for the listing)."""
+    path = request.path
+    if path.startswith("/viewer/"):
+        return request.query.get("dataset", "")
+    for prefix, sep in (("/datasets/", "/resolve/"), ("/api/datasets/", "/parquet")):
+        if path.startswith(prefix) and sep in path:
+            return path[len(prefix):].partition(sep)[0]
+    return ""
+
+
 def make_hub_app(fake: FakeHub) -> web.Application:
     async def middleware_record(request: web.Request) -> None:
         auth = request.headers.get("Authorization", "")
-        import hashlib
-
         fake.requests.append(HubRequest(
-            request.path, tuple(request.query.items()), bool(auth),
-            hashlib.sha256(auth.encode()).hexdigest()[:12] if auth else ""))
+            request.path, tuple(request.query.items()), bool(auth), _digest(auth),
+            request.headers.get("Range", "")))
+
+    def refuse(request: web.Request) -> web.Response | None:
+        """The answer to a call refused before its handler: a fault, or no access."""
+        key = _request_key(request)
+        queued = fake.transient.get(key)
+        from_queue = bool(queued)
+        status = queued.pop(0) if queued else None
+        if status is None and fake.fault_rate:
+            if fake._rng is None:
+                fake._rng = random.Random(fake.fault_seed)
+            if fake._rng.random() < fake.fault_rate:
+                status = 429 if fake._rng.random() < 0.5 else 503
+                fake.faults[status] += 1
+        if status is not None:
+            response = _error(status, "", "rate limited" if status == 429 else "try again")
+            # as the Hub does on 429 and 503; the queued ones ask for no wait at all
+            response.headers["Retry-After"] = "0" if from_queue else str(fake.fault_retry_after)
+            return response
+        repo = _repo_of(request)
+        if repo in fake.gated:
+            auth = request.headers.get("Authorization", "")
+            if _digest(auth) not in fake.gated[repo]:
+                viewer = request.path.startswith("/viewer/")
+                if not auth:
+                    return _error(401, "ExternalUnauthenticatedError" if viewer else "GatedRepo",
+                                  f"Access to dataset {repo} is restricted. You must be "
+                                  "authenticated to access it.")
+                return _error(404 if viewer else 403,
+                              "ExternalAuthenticatedError" if viewer else "GatedRepo",
+                              f"Access to dataset {repo} is restricted and you are not in the "
+                              "authorized list.")
+        return None
 
     @web.middleware
     async def around(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -159,15 +234,14 @@ def make_hub_app(fake: FakeHub) -> web.Application:
         try:
             if fake.latency:
                 await asyncio.sleep(fake.latency)
-            key = _request_key(request)
-            queued = fake.transient.get(key)
-            if queued:
-                status = queued.pop(0)
-                response: web.StreamResponse = _error(
-                    status, "", "rate limited" if status == 429 else "try again")
-                response.headers["Retry-After"] = "0"  # as the Hub does on 429 and 503
+            within, limit_headers = fake.limits.admit(bucket_of(request.path))
+            response: web.StreamResponse
+            if not within:
+                response = _error(429, "", "You have exceeded the rate limit of this bucket")
             else:
-                response = await handler(request)
+                response = refuse(request) or await handler(request)
+            for k, v in limit_headers.items():
+                response.headers.setdefault(k, v)
             fake.statuses[response.status] += 1
             return response
         finally:
@@ -200,18 +274,83 @@ def make_hub_app(fake: FakeHub) -> web.Application:
         return web.Response(body=orjson.dumps(out), headers=headers,
                             content_type="application/json")
 
+    def known(repo: str) -> bool:
+        return repo in fake.data.repos() or any(d["id"] == repo for d in fake.listing)
+
     async def resolve(request: web.Request) -> web.StreamResponse:
         repo, _, rest = request.match_info["tail"].partition("/resolve/")
+        if not known(repo):
+            return _error(404, "RepoNotFound", "Repository not found")
+        for branch in ("refs/convert/parquet/", "refs%2Fconvert%2Fparquet/"):
+            if rest.startswith(branch):
+                return parquet_file(request, repo, rest[len(branch):])
         _revision, _, filename = rest.partition("/")
         key = f"{repo}/{filename}"
         if key in fake.file_errors:
             return _response(fake.file_errors[key])
-        if not any(d["id"] == repo for d in fake.listing):
-            return _error(404, "RepoNotFound", "Repository not found")
         text = fake.files.get(key)
         if text is None:
             return _error(404, "EntryNotFound", f"{filename} does not exist on \"main\"")
         return web.Response(text=text, content_type="text/plain")
+
+    def parquet_file(request: web.Request, repo: str, path: str) -> web.Response:
+        data = fake.data.parquet(repo, path)
+        if data is None:
+            return _error(404, "EntryNotFound", f"{path} is not in refs/convert/parquet")
+        wanted = request.headers.get("Range")
+        if wanted is None:
+            return web.Response(body=data, content_type="application/octet-stream")
+        span = parse_range(wanted, len(data))
+        if span is None:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        start, end = span
+        return web.Response(status=206, body=data[start:end],
+                            content_type="application/octet-stream",
+                            headers={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}",
+                                     "Accept-Ranges": "bytes"})
+
+    async def parquet_api(request: web.Request) -> web.StreamResponse:
+        """``/api/datasets/{id}/parquet[/{config}[/{split}[/{n}.parquet]]]``."""
+        repo, _, rest = request.match_info["tail"].partition("/parquet")
+        if not known(repo):
+            return _error(404, "RepoNotFound", "Repository not found")
+        parts = [p for p in rest.split("/") if p]
+        listing = fake.data.listing(repo)
+        if not listing:
+            return _error(404, "", "No parquet conversion for this dataset")
+        base = f"{request.url.origin()}/api/datasets/{repo}/parquet"
+
+        def urls(config: str, split: str) -> list[str]:
+            return [f"{base}/{config}/{split}/{i}.parquet"
+                    for i in range(len(listing[config][split]))]
+
+        if not parts:
+            return web.json_response({c: {s: urls(c, s) for s in splits}
+                                      for c, splits in listing.items()})
+        config = parts[0]
+        if config not in listing:
+            return _error(404, "", f"config {config} not found")
+        if len(parts) == 1:
+            return web.json_response({s: urls(config, s) for s in listing[config]})
+        split = parts[1]
+        if split not in listing[config]:
+            return _error(404, "", f"split {split} not found")
+        if len(parts) == 2:
+            return web.json_response(urls(config, split))
+        index = int(parts[2].split(".")[0])
+        files = listing[config][split]
+        if not 0 <= index < len(files):
+            return _error(404, "EntryNotFound", "no such file")
+        raise web.HTTPFound(f"{request.url.origin()}/datasets/{repo}/resolve/"
+                            f"refs%2Fconvert%2Fparquet/{files[index]}")
+
+    async def rows(request: web.Request) -> web.Response:
+        q = request.query
+        page = fake.data.rows_page(q.get("dataset", ""), q.get("config", ""), q.get("split", ""),
+                                   int(q.get("offset", "0")), int(q.get("length", "100")))
+        if page is None:
+            return _error(404, "ResponseNotFound", "Not found.")
+        return web.json_response(page)
 
     def viewer_answer(key: str) -> web.Response:
         answer = fake.viewer.get(key)
@@ -234,10 +373,12 @@ def make_hub_app(fake: FakeHub) -> web.Application:
 
     app = web.Application(middlewares=[around])
     app.router.add_get("/api/datasets", list_datasets)
+    app.router.add_get(r"/api/datasets/{tail:.+}", parquet_api)
     app.router.add_get(r"/datasets/{tail:.+}", resolve)
     app.router.add_get("/viewer/is-valid", is_valid)
     app.router.add_get("/viewer/info", info)
     app.router.add_get("/viewer/first-rows", first_rows)
+    app.router.add_get("/viewer/rows", rows)
     return app
 
 
