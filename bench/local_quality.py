@@ -68,6 +68,9 @@ def main() -> None:
                     help="also ask the model to judge each kept task (dynogen run --judge)")
     ap.add_argument("--request-timeout", type=float, default=120.0,
                     help="seconds; raise it on a loaded machine, where answers queue in llama.cpp")
+    ap.add_argument("--prompt-layout", default="auto", choices=("auto", "shared", "per_unit"),
+                    help="auto gives the local server per_unit (grammar enums); shared tries "
+                         "the one-prefix layout on it (writes local_quality_shared.json)")
     args = ap.parse_args()
     units = []
     for u in open_source(args.corpus):
@@ -85,7 +88,8 @@ def main() -> None:
         tmp = args.out or scratch
         t0 = time.perf_counter()
         cfg = Config(out=tmp, local=True, quiet=True, licenses="any", languages="any",
-                     splits="all", request_timeout=args.request_timeout, judge=args.judge)
+                     splits="all", request_timeout=args.request_timeout, judge=args.judge,
+                     prompt_layout=args.prompt_layout)
         outcome = asyncio.run(arun(cfg, source=units, build=False))
         wall = time.perf_counter() - t0
         tasks = list(iter_jsonl(Path(tmp) / "tasks.jsonl"))
@@ -120,7 +124,9 @@ def main() -> None:
     }
     if args.judge:
         result["judge_invalid"] = judged
-    name = "local_quality_judge.json" if args.judge else "local_quality.json"
+    result["prompt_layout"] = args.prompt_layout
+    name = "local_quality_judge.json" if args.judge else (
+        "local_quality_shared.json" if args.prompt_layout == "shared" else "local_quality.json")
     out = ROOT / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
