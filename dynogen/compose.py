@@ -93,8 +93,9 @@ def resolve_layout(cfg: Config, price: Price, *, follow_run: bool = True) -> Con
     with ``--force-new``) keeps the layout it recorded, ``per_unit`` if it was written
     before layouts existed, so a resume sends the bytes it started with. Otherwise
     ``shared`` when the request goes to OpenAI's own API (the default base URL), online,
-    for a model whose price has a cached-input discount; else ``per_unit``. The model's
-    name is never looked at: the price entry says whether cached tokens are cheaper.
+    for a model whose OpenAI price entry has a cached-input discount; else ``per_unit``.
+    The model's name is never looked at: the price entry says whether cached tokens are
+    cheaper, and whose price it is.
     """
     if cfg.prompt_layout != "auto":
         return cfg
@@ -102,10 +103,14 @@ def resolve_layout(cfg: Config, price: Price, *, follow_run: bool = True) -> Con
         follow_run and cfg.out and not cfg.force_new) else None
     if recorded is not None:
         return cfg.with_(prompt_layout=recorded)
+    # An OpenAI price: the hand-checked table's or a file's rows (no provider named), or a
+    # LiteLLM key of provider openai. Claude's cache, say, needs cache_control markers.
+    openai_price = price.provider in ("", "openai")
     layout = choose_layout(
         "auto", openai_server=cfg.base_url.rstrip("/") == DEFAULT_BASE_URL,
         online=cfg.mode == "online",
-        cache_discount=price.supports_prompt_cache and price.cached_input < price.input)
+        cache_discount=openai_price and price.supports_prompt_cache
+        and price.cached_input < price.input)
     return cfg.with_(prompt_layout=layout)
 
 

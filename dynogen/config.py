@@ -288,7 +288,7 @@ class Config:
     # few-shot prefix for every unit, over 1,024 tokens, that OpenAI's prompt cache bills
     # at its cached price ("shared"), or the schema that enumerates each unit's fields
     # ("per_unit"); "auto" picks shared for OpenAI's own API, online, with a model whose
-    # price has a cached-input discount, per_unit elsewhere (--local too). A run records
+    # OpenAI price has a cached-input discount, per_unit elsewhere (--local too). A run records
     # the layout it resolved to and keeps it on resume.
     prompt_layout: str = "auto"
     encoding: str = "o200k_base"

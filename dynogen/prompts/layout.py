@@ -21,8 +21,10 @@ run already has, never from a model's name: ``shared`` where the request goes
 to OpenAI's own API (the base URL is OpenAI's default: the server whose cache
 rule the layout is measured against), online (a Batch API line is billed at the
 batch price whether cached or not, so the longer prefix would only cost more),
-and the model's price has a cached-input discount (``Price.supports_prompt_cache``;
-gpt-3.5-turbo has none, so padding would only cost more). Everything else, the
+and the model's price is OpenAI's with a cached-input discount
+(``Price.supports_prompt_cache``, from the hand-checked table or LiteLLM's
+provider ``openai``; gpt-3.5-turbo has no discount, so padding would only cost
+more, and Claude's cache needs ``cache_control`` markers). Everything else, the
 bundled ``--local`` server included, gets ``per_unit``: grammar enums make
 invalid tasks impossible there. Either is one setting away
 (``prompt_layout = "shared"`` or ``"per_unit"``).

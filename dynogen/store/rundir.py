@@ -67,9 +67,10 @@ def _describe_diff(diff: dict[str, tuple[Any, Any]], version: str | None = None)
         if k == "prompts":
             by = f"dynogen {version}" if version and version != __version__ else \
                 "another dynogen version"
-            parts.append(f"the prompt text, few-shot examples or schema this dynogen sends "
-                         f"differ from those {by} sent for it, so its cached answers and "
-                         f"tasks came from other requests; finish it with that version")
+            parts.append(f"the prompts, few-shot examples or schema changed: this dynogen "
+                         f"builds other request bodies than {by} sent for this run, and "
+                         f"resuming would mix answers to two prompts; finish it with that "
+                         f"version")
         elif k == "prompt_layout":
             parts.append(f"prompt_layout: it began with {a!r} and this run asks for {b!r}; "
                          f"pass --prompt-layout {a} (or leave it at auto, which keeps what a "

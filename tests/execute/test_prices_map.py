@@ -142,8 +142,9 @@ def test_the_cli_estimates_a_gemini_model_with_no_price_flags() -> None:
 
 
 def test_hand_checked_estimate_is_unchanged() -> None:
-    """Pinned before the map existed: gpt-4o-mini on the bundled samples."""
-    est = estimate(Config(model="gpt-4o-mini"))
+    """Pinned before the map existed: gpt-4o-mini on the bundled samples (with the prompts
+    of then, the per-unit layout; auto now sends OpenAI the shared one)."""
+    est = estimate(Config(model="gpt-4o-mini", prompt_layout="per_unit"))
     assert (est.input_tokens, est.output_tokens) == (
         11_017, {"low": 600, "expected": 1_500, "high": 6_400})
     assert est.cost_usd == {"low": {"online": 0.002013, "batch": 0.001006},

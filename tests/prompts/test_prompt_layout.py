@@ -163,6 +163,9 @@ def test_auto_picks_shared_only_for_openai_online_with_a_cache_discount() -> Non
     assert _resolved(local=True) == "per_unit"  # the bundled llama.cpp: grammar enums
     assert _resolved(free=True) == "per_unit"
     assert _resolved(price_in=0.15, price_out=0.6) == "per_unit"  # no cached price given
+    # Another provider's price with a cache rate: its cache is not OpenAI's.
+    assert _resolved(model="claude-sonnet-4-5") == "per_unit"
+    assert _resolved(model="gemini/gemini-2.5-flash") == "per_unit"
     # The model's name decides nothing: the same name elsewhere is per_unit.
     assert _resolved(model="gpt-4o-mini", base_url="http://proxy.local/v1") == "per_unit"
     for layout in ("shared", "per_unit"):
