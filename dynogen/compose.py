@@ -37,7 +37,7 @@ from dynogen.engine.engine import Progress, TaskEngine
 from dynogen.errors import AuthenticationError, ConfigError
 from dynogen.execute import anthropic_headers
 from dynogen.execute.anthropic_client import AnthropicClient
-from dynogen.execute.anthropic_wire import ANTHROPIC_VERSION, prompt_figures
+from dynogen.execute.anthropic_wire import ANTHROPIC_VERSION, estimate_tokens, prompt_figures
 from dynogen.execute.base import Executor
 from dynogen.execute.client import ChatClient
 from dynogen.execute.ledger import Ledger
@@ -61,7 +61,8 @@ from dynogen.units import Field, Skipped, Unit
 __all__ = [
     "BATCH_CONCURRENCY", "EXIT_INTERRUPTED", "SIGNAL_GRACE_SECONDS", "Stack", "batch_remote_for",
     "check_key", "counter_for", "gated", "local_server", "make_engine", "open_executor",
-    "open_sources", "open_stack", "preflight", "resolve_price", "resolve_provider",
+    "open_sources", "open_stack", "preflight", "prompt_count", "resolve_price",
+    "resolve_provider",
     "run_identity", "signals", "speaking",
 ]
 
@@ -103,6 +104,12 @@ def speaking(cfg: Config) -> Config:
     """``cfg`` with its provider settled, and that provider's key and server where the
     user named neither (``Config.for_provider``). Idempotent."""
     return cfg.for_provider(resolve_provider(cfg))
+
+
+def prompt_count(cfg: Config) -> Callable[[int, dict[str, Any]], int] | None:
+    """How the provider counts a prompt dynogen counted (``estimate``): ``None`` where the
+    count is the provider's own (OpenAI's encodings), else an approximation of it."""
+    return estimate_tokens if speaking(cfg).provider == "anthropic" else None
 
 
 def counter_for(cfg: Config, price: Price) -> TokenCounter:

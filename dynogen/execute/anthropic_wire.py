@@ -71,8 +71,8 @@ from dynogen.execute.transport import RawResponse
 from dynogen.ratelimit.headers import retry_after_seconds
 
 __all__ = ["ANTHROPIC_VERSION", "BOUND_OVERHEAD", "DEFAULT_MAX_TOKENS", "TOOL_PROMPT_TOKENS",
-           "answer", "classify", "prefix_digest", "prompt_figures", "rate_limit_kind",
-           "result_line", "to_completion", "to_messages", "usage_of"]
+           "answer", "classify", "estimate_tokens", "prefix_digest", "prompt_figures",
+           "rate_limit_kind", "result_line", "to_completion", "to_messages", "usage_of"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; OpenAI bodies may leave it out
@@ -158,6 +158,12 @@ def prefix_digest(openai: Mapping[str, Any]) -> int:
     shared = messages[:-1] if isinstance(messages, list) else []
     return xxhash.xxh3_64_intdigest(orjson.dumps(
         [openai.get("model"), openai.get("response_format"), shared]))
+
+
+def estimate_tokens(prompt_tokens: int, openai: Mapping[str, Any]) -> int:
+    """What Anthropic will likely count for a prompt dynogen counted as ``prompt_tokens``:
+    plus the tool-use system prompt when the schema becomes a tool. An approximation."""
+    return prompt_tokens + (TOOL_PROMPT_TOKENS if _tool(openai.get("response_format")) else 0)
 
 
 def prompt_figures(req: Request) -> tuple[int, int]:
