@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 
-from dynogen.dedup import HashSet
 from dynogen.errors import (
     APIConnectionError,
     APIError,
@@ -48,8 +47,14 @@ from dynogen.errors import (
     InsufficientQuotaError,
     ServerError,
 )
-from dynogen.execute.anthropic_wire import prefix_digest, result_line, to_messages
-from dynogen.execute.batch_files import MAX_RESULT_LINE, custom_id_of, iter_input_lines, split_lines
+from dynogen.execute.anthropic_wire import PrefixMarks, prefix_digest, result_line, to_messages
+from dynogen.execute.batch_files import (
+    MAX_RESULT_LINE,
+    custom_id_of,
+    iter_input_lines,
+    key_hash,
+    split_lines,
+)
 from dynogen.execute.batch_state import BatchJournal, FileState
 
 __all__ = ["FILE_BYTES_CAP", "MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "AnthropicBatches",
@@ -130,7 +135,7 @@ class AnthropicBatches:
             base_url=base_url.rstrip("/").removesuffix("/v1"), api_key=api_key or "no-key",
             max_retries=max_retries, timeout=timeout)
         self._own = client is None
-        self._prefixes = HashSet()
+        self._marks = PrefixMarks()
 
     # ---- errors -------------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class AnthropicBatches:
         parts = []
         for key, line, _, _ in iter_input_lines(path):
             openai = orjson.loads(line)["body"]
-            cache = not self._prefixes.add(prefix_digest(openai))
+            cache = self._marks.mark(prefix_digest(openai), key_hash(key))
             parts.append(b'{"custom_id":"' + custom_id_of(key).encode() + b'","params":'
                          + orjson.dumps(to_messages(openai, cache=cache)) + b"}")
         body = b'{"requests":[' + b",".join(parts) + b"]}"

@@ -11,10 +11,10 @@ retry; ``classify`` says what a refusal means.
 
 It decides one thing of its own: whether a request marks its shared prefix for
 Anthropic's prompt cache. A cache write costs 1.25x the input price and pays
-off only if the prefix is read again, so a prefix is marked from its second
-use on (8 bytes of memory a distinct prefix): a shared system prompt and
-few-shot turns are cached, a prefix made unique by a per-unit schema is never
-written.
+off only if the prefix is read again, so a prefix is marked once a second
+request (not a retry of the first) uses it (``PrefixMarks``): a shared system
+prompt and few-shot turns are cached, a prefix made unique by a per-unit
+schema is never written.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
+import xxhash
 
-from dynogen.dedup import HashSet
 from dynogen.errors import APIError, BadRequestError
 from dynogen.execute.anthropic_wire import (
     ANTHROPIC_VERSION,
+    PrefixMarks,
     answer,
     classify,
     prefix_digest,
@@ -57,7 +58,7 @@ class AnthropicClient:
         if api_key:
             headers["x-api-key"] = api_key
         self._headers = headers
-        self._prefixes = HashSet()
+        self._marks = PrefixMarks()
 
     def translate(self, body: bytes) -> bytes:
         """The Messages API body for an OpenAI-shaped one (``cache_control`` as above)."""
@@ -68,7 +69,8 @@ class AnthropicClient:
                                   "Anthropic", status=400) from None
         if not isinstance(openai, dict):
             raise BadRequestError("a request body is not a JSON object", status=400)
-        cache = self.prompt_cache and not self._prefixes.add(prefix_digest(openai))
+        cache = self.prompt_cache and self._marks.mark(prefix_digest(openai),
+                                                        xxhash.xxh3_64_intdigest(body))
         return orjson.dumps(to_messages(openai, cache=cache))
 
     async def send(self, body: bytes, endpoint: str = "/chat/completions") -> RawResponse:

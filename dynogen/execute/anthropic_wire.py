@@ -18,7 +18,7 @@ request (``to_messages``)
     system prompt) carries ``cache_control``, so the unit's own message is the only
     part after the cached prefix. Anthropic's cache prefix runs tools → system →
     messages: a schema that names each unit's fields makes every prefix unique, so
-    the client marks a prefix only once it has seen it before (``prefix_digest``);
+    the client marks a prefix only once another request has used it (``PrefixMarks``);
     one shared across requests is cached from its second use on.
 
 answer (``to_completion``)
@@ -58,6 +58,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from dynogen.dedup import HashSet
 from dynogen.errors import (
     APIError,
     AuthenticationError,
@@ -71,8 +72,9 @@ from dynogen.execute.transport import RawResponse
 from dynogen.ratelimit.headers import retry_after_seconds
 
 __all__ = ["ANTHROPIC_VERSION", "BOUND_OVERHEAD", "DEFAULT_MAX_TOKENS", "TOOL_PROMPT_TOKENS",
-           "answer", "classify", "estimate_tokens", "prefix_digest", "prompt_figures",
-           "rate_limit_kind", "result_line", "to_completion", "to_messages", "usage_of"]
+           "PrefixMarks", "answer", "classify", "estimate_tokens", "prefix_digest",
+           "prompt_figures", "rate_limit_kind", "result_line", "to_completion", "to_messages",
+           "usage_of"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens; OpenAI bodies may leave it out
@@ -158,6 +160,32 @@ def prefix_digest(openai: Mapping[str, Any]) -> int:
     shared = messages[:-1] if isinstance(messages, list) else []
     return xxhash.xxh3_64_intdigest(orjson.dumps(
         [openai.get("model"), openai.get("response_format"), shared]))
+
+
+class PrefixMarks:
+    """Which requests mark their prefix for Anthropic's prompt cache: those whose prefix
+    another request (another body, not a retry of this one) has used before. A write costs
+    1.25x the input price and pays off only if something else reads it. 8 bytes a request
+    and a prefix.
+
+    >>> marks = PrefixMarks()
+    >>> marks.mark(prefix=7, body=1), marks.mark(prefix=7, body=1), marks.mark(prefix=7, body=2)
+    (False, False, True)
+    """
+
+    __slots__ = ("_prefixes", "_pairs", "_shared")
+
+    def __init__(self) -> None:
+        self._prefixes = HashSet()
+        self._pairs = HashSet()
+        self._shared = HashSet()
+
+    def mark(self, prefix: int, body: int) -> bool:
+        pair = xxhash.xxh3_64_intdigest(prefix.to_bytes(8, "little") + body.to_bytes(8, "little"))
+        new_pair = self._pairs.add(pair)
+        if not self._prefixes.add(prefix) and new_pair:
+            self._shared.add(prefix)
+        return prefix in self._shared
 
 
 def estimate_tokens(prompt_tokens: int, openai: Mapping[str, Any]) -> int:

@@ -12,7 +12,8 @@ the calls a ``Limiter`` does, so the executor sends through either:
 - ``release(permit, 0 | None | n)``: not counted / keep everything, on both;
 - ``answered(permit, prompt, cached, completion)``: input tokens used (reads
   excluded unless ``cache_reads_count``), output tokens generated;
-- ``observe_headers``: Anthropic's headers, split by ``anthropic_headers.split``;
+- ``observe_headers``: Anthropic's headers, split by ``anthropic_headers.split``
+  (a 429's without its permit: nothing was charged for it);
 - ``pause(seconds, kind)``: ``output_tokens`` holds the second, anything else the
   first (every request passes both, so either holds every sender).
 
@@ -92,8 +93,13 @@ class SplitLimiter:
         self.main.release(permit.main, counted)
         self.output.release(permit.out, completion)
 
-    def observe_headers(self, headers: Mapping[str, str],
-                        permit: SplitPermit | None = None) -> None:
+    def observe_headers(self, headers: Mapping[str, str], permit: SplitPermit | None = None,
+                        *, refused: bool = False) -> None:
+        """An answer's headers. A refused request's (429) teach limits and usage but not
+        what a request is charged: the server took nothing for it, and the limiter's
+        charge fit would read its grant as a request charged nothing."""
+        if refused:
+            permit = None
         main, out = self._split(headers)
         if main:
             self.main.observe_headers(main, permit.main if permit is not None else None)

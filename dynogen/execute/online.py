@@ -198,7 +198,10 @@ class OnlineExecutor:
             self._charge(reservation, None, acct, req.variant)
             self.limiter.release(permit, worst)
             raise
-        self.limiter.observe_headers(raw.headers, permit)
+        if isinstance(self.limiter, SplitLimiter):
+            self.limiter.observe_headers(raw.headers, permit, refused=raw.status == 429)
+        else:
+            self.limiter.observe_headers(raw.headers, permit)
         if raw.status == 429:
             self.limiter.observe_refusal(permit, raw.body)
         if raw.status >= 300:
