@@ -84,7 +84,7 @@ from dynogen.testing.fake_answers import (
 from dynogen.testing.fake_anthropic_batches import FakeMessageBatches, add_batch_routes
 from dynogen.testing.fake_limits import Stats, TokenBucket
 
-__all__ = ["BILL_KINDS", "FakeAnthropic", "FakeAnthropicProcess", "FakeAnthropicServer",
+__all__ = ["BILL_KINDS", "key_matches", "FakeAnthropic", "FakeAnthropicProcess", "FakeAnthropicServer",
            "error_body", "main", "make_app", "serve", "start_fake_anthropic"]
 
 Answer = str | Mapping[str, Any] | Fault
@@ -103,6 +103,12 @@ _LIMIT_NAMES = (("requests", "requests"), ("input-tokens", "input tokens"),
 def error_body(kind: str, message: str) -> bytes:
     """Anthropic's error body: ``{"type": "error", "error": {"type": ..., "message": ...}}``."""
     return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def key_matches(headers: Mapping[str, str], key: str) -> bool:
+    """``x-api-key: KEY`` (the Messages API's own) or ``Authorization: Bearer KEY`` (what
+    newer SDKs send)."""
+    return headers.get("x-api-key") == key or headers.get("Authorization") == f"Bearer {key}"
 
 
 def _rfc3339(t: float) -> str:
@@ -334,7 +340,7 @@ class FakeAnthropic:
         return body
 
     def _auth(self, headers: Mapping[str, str]) -> None:
-        if self.api_key is not None and headers.get("x-api-key") != self.api_key:
+        if self.api_key is not None and not key_matches(headers, self.api_key):
             raise _Refused(401, "authentication_error", "invalid x-api-key")
         if not headers.get("anthropic-version"):
             raise _Refused(400, "invalid_request_error", "anthropic-version: header is required")

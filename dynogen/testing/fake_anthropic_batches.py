@@ -286,7 +286,8 @@ def add_batch_routes(app: web.Application, batches: FakeMessageBatches) -> None:
 
     def guard(request: web.Request) -> None:
         key = batches.answerer.api_key
-        if key is not None and request.headers.get("x-api-key") != key:
+        if key is not None and request.headers.get("x-api-key") != key and \
+                request.headers.get("Authorization") != f"Bearer {key}":
             raise _Refused(401, "authentication_error", "invalid x-api-key")
 
     def refused(e: _Refused) -> web.Response:
