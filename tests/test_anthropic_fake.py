@@ -12,8 +12,8 @@ import anthropic
 import orjson
 import pytest
 
-from dynogen.testing.fake_anthropic import FakeAnthropic, serve
 from dynogen.testing.fake_answers import Fault
+from dynogen.testing.fake_anthropic import FakeAnthropic, serve
 
 TOOL = {"name": "tasks", "input_schema": {
     "type": "object", "required": ["tasks"], "properties": {"tasks": {

@@ -34,6 +34,7 @@ from dynogen.io.sources import open_source
 from dynogen.prompts.builder import PromptBuilder
 from dynogen.prompts.tokens import TokenCounter
 from dynogen.testing.fake_anthropic import FakeAnthropic
+from dynogen.testing.fake_anthropic_wire import layout
 from dynogen.units import Unit, skip_reason
 
 CORPUS = next((p for p in (Path(__file__).resolve().parents[2] / "shared/hf-metadata-2022/datasets",
@@ -193,7 +194,7 @@ def test_the_ledger_bound_holds_over_every_corpus_prompt() -> None:
             raw = orjson.dumps(p.body)
             paced, bound = prompt_figures(Request(raw, p.prompt_tokens, p.max_tokens))
             translated = orjson.dumps(to_messages(p.body, cache=True))
-            billed = fake._layout(orjson.loads(translated)).total
+            billed = layout(orjson.loads(translated), fake.counter, fake.tool_prompt_tokens).total
             assert bound >= len(translated) + BOUND_OVERHEAD // 2 >= billed
             assert paced == p.prompt_tokens + TOOL_PROMPT_TOKENS
             n += 1

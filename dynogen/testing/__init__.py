@@ -1,5 +1,5 @@
-"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API)
-and Hub servers.
+"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API),
+Anthropic (Messages and Message Batches, ``fake_anthropic``) and Hub servers.
 
 Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
 module fresh (an eager import here would make runpy warn about a module
@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
+    from dynogen.testing.fake_anthropic import FakeAnthropic, FakeAnthropicServer
+    from dynogen.testing.fake_anthropic_batches import FakeMessageBatches
+    from dynogen.testing.fake_anthropic_process import FakeAnthropicProcess, start_fake_anthropic
     from dynogen.testing.fake_batches import FakeBatches
     from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub, synthetic_hub
     from dynogen.testing.fake_openai import (
@@ -28,6 +31,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
+    "FakeAnthropic",
+    "FakeAnthropicProcess",
+    "FakeAnthropicServer",
+    "FakeMessageBatches",
     "FakeHub",
     "FakeBatches",
     "FakeOpenAI",
@@ -40,11 +47,17 @@ __all__ = [
     "make_app",
     "serve",
     "serve_hub",
+    "start_fake_anthropic",
     "start_fake_process",
     "synthetic_hub",
 ]
 
 _HOME = {
+    "FakeAnthropic": "fake_anthropic",
+    "FakeAnthropicServer": "fake_anthropic",
+    "FakeMessageBatches": "fake_anthropic_batches",
+    "FakeAnthropicProcess": "fake_anthropic_process",
+    "start_fake_anthropic": "fake_anthropic_process",
     "DEFAULT_FAULT_KINDS": "fake_answers",
     "FAULT_KINDS": "fake_answers",
     "Fault": "fake_answers",

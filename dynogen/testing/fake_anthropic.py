@@ -39,32 +39,23 @@ What it does as Anthropic does (deciding an answer is plain code, no I/O):
   ``cache_write``, ``cache_read``; Batches at ``batch_factor`` of them) every
   processed request is billed, online and batch apart (``bill()``).
 
-``python -m dynogen.testing.fake_anthropic --port 0 --rpm 3000 ...`` serves it in
-its own process (``start_fake_anthropic`` from Python) and prints
-``{"url": ..., "pid": ...}`` once ready.
+Request validation, token layout and the prompt cache are in
+``fake_anthropic_wire``; ``python -m dynogen.testing.fake_anthropic_process
+--port 0 --rpm 3000 ...`` serves it in its own process (``start_fake_anthropic``
+from Python) and prints ``{"url": ..., "pid": ...}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import email.utils
-import json
 import math
-import os
 import random
-import selectors
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -82,44 +73,29 @@ from dynogen.testing.fake_answers import (
     task_spec,
 )
 from dynogen.testing.fake_anthropic_batches import FakeMessageBatches, add_batch_routes
+from dynogen.testing.fake_anthropic_wire import (
+    Layout,
+    PromptCache,
+    Refused,
+    as_openai,
+    canonical,
+    check,
+    error_body,
+    forced_tool,
+    key_matches,
+    layout,
+    rfc3339,
+)
 from dynogen.testing.fake_limits import Stats, TokenBucket
 
-__all__ = ["BILL_KINDS", "key_matches", "FakeAnthropic", "FakeAnthropicProcess", "FakeAnthropicServer",
-           "error_body", "main", "make_app", "serve", "start_fake_anthropic"]
+__all__ = ["BILL_KINDS", "FakeAnthropic", "FakeAnthropicServer", "make_app", "serve"]
 
 Answer = str | Mapping[str, Any] | Fault
 _KEEP: Any = object()
 _JSON = "application/json"
-KNOWN_KEYS = frozenset({
-    "model", "max_tokens", "messages", "system", "tools", "tool_choice", "temperature",
-    "top_p", "top_k", "stop_sequences", "metadata", "stream", "thinking", "service_tier",
-    "output_config", "container", "mcp_servers", "context_management"})
 BILL_KINDS = ("requests", "input", "cache_write", "cache_read", "output")
-_FRAME = 3  # tokens a message's role and separators take
 _LIMIT_NAMES = (("requests", "requests"), ("input-tokens", "input tokens"),
                 ("output-tokens", "output tokens"))
-
-
-def error_body(kind: str, message: str) -> bytes:
-    """Anthropic's error body: ``{"type": "error", "error": {"type": ..., "message": ...}}``."""
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
-
-
-def key_matches(headers: Mapping[str, str], key: str) -> bool:
-    """``x-api-key: KEY`` (the Messages API's own) or ``Authorization: Bearer KEY`` (what
-    newer SDKs send)."""
-    return headers.get("x-api-key") == key or headers.get("Authorization") == f"Bearer {key}"
-
-
-def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind = status, kind
 
 
 @dataclass
@@ -133,14 +109,6 @@ class _Bill:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*BILL_KINDS, "usd")}
-
-
-@dataclass
-class _Layout:
-    """A request as the tokens it is billed for: segments in cache order, breakpoints."""
-
-    total: int = 0
-    bounds: list[tuple[int, int]] = field(default_factory=list)  # (tokens so far, prefix key)
 
 
 class FakeAnthropic:
@@ -233,7 +201,7 @@ class FakeAnthropic:
         self.stats = Stats(now)
         self.rng = random.Random(self.seed)
         self._seq = 0
-        self._cache: dict[int, float] = {}
+        self.cache = PromptCache(self.cache_min_tokens, self.cache_ttl)
         self._bill = {"online": _Bill(), "batch": _Bill()}
 
     def bill(self) -> dict[str, Any]:
@@ -252,98 +220,13 @@ class FakeAnthropic:
 
     # ---- counting ---------------------------------------------------------------------------
 
-    def _layout(self, body: Mapping[str, Any]) -> _Layout:
-        """Tokens in Anthropic's cache order, and each breakpoint's prefix length and key."""
-        lay = _Layout()
-        h = xxhash.xxh3_64()
-
-        def add(obj: Any, tokens: int, mark: bool) -> None:
-            h.update(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS))
-            lay.total += tokens
-            if mark:
-                lay.bounds.append((lay.total, h.intdigest()))
-
-        tools = body.get("tools") or []
-        for tool in tools:
-            plain = {k: v for k, v in tool.items() if k != "cache_control"}
-            add(plain, self.counter.count(json.dumps(plain, ensure_ascii=False)),
-                "cache_control" in tool)
-        if tools:
-            add("tool-use system prompt", self.tool_prompt_tokens, False)
-        system = body.get("system")
-        for block in [{"type": "text", "text": system}] if isinstance(system, str) else (
-                system or []):
-            add(block.get("text", ""), self.counter.count(str(block.get("text", ""))),
-                "cache_control" in block)
-        for m in body["messages"]:
-            content = m["content"]
-            blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            add(m["role"], _FRAME, False)
-            for block in blocks:
-                text = str(block.get("text", "")) if block.get("type") == "text" else \
-                    json.dumps({k: v for k, v in block.items() if k != "cache_control"})
-                add(text, self.counter.count(text), "cache_control" in block)
-        return lay
-
-    def _cached(self, lay: _Layout, now: float) -> tuple[int, int]:
-        """(tokens written to the cache, tokens read from it) for a request laid out so."""
-        usable = [(n, k) for n, k in lay.bounds if n >= self.cache_min_tokens]
-        if not usable:
-            return 0, 0
-        read = 0
-        for n, k in reversed(usable):
-            seen = self._cache.get(k)
-            if seen is not None and now - seen <= self.cache_ttl:
-                read = n
-                break
-        for _, k in usable:
-            self._cache[k] = now
-        last = usable[-1][0]
-        return last - read, read
-
     # ---- deciding an answer (no I/O) ---------------------------------------------------------
-
-    def check(self, body: Any) -> dict[str, Any]:
-        """A Messages body as the API validates it; ``_Refused`` says why not."""
-        if not isinstance(body, dict):
-            raise _Refused(400, "invalid_request_error", "The request body is not valid JSON.")
-        extra = sorted(set(body) - KNOWN_KEYS)
-        if extra:
-            raise _Refused(400, "invalid_request_error",
-                           f"{extra[0]}: Extra inputs are not permitted")
-        mt = body.get("max_tokens")
-        if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
-            raise _Refused(400, "invalid_request_error", "max_tokens: Field required")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and m.get("role") in ("user", "assistant")
-                and isinstance(m.get("content"), str | list) for m in messages):
-            raise _Refused(400, "invalid_request_error",
-                           "messages: each message needs a role (user or assistant) and content")
-        marks = sum("cache_control" in b for b in (body.get("system") or [])
-                    if isinstance(b, dict)) + sum(
-            "cache_control" in b for m in messages if isinstance(m["content"], list)
-            for b in m["content"] if isinstance(b, dict)) + sum(
-            "cache_control" in t for t in body.get("tools") or [] if isinstance(t, dict))
-        if marks > 4:
-            raise _Refused(400, "invalid_request_error",
-                           "A maximum of 4 blocks with cache_control may be provided.")
-        choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") == "tool" and choice.get(
-                "name") not in {t.get("name") for t in body.get("tools") or []}:
-            raise _Refused(400, "invalid_request_error",
-                           f"tool_choice: tool {choice.get('name')!r} not found in tools")
-        t = body.get("temperature")
-        if t is not None and not (isinstance(t, int | float) and 0.0 <= t <= 1.0):
-            raise _Refused(400, "invalid_request_error",
-                           "temperature: Input should be less than or equal to 1")
-        return body
 
     def _auth(self, headers: Mapping[str, str]) -> None:
         if self.api_key is not None and not key_matches(headers, self.api_key):
-            raise _Refused(401, "authentication_error", "invalid x-api-key")
+            raise Refused(401, "authentication_error", "invalid x-api-key")
         if not headers.get("anthropic-version"):
-            raise _Refused(400, "invalid_request_error", "anthropic-version: header is required")
+            raise Refused(400, "invalid_request_error", "anthropic-version: header is required")
 
     def reply(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
         """Decide the answer to one ``POST /v1/messages`` (rate-limited, billed online)."""
@@ -359,10 +242,10 @@ class FakeAnthropic:
         out = {"content-type": _JSON, "request-id": f"req_fake{self._seq:020d}"}
         try:
             self._auth(headers)
-            body = self.check(body)
-        except _Refused as e:
-            return Reply(e.status, error_body(e.kind, str(e)), out)
-        lay = self._layout(body)
+            body = check(body)
+        except Refused as e:
+            return Reply(e.status, e.body(), out)
+        lay = layout(body, self.counter, self.tool_prompt_tokens)
         answer: Answer | None = self.queue.popleft() if self.queue else None
         if answer is None and self.overload_rate and self.rng.random() < self.overload_rate:
             answer = Fault("unavailable")
@@ -370,7 +253,7 @@ class FakeAnthropic:
                                                          "server_error", "http", "reset",
                                                          "timeout"):
             return self._fault(answer, out, now)
-        written, read = self._peek_cache(lay, now)
+        _, read = self.cache.peek(lay, now)
         counted = lay.total - read + (read if self.cache_reads_count else 0)
         refusal = self._admit(counted, body["max_tokens"], now)
         out.update(self.headers(now))
@@ -390,14 +273,6 @@ class FakeAnthropic:
         reply.fault = answer.kind if isinstance(answer, Fault) else None
         return reply
 
-    def _peek_cache(self, lay: _Layout, now: float) -> tuple[int, int]:
-        usable = [(n, k) for n, k in lay.bounds if n >= self.cache_min_tokens]
-        for n, k in reversed(usable):
-            seen = self._cache.get(k)
-            if seen is not None and now - seen <= self.cache_ttl:
-                return usable[-1][0] - n, n
-        return (usable[-1][0], 0) if usable else (0, 0)
-
     def _delay(self, doc: Mapping[str, Any], answer: Answer | None) -> float:
         if isinstance(answer, Fault) and answer.kind == "slow":
             return answer.wait
@@ -410,21 +285,21 @@ class FakeAnthropic:
                 if isinstance(target, tuple) else target(self.rng)
         return self.latency.sample(self.rng, n)
 
-    def message(self, body: Mapping[str, Any], lay: _Layout | None, now: float, *, batch: bool,
+    def message(self, body: Mapping[str, Any], lay: Layout | None, now: float, *, batch: bool,
                 answer: Answer | None = None) -> tuple[int, dict[str, Any]]:
         """The answer to a valid request: (200, a message), billed; caches what it writes."""
-        lay = lay if lay is not None else self._layout(body)
-        written, read = self._cached(lay, now)
+        lay = lay if lay is not None else layout(body, self.counter, self.tool_prompt_tokens)
+        written, read = self.cache.use(lay, now)
         if isinstance(answer, Mapping):
             return 200, dict(answer)
-        tool = self._forced_tool(body)
-        digest = xxhash.xxh3_64_intdigest(_canonical(body))
+        tool = forced_tool(body)
+        digest = xxhash.xxh3_64_intdigest(canonical(body))
         if isinstance(answer, str):
             text = answer
         elif tool is not None and tool.get("name") == "verdict":
             text = auto_verdict(digest)
         else:
-            text = auto_content(task_spec(_as_openai(body, tool)), digest)
+            text = auto_content(task_spec(as_openai(body, tool)), digest)
         max_tokens = int(body["max_tokens"])
         out_tokens = self.counter.count(text)
         stop = "tool_use" if tool is not None else "end_turn"
@@ -454,21 +329,11 @@ class FakeAnthropic:
     def process(self, params: Any) -> tuple[int, dict[str, Any]]:
         """One Message Batches request: (200, message) or (status, error); not rate-limited."""
         try:
-            body = self.check(params)
-        except _Refused as e:
+            body = check(params)
+        except Refused as e:
             return e.status, {"type": "error", "error": {"type": e.kind, "message": str(e)}}
         self._seq += 1
         return self.message(body, None, self.clock(), batch=True)
-
-    @staticmethod
-    def _forced_tool(body: Mapping[str, Any]) -> dict[str, Any] | None:
-        choice = body.get("tool_choice")
-        if not isinstance(choice, dict) or choice.get("type") not in ("tool", "any"):
-            return None
-        tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-        if choice.get("type") == "any":
-            return tools[0] if tools else None
-        return next((t for t in tools if t.get("name") == choice.get("name")), None)
 
     def _charge(self, usage: Mapping[str, Any], batch: bool) -> None:
         b = self._bill["batch" if batch else "online"]
@@ -524,7 +389,7 @@ class FakeAnthropic:
                 left = (left + 500) // 1000 * 1000  # Anthropic rounds tokens to the thousand
             out[f"anthropic-ratelimit-{name}-limit"] = str(int(b.limit))
             out[f"anthropic-ratelimit-{name}-remaining"] = str(max(0, left))
-            out[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(wall + b.reset_seconds())
+            out[f"anthropic-ratelimit-{name}-reset"] = rfc3339(wall + b.reset_seconds())
         return out
 
     def _fault(self, f: Fault, out: dict[str, str], now: float) -> Reply:
@@ -552,39 +417,6 @@ class FakeAnthropic:
             out.refill(self.clock())
             out.level = min(out.capacity, out.level + max(0, max_tokens - reply.tokens[1]))
         self.stats.record(self.clock(), reply.status, reply.tokens, reply.fault, reply.limited)
-
-
-def _texts(content: Any) -> list[str]:
-    if isinstance(content, str):
-        return [content]
-    return [str(b.get("text", "")) if b.get("type") == "text" else json.dumps(
-        {k: v for k, v in b.items() if k != "cache_control"}, sort_keys=True)
-        for b in content or () if isinstance(b, dict)]
-
-
-def _canonical(body: Mapping[str, Any]) -> bytes:
-    """What an answer may depend on: the request without ``cache_control`` and with text
-    blocks and plain strings alike, so marking a prefix never changes the answer."""
-    tools = [{k: v for k, v in t.items() if k != "cache_control"}
-             for t in body.get("tools") or () if isinstance(t, dict)]
-    return orjson.dumps({
-        "model": body.get("model"), "max_tokens": body.get("max_tokens"),
-        "temperature": body.get("temperature"), "tools": tools,
-        "tool_choice": body.get("tool_choice"), "system": _texts(body.get("system")),
-        "messages": [[m.get("role"), _texts(m.get("content"))] for m in body["messages"]],
-    }, option=orjson.OPT_SORT_KEYS)
-
-
-def _as_openai(body: Mapping[str, Any], tool: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Enough of an OpenAI body for ``fake_answers.task_spec`` to read field names from."""
-    texts = [m["content"] if isinstance(m["content"], str) else "".join(
-        str(b.get("text", "")) for b in m["content"] if isinstance(b, dict))
-        for m in body["messages"]]
-    out: dict[str, Any] = {"messages": [{"role": "user", "content": t} for t in texts]}
-    if tool is not None:
-        out["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": tool.get("name"), "schema": tool.get("input_schema")}}
-    return out
 
 
 # ---- the aiohttp app ------------------------------------------------------------------------
@@ -690,162 +522,3 @@ async def serve(fake: FakeAnthropic, host: str = "127.0.0.1",
         yield FakeAnthropicServer(fake, host, int(runner.addresses[0][1]))
     finally:
         await runner.cleanup()
-
-
-# ---- its own process --------------------------------------------------------------------------
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dynogen.testing.fake_anthropic",
-                                description="A fake Anthropic API for benchmarks.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--model", default="claude-sonnet-4-5")
-    for name in ("rpm", "itpm", "otpm"):
-        p.add_argument(f"--{name}", type=float, default=None)
-    p.add_argument("--burst-seconds", type=float, default=1.0)
-    p.add_argument("--latency-median", type=float, default=0.0)
-    p.add_argument("--latency-sigma", type=float, default=0.0)
-    p.add_argument("--latency-per-token", type=float, default=0.0)
-    p.add_argument("--tail-p", type=float, default=0.0)
-    p.add_argument("--tail-seconds", type=float, default=0.0)
-    p.add_argument("--output-tokens", default=None, help="N, or LO:HI (for latency)")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overload-rate", type=float, default=0.0)
-    p.add_argument("--prices", default=None,
-                   help="input,output,cache_write,cache_read in dollars per 1M tokens")
-    p.add_argument("--processing-seconds", type=float, default=60.0,
-                   help="how long a Message Batch takes")
-    return p
-
-
-def _fake_from_args(args: argparse.Namespace) -> FakeAnthropic:
-    out: OutputTokens | None = None
-    if args.output_tokens:
-        lo, _, hi = args.output_tokens.partition(":")
-        out = (int(lo), int(hi)) if hi else int(lo)
-    prices = None
-    if args.prices:
-        vals = [float(x) for x in args.prices.split(",")]
-        prices = dict(zip(("input", "output", "cache_write", "cache_read"), vals, strict=False))
-    fake = FakeAnthropic(
-        model=args.model, rpm=args.rpm, itpm=args.itpm, otpm=args.otpm,
-        burst_seconds=args.burst_seconds,
-        latency=Latency(args.latency_median, args.latency_sigma, args.latency_per_token,
-                        args.tail_p, args.tail_seconds),
-        output_tokens=out, api_key=args.api_key, keep_history=False, seed=args.seed,
-        overload_rate=args.overload_rate, prices=prices)
-    fake.batches.configure(processing_seconds=args.processing_seconds)
-    return fake
-
-
-async def _serve_until_signalled(fake: FakeAnthropic, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve(fake, host=host, port=port) as server:
-        print(json.dumps({"url": server.url, "pid": os.getpid()}), flush=True)
-        await stop.wait()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        fake = _fake_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    from dynogen import eventloop
-
-    eventloop.run(_serve_until_signalled(fake, args.host, args.port))
-    return 0
-
-
-class FakeAnthropicProcess:
-    """A fake in a child process (``start_fake_anthropic``); stops on ``with`` exit."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Any) -> None:
-        self.proc = proc
-        self.url = url
-        self.pid = proc.pid
-        self._log = log
-
-    def __enter__(self) -> FakeAnthropicProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def call(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
-        data = None if payload is None else orjson.dumps(dict(payload))
-        req = urllib.request.Request(self.url + path, data=data, method="GET" if data is None
-                                     else "POST", headers={"content-type": _JSON})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return orjson.loads(resp.read())
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.call("/stats"))
-
-    def set_limits(self, **limits: float | None) -> Any:
-        return self.call("/admin/limits", limits)
-
-    def reset(self) -> None:
-        self.call("/admin/reset", {})
-
-    def batches(self, **settings: Any) -> dict[str, Any]:
-        """Change batch settings (``reset=True`` forgets every batch); returns the counts."""
-        return dict(self.call("/admin/batches", settings) if settings
-                    else self.call("/admin/batches"))
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        return self.proc.returncode
-
-
-def start_fake_anthropic(*, ready_timeout: float = 90.0, **options: Any) -> FakeAnthropicProcess:
-    """``python -m dynogen.testing.fake_anthropic`` with ``options`` as flags (``rpm=600`` →
-    ``--rpm 600``, ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``)."""
-    argv = [sys.executable, "-m", "dynogen.testing.fake_anthropic"]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is None or value is False:
-            continue
-        elif isinstance(value, tuple) and key == "output_tokens":
-            argv += [flag, f"{value[0]}:{value[1]}"]
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(map(str, value))]
-        else:
-            argv += [flag, str(value)]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- the process object owns and closes it
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(ready_timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.seek(0)
-        err = log.read().decode("utf-8", "replace").strip().splitlines()
-        log.close()
-        raise RuntimeError(f"the fake Anthropic server did not start: "
-                           f"{err[-1] if err else 'no output'}")
-    return FakeAnthropicProcess(proc, json.loads(line)["url"], log)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,11 +32,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+
+from dynogen.testing.fake_anthropic_wire import Refused, key_matches, rfc3339
 
 __all__ = ["DAY", "MAX_BATCH_BYTES", "MAX_BATCH_REQUESTS", "FakeMessageBatches",
            "add_batch_routes"]
@@ -56,21 +57,8 @@ class Answerer(Protocol):
     def process(self, params: Any) -> tuple[int, dict[str, Any]]: ...
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-    def body(self) -> bytes:
-        return orjson.dumps({"type": "error", "error": {"type": self.kind,
-                                                        "message": str(self)}})
-
-
 def _time(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return None if t is None else rfc3339(t)
 
 
 @dataclass
@@ -135,33 +123,33 @@ class FakeMessageBatches:
 
     def create(self, raw: bytes) -> dict[str, Any]:
         if self.create_error:
-            raise _Refused(int(self.create_error), "api_error", "batch creation refused")
+            raise Refused(int(self.create_error), "api_error", "batch creation refused")
         if len(raw) > self.max_bytes:
-            raise _Refused(413, "request_too_large",
+            raise Refused(413, "request_too_large",
                            f"Request exceeds the maximum allowed size of {self.max_bytes} bytes")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise _Refused(400, "invalid_request_error", "The request body is not valid "
+            raise Refused(400, "invalid_request_error", "The request body is not valid "
                            "JSON.") from None
         reqs = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(reqs, list) or not reqs:
-            raise _Refused(400, "invalid_request_error", "requests: Field required")
+            raise Refused(400, "invalid_request_error", "requests: Field required")
         if len(reqs) > self.max_requests:
-            raise _Refused(400, "invalid_request_error",
+            raise Refused(400, "invalid_request_error",
                            f"requests: at most {self.max_requests} requests per batch")
         seen: set[str] = set()
         items: list[tuple[str, Any]] = []
         for r in reqs:
             cid = r.get("custom_id") if isinstance(r, dict) else None
             if not isinstance(cid, str) or not _CUSTOM_ID.match(cid):
-                raise _Refused(400, "invalid_request_error", f"custom_id {cid!r}: must match "
+                raise Refused(400, "invalid_request_error", f"custom_id {cid!r}: must match "
                                "^[a-zA-Z0-9_-]{1,64}$")
             if cid in seen:
-                raise _Refused(400, "invalid_request_error",
+                raise Refused(400, "invalid_request_error",
                                f"custom_id {cid!r} is used more than once in this batch")
             if not isinstance(r.get("params"), dict):
-                raise _Refused(400, "invalid_request_error", "params: Field required")
+                raise Refused(400, "invalid_request_error", "params: Field required")
             seen.add(cid)
             items.append((cid, r["params"]))
         self.created += 1
@@ -176,7 +164,7 @@ class FakeMessageBatches:
     def get(self, batch_id: str) -> _Batch:
         b = self.batches.get(batch_id)
         if b is None:
-            raise _Refused(404, "not_found_error", f"message batch {batch_id!r} not found")
+            raise Refused(404, "not_found_error", f"message batch {batch_id!r} not found")
         self.advance(b, self.clock())
         return b
 
@@ -203,7 +191,7 @@ class FakeMessageBatches:
     def results(self, batch_id: str) -> bytes:
         b = self.get(batch_id)
         if b.ended_at is None:
-            raise _Refused(400, "invalid_request_error",
+            raise Refused(400, "invalid_request_error",
                            f"Message Batch {batch_id} has not ended: no results yet")
         return b"".join(orjson.dumps({"custom_id": cid, "result": b.results[cid]}) + b"\n"
                         for cid, _ in reversed(b.requests))  # in no promised order
@@ -286,32 +274,31 @@ def add_batch_routes(app: web.Application, batches: FakeMessageBatches) -> None:
 
     def guard(request: web.Request) -> None:
         key = batches.answerer.api_key
-        if key is not None and request.headers.get("x-api-key") != key and \
-                request.headers.get("Authorization") != f"Bearer {key}":
-            raise _Refused(401, "authentication_error", "invalid x-api-key")
+        if key is not None and not key_matches(request.headers, key):
+            raise Refused(401, "authentication_error", "invalid x-api-key")
 
-    def refused(e: _Refused) -> web.Response:
+    def refused(e: Refused) -> web.Response:
         return web.Response(status=e.status, body=e.body(), content_type=_JSON)
 
     async def create(request: web.Request) -> web.Response:
         try:
             guard(request)
             return _json(batches.create(await request.read()))
-        except _Refused as e:
+        except Refused as e:
             return refused(e)
 
     async def retrieve(request: web.Request) -> web.Response:
         try:
             guard(request)
             return _json(batches.view(batches.get(request.match_info["id"]), root(request)))
-        except _Refused as e:
+        except Refused as e:
             return refused(e)
 
     async def cancel(request: web.Request) -> web.Response:
         try:
             guard(request)
             return _json(batches.view(batches.cancel(request.match_info["id"]), root(request)))
-        except _Refused as e:
+        except Refused as e:
             return refused(e)
 
     async def listing(request: web.Request) -> web.Response:
@@ -320,10 +307,10 @@ def add_batch_routes(app: web.Application, batches: FakeMessageBatches) -> None:
             q = request.query
             limit = max(1, min(1000, int(q.get("limit", "20"))))
             page, more = batches.listing(limit, q.get("before_id"), q.get("after_id"))
-        except _Refused as e:
+        except Refused as e:
             return refused(e)
         except ValueError:
-            return refused(_Refused(400, "invalid_request_error", "limit: not a number"))
+            return refused(Refused(400, "invalid_request_error", "limit: not a number"))
         data = [batches.view(b, root(request)) for b in page]
         return _json({"data": data, "has_more": more,
                       "first_id": data[0]["id"] if data else None,
@@ -333,7 +320,7 @@ def add_batch_routes(app: web.Application, batches: FakeMessageBatches) -> None:
         try:
             guard(request)
             body = batches.results(request.match_info["id"])
-        except _Refused as e:
+        except Refused as e:
             return refused(e)
         return web.Response(body=body, content_type="application/binary")
 
