@@ -16,11 +16,11 @@ the same way for both providers; this remote is what differs from OpenAI's
   metadata naming the run, so the executor journals an ``intent`` (the time)
   before each create, and ``find_batches`` adopts, for a file whose batch id a
   kill or a failed create left unknown, the batch of this account created since
-  its intent with the same number of requests and no journaled owner. Several
-  such batches are told apart by their results' ``custom_id``s (the requests'
-  cache keys) once they end; until then the file is unresolved (``None``) and
-  the executor submits nothing for it. None at all: the create never reached
-  Anthropic, and the file may be submitted again.
+  its intent with the same number of requests and no journaled owner. One that
+  has ended, or several such, are told apart by their results' ``custom_id``s
+  (the requests' cache keys); while that cannot be done yet the file is
+  unresolved (``None``) and the executor submits nothing for it. None at all:
+  the create never reached Anthropic, and the file may be submitted again.
 
 The SDK is an optional dependency (``pip install 'dynogen[anthropic]'``): it is
 imported when this remote is made, with one line naming the extra if it is
@@ -65,7 +65,7 @@ MAX_BATCH_BYTES = 256 * 1024 * 1024
 # Input files are cut at this many bytes of OpenAI lines: the translated request body
 # (a few hundred bytes a request more, at most) stays under MAX_BATCH_BYTES.
 FILE_BYTES_CAP = 200 * 1024 * 1024
-SKEW = 300.0  # seconds a batch's created_at may precede our intent (clocks disagree)
+SKEW = 60.0  # seconds a batch's created_at may precede our intent (clocks disagree)
 _RESUME = "nothing was marked done; fix this and run the same command again to resume"
 
 
@@ -248,8 +248,9 @@ class AnthropicBatches:
             since = (st.intent_at or 0.0) - SKEW
             fits = [v for v in candidates if v.id not in taken and v.created_at >= since
                     and v.request_counts.total == st.requests]
-            if len(fits) == 1:
-                found[name] = fits[0].id
+            running = [v for v in fits if v.output_file_id is None]
+            if len(fits) == 1 and running:
+                found[name] = fits[0].id  # the one batch it can be; its results will tell
                 taken.add(fits[0].id)
                 continue
             if not fits:
@@ -263,7 +264,7 @@ class AnthropicBatches:
             if match is not None:
                 found[name] = match
                 taken.add(match)
-            elif len(ended) < len(fits):
+            elif running:
                 found[name] = None  # some still running: wait for their results
         return found
 
