@@ -238,6 +238,10 @@ async def open_stack(
     cfg = speaking(cfg)
     limits, server = cfg.limits, cfg.server
     anthropic = cfg.provider == "anthropic"
+    if anthropic and stage == "embed":
+        raise ConfigError("Anthropic serves no embeddings: give --embed-model a model of an "
+                          "OpenAI-compatible server (--base-url), or leave it out for the "
+                          "local embeddings")
     tpm = limits.tpm if not anthropic else min(
         (t for t in (limits.tpm, limits.itpm) if t is not None), default=None)
     limiter = Limiter(rpm=limits.rpm, tpm=tpm, max_in_flight=limits.max_in_flight)

@@ -152,3 +152,20 @@ async def test_batch_status_and_cancel_speak_message_batches(tmp_path: Path) -> 
     assert done.exit_code == EXIT["ok"] and done.report["units"]["failed"] > 0
     assert done.report["session"]["batch_cancelled_by_user"] >= 1
     assert fake.batches.counts()["batches_created"] == 2  # nothing new after the cancel
+
+
+async def test_a_create_whose_answer_is_lost_is_found_not_made_again(tmp_path: Path) -> None:
+    """The server made the batch, the answer never came back: the next try looks for the
+    batch by the file's intent and adopts it instead of creating a second one."""
+    shard = write_shard(tmp_path / "units.jsonl", 10)
+    fake = FakeAnthropic(api_key=KEY)
+    fake.batches.configure(processing_seconds=0.0, create_lost=1)
+    async with serve(fake) as server:
+        out = await arun(cfg(tmp_path / "run", server.url, shard, mode="batch", max_retries=0),
+                         build=False)
+    assert out.exit_code == EXIT["ok"], out.message
+    counts = fake.batches.counts()
+    assert counts["batches_created"] == 2 and counts["max_submitted_per_custom_id"] == 1
+    assert out.report["session"]["batch_create_errors"] == 1
+    assert out.report["session"]["batch_lost_batches_found"] == 1
+    assert out.report["units"]["processed"] == 10

@@ -11,6 +11,10 @@ answered ``canceled``. A batch not done 24 hours after creation ends with the
 rest ``expired``; ``expire_every`` makes every Nth batch stop answering after
 ``expire_fraction`` of its requests, so expiry is reached by moving the clock.
 
+``create_error`` refuses every create with that status; ``create_lost`` makes
+the next N creates make their batch and then answer 500, as when the answer is
+lost on its way back (the client cannot know the batch exists).
+
 Nothing runs in the background: a batch catches up with ``clock`` (Unix seconds,
 injectable) whenever it is looked at, so a test that owns the clock decides
 when requests are answered. Each request is answered by the fake's ``process``
@@ -48,7 +52,8 @@ DAY = 86_400.0
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _JSON = "application/json"
 _SETTINGS = ("processing_seconds", "cancel_seconds", "expire_every", "expire_fraction",
-             "line_fail_rate", "line_fail_type", "max_requests", "max_bytes", "create_error")
+             "line_fail_rate", "line_fail_type", "max_requests", "max_bytes", "create_error",
+             "create_lost")
 
 
 class Answerer(Protocol):
@@ -90,7 +95,8 @@ class FakeMessageBatches:
                  expire_every: int = 0, expire_fraction: float = 0.5,
                  line_fail_rate: float = 0.0, line_fail_type: str = "overloaded_error",
                  max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES,
-                 create_error: int | None = None, seed: int = 0) -> None:
+                 create_error: int | None = None, create_lost: int = 0,
+                 seed: int = 0) -> None:
         self.answerer = answerer
         self.clock = clock
         self.processing_seconds = processing_seconds
@@ -102,6 +108,7 @@ class FakeMessageBatches:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.create_error = create_error
+        self.create_lost = create_lost
         self.seed = seed
         self.reset()
 
@@ -159,6 +166,9 @@ class FakeMessageBatches:
                    items, expire)
         self.batches[b.id] = b
         self.submitted.update(cid for cid, _ in items)
+        if self.create_lost:
+            self.create_lost -= 1
+            raise Refused(500, "api_error", "the answer was lost (fake)")
         return self.view(b, "")
 
     def get(self, batch_id: str) -> _Batch:
