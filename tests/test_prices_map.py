@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
-from click.testing import CliRunner
 
 from dynogen.cli.main import app
 from dynogen.commands.estimate import estimate, format_estimate
