@@ -1,4 +1,5 @@
-"""Message Batches carry no metadata: a batch whose id a kill lost is found by its intent.
+"""Kills: online, a resume pays for nothing twice; Message Batches carry no metadata, so a
+batch whose id a kill lost is found by its intent.
 
 A restart adopts the batch created after the file's intent with the same number
 of requests; several such batches are told apart by their results' custom_ids
@@ -87,6 +88,38 @@ def test_kill_9_while_batches_run_then_restart_submits_nothing_twice(tmp_path: P
     report = orjson.loads((out / "report.json").read_bytes())
     assert report["requests_paid"] == 60 and report["units"]["processed"] == 30
     assert report["session"]["batch_lost_batches_found"] == 1
+
+
+def test_kill_9_online_then_resume_writes_what_an_uninterrupted_run_writes(
+        tmp_path: Path) -> None:
+    shard = write_shard(tmp_path / "units.jsonl", 40)  # 80 requests
+    config = tmp_path / "anthropic.toml"
+    config.write_text('provider = "anthropic"\n')
+    env = {**os.environ, "ANTHROPIC_API_KEY": "sk-ant", "HF_HUB_OFFLINE": "1"}
+    with start_fake_anthropic(api_key="sk-ant", latency_median=0.2, ready_timeout=90) as fake:
+        ref = tmp_path / "ref"
+        done = subprocess.run(cli(config, shard, ref, fake.url, "--max-in-flight", "8"),
+                              env=env, capture_output=True, timeout=180)
+        assert done.returncode == 0, done.stderr.decode()[-500:]
+        fake.reset()
+        out = tmp_path / "run"
+        argv = cli(config, shard, out, fake.url, "--max-in-flight", "8")
+        life = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        while fake.stats()["totals"]["2xx"] < 30:
+            assert life.poll() is None and time.monotonic() < deadline, "ended before the kill"
+            time.sleep(0.02)
+        life.send_signal(signal.SIGKILL)
+        life.wait()
+        again = subprocess.run(argv, env=env, capture_output=True, timeout=180)
+        assert again.returncode == 0, again.stderr.decode()[-500:]
+        billed = fake.stats()["bill"]["online"]["requests"]
+    assert (out / "tasks.jsonl").read_bytes() == (ref / "tasks.jsonl").read_bytes() != b""
+    assert 80 <= billed <= 80 + 8  # at most the requests in flight at the kill, again
+    report = orjson.loads((out / "report.json").read_bytes())
+    # Answers lost with the killed process were billed but never seen: at most those in flight.
+    assert report["units"]["processed"] == 40 and billed - 8 <= report["requests_paid"] <= billed
 
 
 class Clock:
