@@ -116,7 +116,12 @@ def view(b: Any) -> BatchView:
 
 
 class AnthropicBatches:
-    """One run's view of its Message Batches (see the module docstring)."""
+    """One run's view of its Message Batches (see the module docstring).
+
+    >>> remote = AnthropicBatches("https://api.anthropic.com", key, run_id=rid, journal=journal)
+    >>> batch_id = await remote.create(None, "input-000001.jsonl", "/chat/completions", 0)
+    >>> (await remote.retrieve(batch_id)).status                # "in_progress", ...
+    """
 
     uploads = False
     intents = True

@@ -88,7 +88,12 @@ class _Batch:
 
 
 class FakeMessageBatches:
-    """The Message Batches of one fake server (see the module docstring)."""
+    """The Message Batches of one fake server (see the module docstring).
+
+    >>> fake = FakeAnthropic(wall=clock)                      # fake.batches is one of these
+    >>> fake.batches.configure(processing_seconds=60.0, line_fail_rate=0.05)
+    >>> fake.batches.counts()["max_submitted_per_custom_id"]   # 1: nothing went twice
+    """
 
     def __init__(self, answerer: Answerer, *, clock: Callable[[], float] = time.time,
                  processing_seconds: float = 60.0, cancel_seconds: float = 1.0,

@@ -101,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class FakeAnthropicProcess:
-    """A fake in a child process (``start_fake_anthropic``); stops on ``with`` exit."""
+    """A fake in a child process (``start_fake_anthropic``); stops on ``with`` exit.
+
+    >>> with start_fake_anthropic(rpm=3000) as fake:
+    ...     fake.batches(processing_seconds=4.0)    # batch settings; the counts come back
+    ...     fake.stats()["bill"]                     # what the server billed
+    """
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Any) -> None:
         self.proc = proc
