@@ -21,6 +21,12 @@ Prompt caching is counted only for models that support it and only for the
 part of the shared prefix a provider caches (OpenAI: prefixes of 1,024+
 tokens, in 128-token steps); batch prices never stack with it.
 
+For a provider whose tokenizer is not at hand (Anthropic), prompts are counted
+with ``--encoding`` and adjusted by the provider's known additions (the
+tool-use system prompt, ``compose.prompt_count``): an approximation, which the
+report says; a run's budget still reserves an upper bound (see
+``execute.anthropic_wire``).
+
 The report names where the price comes from (``Price.describe``: the
 hand-checked table, LiteLLM's map, a prices file, hand-given flags) and warns
 when its date is more than ``PRICE_MAX_AGE_DAYS`` old.
@@ -30,13 +36,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from dynogen.compose import counter_for, gated, open_sources, resolve_price
+from dynogen.compose import counter_for, gated, open_sources, prompt_count, resolve_price
 from dynogen.config import Config
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import Calibration
@@ -107,7 +113,9 @@ class Estimate:
 
 
 def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
-                   counter: TokenCounter, calibration: Calibration) -> Estimate:
+                   counter: TokenCounter, calibration: Calibration, *,
+                   count: Callable[[int, dict[str, Any]], int] | None = None) -> Estimate:
+    """``count`` turns dynogen's count of a prompt into the provider's (``prompt_count``)."""
     pb = PromptBuilder(cfg, counter)
     units = requests = input_tokens = cached = worst_tpm_tokens = max_out = 0
     skipped: Counter[str] = Counter()
@@ -135,8 +143,9 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
         for v in cfg.variants:
             req = pb.request(item, v)
             requests += 1
-            input_tokens += req.prompt_tokens
-            worst_tpm_tokens += req.prompt_tokens + req.max_tokens
+            n_in = req.prompt_tokens if count is None else count(req.prompt_tokens, req.body)
+            input_tokens += n_in
+            worst_tpm_tokens += n_in + req.max_tokens
             max_out += req.max_tokens
             # The very first request of each variant writes the cache; the rest read it.
             if requests > len(cfg.variants):
@@ -262,4 +271,5 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
         cfg, _ = autosize.plan(cfg.with_(calibration=str(calibration), out=""))
     price = resolve_price(cfg)
     src, _ = open_sources(cfg, source)
-    return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal)
+    return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal,
+                          count=prompt_count(cfg))
