@@ -1,9 +1,10 @@
 """The composition root: the one module that builds a run's parts from its settings.
 
 Every command gets its parts here, in one order, so no two commands assemble
-them differently: the model's price, the API key, that the server answers
-(``open_executor``), the limiter, ledger, request cache, spend journal and the
-executor ``cfg.mode`` names (``open_stack``), the source behind its data
+them differently: the model's price, the provider (``resolve_provider``: the
+one place that knows there is more than one), the API key, that the server
+answers (``open_executor``), the limiter, ledger, request cache, spend journal
+and the executor ``cfg.mode`` names (``open_stack``), the source behind its data
 policies (``open_sources``, ``gated``), the row reader of the gate and the
 instance stage (``open_row_reader``: local folders, and Hub datasets under the
 Hub's rate-limit buckets with ``HF_TOKEN``), the prompt layout ``auto`` stands
@@ -33,14 +34,18 @@ import aiohttp
 import orjson
 import xxhash
 
-from dynogen.config import DEFAULT_BASE_URL, Config, Secret
+from dynogen.config import BASE_URLS, DEFAULT_BASE_URL, Config, Secret
 from dynogen.dedup import HashSet
 from dynogen.engine.engine import OnCommit, Progress, TaskEngine
 from dynogen.errors import AuthenticationError, ConfigError
+from dynogen.execute import anthropic_headers
+from dynogen.execute.anthropic_client import AnthropicClient
+from dynogen.execute.anthropic_wire import ANTHROPIC_VERSION, estimate_tokens, prompt_figures
 from dynogen.execute.base import Executor
 from dynogen.execute.client import ChatClient
 from dynogen.execute.ledger import Ledger
-from dynogen.execute.online import Meter, OnlineExecutor
+from dynogen.execute.limits import SplitLimiter
+from dynogen.execute.online import Client, Meter, OnlineExecutor
 from dynogen.execute.prices import Price, PriceTable, price_for
 from dynogen.execute.transport import AiohttpTransport, Transport
 from dynogen.io.hub_rows import HubRowReader
@@ -60,10 +65,11 @@ from dynogen.tasks.judge import Judge
 from dynogen.units import Field, Skipped, Unit
 
 __all__ = [
-    "BATCH_CONCURRENCY", "EXIT_INTERRUPTED", "SIGNAL_GRACE_SECONDS", "Stack", "check_key",
-    "counter_for", "gated", "hub_token", "local_server", "make_engine", "open_executor",
-    "open_row_reader", "open_sources", "open_stack", "preflight", "resolve_layout",
-    "resolve_price", "run_identity", "signals",
+    "BATCH_CONCURRENCY", "EXIT_INTERRUPTED", "SIGNAL_GRACE_SECONDS", "Stack", "batch_remote_for",
+    "check_key", "counter_for", "gated", "hub_token", "local_server", "make_engine",
+    "open_executor", "open_row_reader", "open_sources", "open_stack", "preflight",
+    "prompt_count", "resolve_layout", "resolve_price", "resolve_provider", "run_identity",
+    "signals", "speaking",
 ]
 
 BATCH_CONCURRENCY = 1024  # answers a batch run waits on at once: futures, not sockets
@@ -84,6 +90,32 @@ def resolve_price(cfg: Config) -> Price:
     return price_for(cfg.model, table, price_in=cost.price_in, price_out=cost.price_out,
                      free=cost.free or cfg.local, batch_price_in=cost.batch_price_in,
                      batch_price_out=cost.batch_price_out, price_key=cost.price_key)
+
+
+def resolve_provider(cfg: Config) -> str:
+    """The API the model is reached through: ``--provider``, else the provider LiteLLM's
+    price map names for the model's exact key (``--price-key``'s, if given):
+    ``anthropic`` for Anthropic's own keys, ``openai`` (any OpenAI-compatible server)
+    for everything else. Never guessed from the model's name."""
+    if cfg.provider:
+        return cfg.provider
+    if cfg.local:
+        return "openai"
+    table = PriceTable.load(cfg.cost.prices_file)
+    known = table.find_key(cfg.price_key) if cfg.price_key else table.find(cfg.model)
+    return "anthropic" if known is not None and known.provider == "anthropic" else "openai"
+
+
+def speaking(cfg: Config) -> Config:
+    """``cfg`` with its provider settled, and that provider's key and server where the
+    user named neither (``Config.for_provider``). Idempotent."""
+    return cfg.for_provider(resolve_provider(cfg))
+
+
+def prompt_count(cfg: Config) -> Callable[[int, dict[str, Any]], int] | None:
+    """How the provider counts a prompt dynogen counted (``estimate``): ``None`` where the
+    count is the provider's own (OpenAI's encodings), else an approximation of it."""
+    return estimate_tokens if speaking(cfg).provider == "anthropic" else None
 
 
 def resolve_layout(cfg: Config, price: Price, *, follow_run: bool = True) -> Config:
@@ -107,7 +139,8 @@ def resolve_layout(cfg: Config, price: Price, *, follow_run: bool = True) -> Con
     # LiteLLM key of provider openai. Claude's cache, say, needs cache_control markers.
     openai_price = price.provider in ("", "openai")
     layout = choose_layout(
-        "auto", openai_server=cfg.base_url.rstrip("/") == DEFAULT_BASE_URL,
+        "auto", openai_server=cfg.provider in (None, "openai")
+        and cfg.base_url.rstrip("/") == DEFAULT_BASE_URL,
         online=cfg.mode == "online",
         cache_discount=openai_price and price.supports_prompt_cache
         and price.cached_input < price.input)
@@ -132,8 +165,10 @@ def counter_for(cfg: Config, price: Price) -> TokenCounter:
 
 
 def check_key(cfg: Config) -> None:
-    """A key where one is needed: OpenAI's server, or any server once ``api_key_env``
-    names a variable (the user said a key is needed); the error names the variable."""
+    """A key where one is needed: the provider's own server, or any server once
+    ``api_key_env`` names a variable (the user said a key is needed); the error names
+    the variable."""
+    cfg = speaking(cfg)
     if cfg.api_key:
         return
     if cfg.api_key_env is not None:
@@ -141,7 +176,10 @@ def check_key(cfg: Config) -> None:
             f"no API key: the environment variable {cfg.api_key_env} (named by "
             "--api-key-env) is not set or empty"
         )
-    if cfg.base_url.rstrip("/") == DEFAULT_BASE_URL:
+    if cfg.provider == "anthropic" and cfg.base_url.rstrip("/") == BASE_URLS["anthropic"]:
+        raise ConfigError(
+            "no API key: set ANTHROPIC_API_KEY (or name another variable with --api-key-env)")
+    if cfg.base_url.rstrip("/") == BASE_URLS["openai"]:
         raise ConfigError(
             "no API key: set OPENAI_API_KEY (or api_key in the config file, or name another "
             "variable with --api-key-env), or point --base-url at another "
@@ -153,8 +191,15 @@ async def preflight(cfg: Config, transport: Transport | None) -> None:
     """Fail fast on an unreachable server or a refused key, before any paid request."""
     if transport is not None:
         return  # injected transports (tests, in-process fakes) are reachable by construction
-    url = cfg.base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {cfg.api_key.get()}"} if cfg.api_key else {}
+    cfg = speaking(cfg)
+    if cfg.provider == "anthropic":
+        url = cfg.base_url.rstrip("/").removesuffix("/v1") + "/v1/models"
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if cfg.api_key:
+            headers["x-api-key"] = cfg.api_key.get() or ""
+    else:
+        url = cfg.base_url.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {cfg.api_key.get()}"} if cfg.api_key else {}
     host = url.split("//", 1)[-1].split("/", 1)[0]
     try:
         async with aiohttp.ClientSession() as s, s.get(
@@ -237,8 +282,16 @@ async def open_stack(
     already spent part of it); ``state_dir`` is where a batch executor keeps its files
     and journal.
     """
+    cfg = speaking(cfg)
     limits, server = cfg.limits, cfg.server
-    limiter = Limiter(rpm=limits.rpm, tpm=limits.tpm, max_in_flight=limits.max_in_flight)
+    anthropic = cfg.provider == "anthropic"
+    if anthropic and stage == "embed":
+        raise ConfigError("Anthropic serves no embeddings: give --embed-model a model of an "
+                          "OpenAI-compatible server (--base-url), or leave it out for the "
+                          "local embeddings")
+    tpm = limits.tpm if not anthropic else min(
+        (t for t in (limits.tpm, limits.itpm) if t is not None), default=None)
+    limiter = Limiter(rpm=limits.rpm, tpm=tpm, max_in_flight=limits.max_in_flight)
     ledger = Ledger(price, budget_usd, batch=cfg.mode == "batch")
     # A cache has one writer at a time (a shared --cache too); a spoiled one is moved aside.
     cache = RequestCache(cache_path, lock=True) if cache_path is not None else None
@@ -250,15 +303,26 @@ async def open_stack(
                                        spend=spend, meter=meter, stage=stage,
                                        state_dir=state_dir, transport=transport)
         else:
-            client = ChatClient(server.base_url, server.api_key.get(),
-                                transport=transport or AiohttpTransport(
-                                    limit=limiter.max_senders, max_body=server.max_response_bytes),
-                                timeout=server.request_timeout)
+            wire = transport or AiohttpTransport(limit=limiter.max_senders,
+                                                 max_body=server.max_response_bytes)
+            client: Client
+            pacing: Limiter | SplitLimiter = limiter
+            if anthropic:
+                client = AnthropicClient(server.base_url, server.api_key.get(), transport=wire,
+                                         timeout=server.request_timeout, key_env=cfg.key_env)
+                # Output tokens are paced apart; requests in flight follow the first limiter.
+                pacing = SplitLimiter(limiter, Limiter(tpm=limits.otpm,
+                                                       max_in_flight=limiter.max_senders),
+                                      split=anthropic_headers.split)
+            else:
+                client = ChatClient(server.base_url, server.api_key.get(), transport=wire,
+                                    timeout=server.request_timeout)
             policy = RetryPolicy(max_retries=limits.max_retries, base=limits.retry_base_delay,
                                  cap=limits.retry_max_delay)
-            executor = OnlineExecutor(client, limiter, ledger, cache, policy, spend=spend,
+            executor = OnlineExecutor(client, pacing, ledger, cache, policy, spend=spend,
                                       meter=meter, stage=stage, secret=server.api_key.get(),
-                                      concurrency=limiter.max_senders)
+                                      concurrency=limiter.max_senders,
+                                      figures=prompt_figures if anthropic else None)
     except BaseException:
         _close_files(cache, spend)
         raise
@@ -280,14 +344,38 @@ def _close_files(cache: RequestCache | None, spend: JsonlWriter | None) -> None:
             cache.close()
 
 
+def batch_remote_for(cfg: Config) -> Callable[[str, Any], Any] | None:
+    """What makes a batch run's remote from its run id and journal: Message Batches for
+    Anthropic, ``None`` (OpenAI's Files and Batches, the executor's default) otherwise."""
+    cfg = speaking(cfg)
+    if cfg.provider != "anthropic":
+        return None
+    server = cfg.server
+
+    def make(run_id: str, journal: Any) -> Any:
+        from dynogen.execute.anthropic_batches import AnthropicBatches  # needs the SDK
+
+        return AnthropicBatches(server.base_url, server.api_key.get(), run_id=run_id,
+                                journal=journal, max_retries=cfg.max_retries,
+                                timeout=server.request_timeout, key_env=cfg.key_env)
+
+    return make
+
+
 def _batch_executor(cfg: Config, **parts: Any) -> Executor:
     try:
         from dynogen.execute.batch import BatchExecutor  # only batch runs pay for its import
     except ImportError:
         raise ConfigError("--mode batch is not available in this build; use --mode online") \
             from None
+    anthropic = cfg.provider == "anthropic"
+    if not anthropic and cfg.batch_max_requests > 50_000:
+        raise ConfigError("--batch-max-requests: OpenAI's Batch API takes at most 50,000 "
+                          "requests a batch")
     executor: Executor = BatchExecutor(cfg.batch, cfg.server, max_retries=cfg.max_retries,
-                                       quiet=cfg.quiet, concurrency=BATCH_CONCURRENCY, **parts)
+                                       quiet=cfg.quiet, concurrency=BATCH_CONCURRENCY,
+                                       remote=batch_remote_for(cfg),
+                                       figures=prompt_figures if anthropic else None, **parts)
     return executor
 
 

@@ -13,6 +13,13 @@ and from nowhere else: an unset ``NAME`` is an error when the key is needed
 (``dynogen.compose.check_key``), never a silent fall back to another provider's
 key. The variable's name is part of the config (manifests record it); its value
 is not.
+
+``provider`` names the wire protocol (``PROVIDERS``): ``openai`` (any
+OpenAI-compatible server) or ``anthropic`` (the Messages and Message Batches
+APIs). Left unset, ``dynogen.compose`` takes it from the price map's provider
+for the model's exact key, never from the model's name. Each provider reads its
+key from its own variable (``KEY_ENVS``), so a key read for OpenAI is dropped,
+not sent, when the provider turns out to be Anthropic (``Config.for_provider``).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from dynogen.policy.licenses import LicensePolicy
 from dynogen.policy.splits import SplitPolicy
 
 __all__ = [
-    "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY", "IDENTITY_BEFORE",
-    "IDENTITY_FIELDS", "PROMPT_LAYOUTS", "SECTIONS", "VARIANTS",
+    "BASE_URLS", "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY",
+    "IDENTITY_BEFORE", "IDENTITY_FIELDS", "KEY_ENVS", "PROMPT_LAYOUTS", "PROVIDERS", "SECTIONS",
+    "VARIANTS",
     "BatchSettings", "Config", "CostSettings", "GenerationSettings", "InstanceSettings",
     "LimitSettings", "OutputSettings", "PolicySettings", "Secret", "ServerSettings",
     "SourceSettings", "format_by_variant", "load_config", "parse_by_variant",
@@ -47,6 +55,10 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+PROVIDERS = ("openai", "anthropic")
+# Each provider's key variable and server, used when neither is given.
+KEY_ENVS = {"openai": DEFAULT_KEY_ENV, "anthropic": "ANTHROPIC_API_KEY"}
+BASE_URLS = {"openai": DEFAULT_BASE_URL, "anthropic": "https://api.anthropic.com"}
 VARIANTS = ("description", "no_description")
 # auto | shared | per_unit: see dynogen.prompts.layout
 PROMPT_LAYOUTS = ("auto", "shared", "per_unit")
@@ -54,12 +66,17 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Secret:
-    """A string that refuses to be shown: repr, str and format all mask it."""
+    """A string that refuses to be shown: repr, str and format all mask it.
 
-    __slots__ = ("_value",)
+    ``source`` is the environment variable it was read from (``None``: given in a
+    file or in code), so a key read for one provider is never sent to another.
+    """
 
-    def __init__(self, value: str | None) -> None:
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str | None, source: str | None = None) -> None:
         self._value = value or None
+        self.source = source
 
     def get(self) -> str | None:
         return self._value
@@ -117,6 +134,7 @@ class ServerSettings:
     local: bool
     request_timeout: float
     max_response_bytes: int
+    provider: str | None = None
     IDENTITY: ClassVar[tuple[str, ...]] = ("model",)
     PROMPT: ClassVar[tuple[str, ...]] = ("model",)
 
@@ -180,6 +198,10 @@ class LimitSettings:
     max_retries: int
     retry_base_delay: float
     retry_max_delay: float
+    # Anthropic's separate input- and output-token limits per minute (``tpm`` still caps
+    # input tokens there); an OpenAI-compatible server has one token limit, ``tpm``.
+    itpm: float | None = None
+    otpm: float | None = None
     IDENTITY: ClassVar[tuple[str, ...]] = ()
     PROMPT: ClassVar[tuple[str, ...]] = ()
 
@@ -265,9 +287,13 @@ class Config:
     model: str = "gpt-4o-mini"
     base_url: str = DEFAULT_BASE_URL
     api_key: Secret = field(default_factory=lambda: Secret(None), compare=False)
-    # the environment variable the key is read from (None: OPENAI_API_KEY); its name only
+    # the environment variable the key is read from (None: the provider's, KEY_ENVS); its
+    # name only
     api_key_env: str | None = None
     local: bool = False
+    # the wire protocol: "openai" | "anthropic"; None: the price map's provider of the
+    # model's exact key (dynogen.compose.resolve_provider), else openai
+    provider: str | None = None
     # generation
     variants: tuple[str, ...] = VARIANTS
     max_tasks_per_unit: int = 3
@@ -307,6 +333,9 @@ class Config:
     # limits and cost
     rpm: float | None = None
     tpm: float | None = None
+    # Anthropic: input and output tokens per minute (learnt from its headers too)
+    itpm: float | None = None
+    otpm: float | None = None
     max_in_flight: int | None = None  # None: from the limits and answer times (Limiter)
     max_retries: int = 6
     retry_base_delay: float = 0.5
@@ -426,7 +455,27 @@ class Config:
     @property
     def key_env(self) -> str:
         """The environment variable the API key is read from."""
-        return self.api_key_env or DEFAULT_KEY_ENV
+        return self.api_key_env or KEY_ENVS.get(self.provider or "openai", DEFAULT_KEY_ENV)
+
+    def for_provider(self, provider: str, env: Mapping[str, str] | None = None) -> Config:
+        """This config speaking ``provider``: its key from that provider's variable when the
+        key came from another provider's (or none was given), its server when none was
+        named. A key given in a file or in code, or through ``api_key_env``, is kept."""
+        if provider not in PROVIDERS:
+            raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)} "
+                              f"(got {provider!r})")
+        changes: dict[str, Any] = {}
+        if provider != self.provider:
+            changes["provider"] = provider
+        want = KEY_ENVS[provider]
+        src = self.api_key.source
+        if (provider != "openai" and self.api_key_env is None and src != want
+                and (src is not None or not self.api_key)):
+            env = os.environ if env is None else env
+            changes["api_key"] = Secret(env.get(want), source=want)
+        if self.base_url.rstrip("/") == DEFAULT_BASE_URL and provider != "openai":
+            changes["base_url"] = BASE_URLS[provider]
+        return dataclasses.replace(self, **changes) if changes else self
 
     def validate(self) -> Config:
         if self.api_key_env is not None and not (
@@ -442,13 +491,18 @@ class Config:
                 f"unknown prompt variant(s) {bad or '(none)'}: use one or both of "
                 f"{', '.join(VARIANTS)}"
             )
+        if self.provider is not None and self.provider not in PROVIDERS:
+            raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)} "
+                              f"(got {self.provider!r})")
         if self.mode not in ("online", "batch"):
             raise ConfigError(f"--mode must be online or batch (got {self.mode!r})")
+        # OpenAI takes 50,000 requests a batch, Anthropic 100,000 (compose checks which).
         if self.poll_seconds <= 0 or self.batch_rounds < 0 or not (
-                1 <= self.batch_max_requests <= 50_000) or (
+                1 <= self.batch_max_requests <= 100_000) or (
                 self.batch_enqueued_tokens is not None and self.batch_enqueued_tokens < 1):
             raise ConfigError("batch settings: --poll-seconds must be positive, --batch-rounds "
-                              "0 or more, --batch-max-requests from 1 to 50,000 and "
+                              "0 or more, --batch-max-requests from 1 to 50,000 (100,000 "
+                              "for Anthropic) and "
                               "--batch-enqueued-tokens positive")
         if self.response_format not in ("json_schema", "json_object", "none"):
             raise ConfigError("--response-format must be json_schema, json_object or none")
@@ -459,7 +513,7 @@ class Config:
             raise ConfigError("--max-tasks-per-unit must be at least 1")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ConfigError("--max-in-flight must be at least 1")
-        for name in ("rpm", "tpm", "budget_usd"):
+        for name in ("rpm", "tpm", "itpm", "otpm", "budget_usd"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {v})")
@@ -551,16 +605,20 @@ def load_config(
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
         data = data.get("dynogen", data)
         values.update(data)
-    if env.get("OPENAI_BASE_URL"):
-        values.setdefault("base_url", env["OPENAI_BASE_URL"])
     file_key = values.pop("api_key", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if env.get("OPENAI_BASE_URL") and values.get("provider") != "anthropic":
+        values.setdefault("base_url", env["OPENAI_BASE_URL"])
     key_env = values.get("api_key_env")
+    source: str | None
     if isinstance(key_env, str) and key_env:
         # The named variable and nothing else: another provider's key must not leak to it.
-        key = env.get(key_env)
+        key, source = env.get(key_env), key_env
     else:
-        key = file_key or env.get(DEFAULT_KEY_ENV)
+        source = KEY_ENVS.get(str(values.get("provider") or "openai"), DEFAULT_KEY_ENV)
+        key = file_key or env.get(source)
+        if file_key:
+            source = None
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -577,7 +635,7 @@ def load_config(
         if isinstance(values.get(name), list):
             values[name] = ",".join(str(x) for x in values[name])
     if isinstance(values.get("api_key"), str):
-        key = values.pop("api_key")
+        key, source = values.pop("api_key"), None
     mt = values.get("max_tokens")
     if isinstance(mt, str):  # --max-tokens auto | N (the CLI passes text)
         if mt.strip().lower() == "auto":
@@ -587,4 +645,4 @@ def load_config(
             values["max_tokens"] = int(mt)
         else:
             raise ConfigError(f"--max-tokens must be a whole number or auto (got {mt!r})")
-    return Config(api_key=Secret(key), **values).validate()
+    return Config(api_key=Secret(key, source), **values).validate()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 __all__ = ["FIXTURES", "REPO", "TESTS", "journals_consistent", "lines", "run_env",
            "same_output", "wait_until", "wait_until_async", "write_source"]
@@ -125,3 +126,28 @@ def journals_consistent(out: Path) -> None:
         if ends:
             want = sum(r.get(count) or 0 for r in recs)
             assert (out / data).read_bytes()[:ends[-1]].count(b"\n") == want
+
+
+# ---------------------------------------------------------------- the reference corpus
+
+# The reference corpus lies in shared/ beside the checkout (CI lays a copy there); a
+# checkout elsewhere (a worktree) finds the one beside the main checkout.
+CORPUS_PLACES = (REPO.parent / "shared/hf-metadata-2022/datasets",
+                 Path("/work/shared/hf-metadata-2022/datasets"))
+CORPUS = next((p for p in CORPUS_PLACES if p.is_dir()), CORPUS_PLACES[0])
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need_corpus() -> Path:
+    """The reference corpus; missing, it fails the test under CI and skips it elsewhere."""
+    if not CORPUS.is_dir():
+        where = " or ".join(str(p) for p in CORPUS_PLACES)
+        if under_ci():
+            pytest.fail(f"the reference corpus is missing: no folder at {where} "
+                        "(CI must lay hf-metadata-2022 in ../shared/ beside the checkout)",
+                        pytrace=False)
+        pytest.skip(f"reference corpus absent (no {where}); under CI this fails")
+    return CORPUS

@@ -195,6 +195,9 @@ MODEL = Group("Model and server", (
          flag=True),
     _opt("mode", "online (rate-limited calls, default) or batch (OpenAI Batch API jobs: half "
          "the price, answers within 24h).", metavar="online|batch"),
+    _opt("provider", "API the model is reached through: openai (any OpenAI-compatible server) "
+         "or anthropic (Messages and Message Batches). Default: the price map's provider for "
+         "the model's exact key (or --price-key's), else openai.", metavar="openai|anthropic"),
     _opt("api_key_env", "Read the API key from environment variable NAME instead of "
          "OPENAI_API_KEY (e.g. OPENROUTER_API_KEY).", metavar="NAME"),
 ))
@@ -241,6 +244,10 @@ DATA = Group("Data policies and instances", (
 LIMITS = Group("Limits", (
     _opt("rpm", "Requests per minute limit.", float, metavar="N"),
     _opt("tpm", "Tokens per minute limit.", float, metavar="N"),
+    _opt("itpm", "Anthropic: input tokens per minute (uncached input and cache writes); the "
+         "server's headers lower it.", float, metavar="N"),
+    _opt("otpm", "Anthropic: output tokens per minute (max_tokens held while a request runs, "
+         "then what it generated).", float, metavar="N"),
     _opt("max_in_flight", "Cap on requests in flight (default: from the limits and answer "
          "times).", int, metavar="N"),
 ))
@@ -270,7 +277,8 @@ BATCH = Group("Batch mode", (
          "polling backs off up to it).", float, metavar="S"),
     _opt("batch_rounds", "Follow-up batches for failed or expired requests (default 3).", int,
          metavar="N"),
-    _opt("batch_max_requests", "Requests per input file (max 50,000).", int, metavar="N"),
+    _opt("batch_max_requests", "Requests per input file or batch (at most 50,000 for OpenAI, "
+         "100,000 for Anthropic).", int, metavar="N"),
     _opt("batch_enqueued_tokens", "Prompt tokens allowed in running batches at once (your "
          "model's enqueued-token limit; default no cap).", int, metavar="N"),
 ))

@@ -27,6 +27,12 @@ and Batch costs are each of the layout that mode would send (``auto`` picks
 ``per_unit`` for batch); batch prices never stack with the cache discount.
 Budget reservations are unchanged: a request reserves its worst case, uncached.
 
+For a provider whose tokenizer is not at hand (Anthropic), prompts are counted
+with ``--encoding`` and adjusted by the provider's known additions (the
+tool-use system prompt, ``compose.prompt_count``): an approximation, which the
+report says; a run's budget still reserves an upper bound (see
+``execute.anthropic_wire``).
+
 The report names where the price comes from (``Price.describe``: the
 hand-checked table, LiteLLM's map, a prices file, hand-given flags) and warns
 when its date is more than ``PRICE_MAX_AGE_DAYS`` old.
@@ -36,13 +42,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from dynogen.compose import counter_for, gated, open_sources, resolve_layout, resolve_price
+from dynogen.compose import (
+    counter_for,
+    gated,
+    open_sources,
+    prompt_count,
+    resolve_layout,
+    resolve_price,
+)
 from dynogen.config import Config
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import Calibration
@@ -128,10 +141,12 @@ class Estimate:
 
 def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
                    counter: TokenCounter, calibration: Calibration, *,
-                   layouts: dict[str, str] | None = None) -> Estimate:
+                   layouts: dict[str, str] | None = None,
+                   count: Callable[[int, dict[str, Any]], int] | None = None) -> Estimate:
     """``layouts``: the prompt layout each mode would send (``{"online": ..., "batch":
     ...}``, see ``compose.resolve_layout``); by default ``cfg.prompt_layout`` for both.
-    Online costs are of the online layout's prompts, Batch costs of the batch one's."""
+    Online costs are of the online layout's prompts, Batch costs of the batch one's.
+    ``count`` turns dynogen's count of a prompt into the provider's (``prompt_count``)."""
     layouts = layouts or {"online": cfg.prompt_layout, "batch": cfg.prompt_layout}
     pbs = {mode: PromptBuilder(cfg.with_(prompt_layout=layout), counter)
            for mode, layout in layouts.items()}
@@ -173,12 +188,17 @@ def estimate_units(cfg: Config, source: Iterable[Unit | Skipped], price: Price,
             user = pb.user_message(item, v)  # the same under every layout
             req = pb.request(item, v, user=user)
             requests += 1
-            input_tokens += req.prompt_tokens
-            worst_tpm_tokens += req.prompt_tokens + req.max_tokens
+            n_in = req.prompt_tokens if count is None else count(req.prompt_tokens, req.body)
+            input_tokens += n_in
+            worst_tpm_tokens += n_in + req.max_tokens
             max_out += req.max_tokens
             for mode, b in pbs.items():
-                mode_in[mode] += req.prompt_tokens if b is pb else \
-                    b.request(item, v, user=user).prompt_tokens
+                if b is pb:
+                    mode_in[mode] += n_in
+                else:
+                    other = b.request(item, v, user=user)
+                    mode_in[mode] += other.prompt_tokens if count is None else count(
+                        other.prompt_tokens, other.body)
             # The first request of each shared prefix writes the cache; the rest read it.
             if cache_prefix[v] in written:
                 cached += cache_share[v]
@@ -326,4 +346,4 @@ def estimate(cfg: Config, *, calibration: str | Path | None = None,
     cfg = cfg.with_(prompt_layout=layouts["batch" if cfg.mode == "batch" else "online"])
     src, _ = open_sources(cfg, source)
     return estimate_units(cfg, gated(cfg, src), price, counter_for(cfg, price), cal,
-                          layouts=layouts)
+                          layouts=layouts, count=prompt_count(cfg))

@@ -23,7 +23,16 @@ batches instead of one HTTP call each:
 Restart: the journal and the local copies of input files say which requests
 are in live batches, so nothing is uploaded or submitted twice; uploads and
 batches whose ids a kill kept from the journal are found by listing the
-server's files (by name) and batches (by the run's metadata). A batch the user
+server's files (by name) and batches (by the run's metadata).
+
+Which API: ``remote`` (``batch_remote.BatchRemote``, OpenAI's Files and Batches,
+by default; ``anthropic_batches.AnthropicBatches`` for Message Batches) says
+whether requests are uploaded first (``uploads``) and whether a batch must be
+found again without metadata (``intents``: an ``intent`` is journaled before
+each create, a file whose create left no id is looked up before anything is
+submitted again, and stays unsubmitted while the lookup is undecided).
+``figures`` replaces a request's prompt count by the ledger's upper bound when
+the provider's tokenizer is not at hand. A batch the user
 cancels (``dynogen batch cancel``) is noticed by the poller: what finished is
 kept, the rest fails as ``batch_cancelled`` and no new batch is submitted.
 """
@@ -37,7 +46,7 @@ import itertools
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +60,7 @@ from dynogen.errors import (
     DynogenError,
     FatalAPIError,
     RequestFailed,
+    RetryableError,
     Stopped,
 )
 from dynogen.execute.base import Accounting, Request
@@ -65,7 +75,7 @@ from dynogen.execute.batch_files import (
 )
 from dynogen.execute.batch_inputs import InputFiles, LiveFile
 from dynogen.execute.batch_remote import BatchRemote
-from dynogen.execute.batch_state import TERMINAL, BatchJournal
+from dynogen.execute.batch_state import TERMINAL, BatchJournal, FileState
 from dynogen.execute.client import Completion
 from dynogen.execute.ledger import Ledger
 from dynogen.store.cache import RequestCache, request_key
@@ -115,14 +125,32 @@ class BatchExecutor:
                  quiet: bool = False, concurrency: int = 1024,
                  spend: JsonlWriter | None = None, meter: Meter | None = None,
                  stage: str = "tasks", options: BatchOptions | None = None, client: Any = None,
-                 limiter: Any = None, transport: Any = None) -> None:
+                 limiter: Any = None, transport: Any = None,
+                 remote: Callable[[str, BatchJournal], Any] | None = None,
+                 figures: Callable[[Request], tuple[int, int]] | None = None) -> None:
         # ``limiter`` and ``transport`` belong to online sending: a batch job has no
-        # per-minute pacing here, and it reaches the server through the openai SDK.
+        # per-minute pacing here, and it reaches the server through the provider's SDK.
         if state_dir is None:
             raise ConfigError("--mode batch needs a directory for its input files and journal")
+        self.journal = BatchJournal(state_dir).open()
+        run_id = self.journal.run_id(create=True)
+        assert run_id is not None
+        try:
+            if remote is not None:
+                self.remote = remote(run_id, self.journal)
+            else:
+                self.remote = BatchRemote(server.base_url, server.api_key.get(), run_id=run_id,
+                                          client=client, max_retries=max_retries,
+                                          timeout=server.request_timeout)
+            self.journal.check_provider(self.remote.provider)
+        except BaseException:
+            self.journal.close()
+            raise
+        self.figures = figures
+        caps = Caps(requests=batch.batch_max_requests,
+                    bytes=getattr(self.remote, "file_bytes", Caps().bytes))
         opts = options or BatchOptions(
-            poll_seconds=batch.poll_seconds, rounds=batch.batch_rounds,
-            caps=Caps(requests=batch.batch_max_requests),
+            poll_seconds=batch.poll_seconds, rounds=batch.batch_rounds, caps=caps,
             enqueued_tokens=batch.batch_enqueued_tokens, quiet=quiet)
         if opts.enqueued_tokens is not None and opts.caps.tokens is None:
             # A file must fit under the enqueued cap on its own.
@@ -138,12 +166,6 @@ class BatchExecutor:
         self.spend = spend
         self.meter = meter
         self.stage = stage
-        self.journal = BatchJournal(state_dir).open()
-        run_id = self.journal.run_id(create=True)
-        assert run_id is not None
-        self.remote = BatchRemote(server.base_url, server.api_key.get(), run_id=run_id,
-                                  client=client, max_retries=max_retries,
-                                  timeout=server.request_timeout)
         self.session: Counter[str] = Counter()
         self.inputs = InputFiles(self.journal, self.opts.caps, ledger, self.session)
         self.files = self.inputs.files   # the journal's view of every file of the run
@@ -208,6 +230,7 @@ class BatchExecutor:
             if not chunk:
                 break
             for req in chunk:
+                req = self._bounded(req)
                 key = request_key(req.body)
                 h = key_hash(key)
                 if not self._planned.add(h) or self._known(key, h):
@@ -224,8 +247,17 @@ class BatchExecutor:
         self.inputs.close_kind("plan")
         await self._submit_pending()
 
+    def _bounded(self, req: Request) -> Request:
+        """``req`` reserved at the ledger's upper bound of its prompt (``figures``)."""
+        if self.figures is None:
+            return req
+        bound = self.figures(req)[1]
+        return req if bound == req.prompt_tokens else dataclasses.replace(
+            req, prompt_tokens=bound)
+
     async def complete(self, req: Request, acct: Accounting) -> Completion:
         await self._start()
+        req = self._bounded(req)
         key = request_key(req.body)
         h = key_hash(key)
         while True:
@@ -314,16 +346,34 @@ class BatchExecutor:
 
     async def _find_lost(self) -> None:
         """Adopt uploads and batches a kill kept out of the journal, so none is made twice."""
-        no_file = {n for n, lv in self.live.items() if lv.state and not lv.state.file_id}
-        for name, file_id in (await self.remote.find_files(no_file)).items():
-            self.journal.record("upload", name, file_id=file_id)
-            self.files[name].file_id = file_id
-            self.session["batch_lost_uploads_found"] += 1
-        no_batch = {n for n, lv in self.live.items() if lv.state and lv.state.file_id
-                    and not lv.state.batch_id}
-        for name, batch_id in (await self.remote.find_batches(no_batch)).items():
+        if self.remote.uploads:
+            no_file = {n for n, lv in self.live.items() if lv.state and not lv.state.file_id}
+            for name, file_id in (await self.remote.find_files(no_file)).items():
+                self.journal.record("upload", name, file_id=file_id)
+                self.files[name].file_id = file_id
+                self.session["batch_lost_uploads_found"] += 1
+        no_batch = {n: lv.state for n, lv in self.live.items() if lv.state
+                    and (lv.state.file_id or not self.remote.uploads)
+                    and not lv.state.batch_id
+                    and (lv.state.intent_at is not None or not self.remote.intents)}
+        if no_batch:
+            await self._adopt(no_batch)
+
+    async def _adopt(self, lost: dict[str, FileState]) -> None:
+        """Ask the remote which batches the files in ``lost`` made; journal what it finds.
+        A file it cannot decide yet (``None``) stays unresolved: nothing is submitted for it."""
+        found = await self.remote.find_batches(lost)
+        for name in lost:
+            live = self.live.get(name)
+            if live is not None:
+                live.unresolved = name in found and found[name] is None
+        for name, batch_id in found.items():
+            if batch_id is None:
+                self.session["batch_lost_unresolved"] += 1
+                continue
             self.journal.record("batch", name, batch_id=batch_id)
             self.files[name].batch_id = batch_id
+            self.files[name].status = "validating"
             self.session["batch_lost_batches_found"] += 1
 
     # ---- writing input files ------------------------------------------------------------------
@@ -385,17 +435,37 @@ class BatchExecutor:
                 if cap is not None and self.inputs.enqueued() + st.prompt_tokens > cap and any(
                         lv.submitted for lv in self.live.values()):
                     return
+                if live.unresolved:
+                    continue  # the poller asks the remote again
+                if self.remote.intents and st.intent_at is not None:
+                    # An earlier create may have made a batch whose id was never seen.
+                    await self._adopt({st.name: st})
+                    if st.batch_id is not None:
+                        self._wake.set()
+                        continue
+                    if live.unresolved:
+                        continue
                 try:
-                    if st.file_id is None:
+                    if st.file_id is None and self.remote.uploads:
                         st.file_id = await self.remote.upload(self.journal.local(st.name),
                                                               st.name)
                         self.journal.record("upload", st.name, file_id=st.file_id)
                         self.session["batch_uploads"] += 1
+                    if self.remote.intents:
+                        self.journal.record("intent", st.name)
+                        st.intent_at = time.time()
                     st.batch_id = await self.remote.create(st.file_id, st.name, st.endpoint,
                                                            st.round)
                 except FatalAPIError as e:
                     self._fail_all(e)
                     raise
+                except RetryableError:
+                    if not self.remote.intents:
+                        raise
+                    # The create may or may not have made a batch: the next try looks for
+                    # it first (its intent is journaled), and submits only if there is none.
+                    self.session["batch_create_errors"] += 1
+                    continue
                 st.status = "validating"
                 self.journal.record("batch", st.name, batch_id=st.batch_id)
                 self.session["batch_batches"] += 1
@@ -440,6 +510,10 @@ class BatchExecutor:
         for slot, live in list(self.inputs.open.items()):
             if slot[0] == "pool" and now - live.opened >= self.opts.poll_seconds:
                 self.inputs.close_file(slot)
+        undecided = {lv.name: lv.state for lv in self.live.values()
+                     if lv.unresolved and lv.state is not None and lv.state.batch_id is None}
+        if undecided:
+            await self._adopt(undecided)
         await self._submit_pending()
         changed = False
         for live in [lv for lv in self.live.values() if lv.submitted]:

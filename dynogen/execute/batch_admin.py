@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,24 @@ def _journal(run_dir: Path) -> BatchJournal:
     return journal
 
 
+Remote = Callable[[str, BatchJournal], Any]
+"""Makes the run's remote from its run id and journal (``BatchRemote`` when not given)."""
+
+
+def _remote(journal: BatchJournal, base_url: str, api_key: str | None,
+            remote: Remote | None) -> Any:
+    if remote is not None:
+        return remote(journal.run_id() or "", journal)
+    return BatchRemote(base_url, api_key, run_id=journal.run_id() or "")
+
+
 async def astatus(run_dir: Path, base_url: str, api_key: str | None,
-                  price: Price | None = None) -> list[dict[str, Any]]:
-    """One row per input file: its batch's state, counts, age and cost so far."""
+                  price: Price | None = None, *, remote_for: Remote | None = None,
+                  ) -> list[dict[str, Any]]:
+    """One row per input file: its batch's state, counts, age and cost so far (the cost
+    where the API reports a batch's usage: OpenAI's; else what the journal has settled)."""
     journal = _journal(run_dir)
-    remote = BatchRemote(base_url, api_key, run_id=journal.run_id() or "")
+    remote = _remote(journal, base_url, api_key, remote_for)
     rows = []
     now = time.time()
     try:
@@ -65,10 +79,11 @@ async def astatus(run_dir: Path, base_url: str, api_key: str | None,
     return rows
 
 
-async def acancel(run_dir: Path, base_url: str, api_key: str | None) -> list[dict[str, Any]]:
+async def acancel(run_dir: Path, base_url: str, api_key: str | None, *,
+                  remote_for: Remote | None = None) -> list[dict[str, Any]]:
     """Cancel every batch of the run still running; finished ones (and their answers) stay."""
     journal = _journal(run_dir)
-    remote = BatchRemote(base_url, api_key, run_id=journal.run_id() or "")
+    remote = _remote(journal, base_url, api_key, remote_for)
     out = []
     try:
         for st in journal.load().values():

@@ -58,7 +58,10 @@ class Answers:
             return None, 0.0
         counts = usage_counts(res.usage)
         pin, pout, cached = counts if counts is not None else (0, 0, 0)
-        share = self.ledger.split(reservation, pin, pout)
+        details = (res.usage or {}).get("prompt_tokens_details")
+        written = details.get("cache_write_tokens") if isinstance(details, dict) else 0
+        share = self.ledger.split(reservation, pin, pout,
+                                  written if isinstance(written, int) and written > 0 else 0)
         cost = self.ledger.settle(share, res.usage, stage=self.stage)
         if self.spend is not None:
             self.spend.write({"usd": cost, "in": pin, "out": pout, "cached": cached, "batch": 1}

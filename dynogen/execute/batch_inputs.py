@@ -31,7 +31,7 @@ class LiveFile:
     """An input file from the moment it is opened until its results are collected."""
 
     __slots__ = ("name", "state", "keys", "writer", "reservation", "done", "error", "remote",
-                 "opened", "round", "parent", "endpoint", "usd")
+                 "opened", "round", "parent", "endpoint", "usd", "unresolved")
 
     def __init__(self, name: str, endpoint: str, round_: int, parent: str | None) -> None:
         self.name = name
@@ -47,6 +47,9 @@ class LiveFile:
         self.remote: Any = None
         self.opened = time.monotonic()
         self.usd = 0.0
+        # A create was attempted and which batch (if any) it made is not known yet: nothing
+        # is submitted for this file until the remote can tell (intent-keeping remotes).
+        self.unresolved = False
 
     @property
     def submitted(self) -> bool:

@@ -10,7 +10,7 @@ stops with one line, and nothing is marked done.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,10 @@ def map_error(e: Exception, what: str, host: str) -> APIError:
 class BatchRemote:
     """One run's view of the server's files and batches."""
 
+    uploads = True    # requests go up as a file first
+    intents = False   # batches carry metadata: no intent journal needed to find them
+    provider = "openai"
+
     def __init__(self, base_url: str, api_key: str | None, *, run_id: str,
                  client: openai.AsyncOpenAI | None = None, max_retries: int = 3,
                  timeout: float = 600.0) -> None:
@@ -107,7 +111,7 @@ class BatchRemote:
     async def cancel(self, batch_id: str) -> Any:
         return await self._call(f"cancelling {batch_id}", self.client.batches.cancel(batch_id))
 
-    async def find_files(self, names: set[str]) -> dict[str, str]:
+    async def find_files(self, names: Collection[str]) -> dict[str, str]:
         """Uploads of this run the journal lost (killed before recording): name → file id."""
         wanted = {self.remote_name(n): n for n in names}
         found: dict[str, str] = {}
@@ -121,7 +125,7 @@ class BatchRemote:
             raise map_error(e, "listing files to find lost uploads", self.host) from None
         return found
 
-    async def find_batches(self, names: set[str]) -> dict[str, str]:
+    async def find_batches(self, names: Collection[str]) -> dict[str, str]:
         """Batches of this run the journal lost: input name → batch id (newest wins)."""
         found: dict[str, str] = {}
         if not names:
@@ -130,7 +134,8 @@ class BatchRemote:
             async for b in self.client.batches.list(limit=100):
                 meta = b.metadata or {}
                 name = meta.get("dynogen_input")
-                if meta.get("dynogen_run") == self.run_id and name in names:
+                if meta.get("dynogen_run") == self.run_id and isinstance(name, str) \
+                        and name in names:
                     found.setdefault(name, b.id)
         except (openai.APIStatusError, openai.APIConnectionError) as e:
             raise map_error(e, "listing batches to find lost ones", self.host) from None

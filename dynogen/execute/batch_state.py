@@ -6,6 +6,7 @@ fsynced before the run moves on::
     {"ev": "file",   "name": "input-000001.jsonl", "endpoint": ..., "round": 0,
      "parent": null, "requests": N, "prompt_tokens": P, "max_tokens": M, "at": T}
     {"ev": "upload", "name": ..., "file_id": "file-..."}
+    {"ev": "intent", "name": ..., "at": T}       (a provider without metadata: see below)
     {"ev": "batch",  "name": ..., "batch_id": "batch_..."}
     {"ev": "done",   "name": ..., "batch_id": ..., "status": "completed", "answered": A,
      "failed": F, "usd": C}
@@ -18,7 +19,11 @@ written but not journaled (discarded: it was never uploaded), an upload or a
 batch whose id was not journaled (found again by listing the server's files by
 name and its batches by the run's metadata, see ``batch.py``). ``run_id``
 (``RUN_DIR/batches/run_id``) names the run in every file name and batch's
-metadata, so the listing never adopts another run's batch.
+metadata, so the listing never adopts another run's batch. Anthropic's Message
+Batches carry no metadata: an ``intent`` event, written before each create,
+dates the attempt, and a restart adopts the batch created after it with the
+same number of requests (``anthropic_batches``). ``RUN_DIR/batches/provider``
+names the API the batches were sent to, so a resume cannot poll them elsewhere.
 
 Readers (``dynogen batch status``) read the journal while the run appends;
 ``iter_jsonl`` skips a torn last line, so they never see half an event.
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynogen.errors import ConfigError
 from dynogen.store.journal import JsonlWriter, iter_jsonl, repair
 
 __all__ = ["JOURNAL", "BatchJournal", "FileState", "TERMINAL"]
@@ -55,6 +61,7 @@ class FileState:
     at: float
     file_id: str | None = None
     batch_id: str | None = None
+    intent_at: float | None = None  # when a create was last attempted (intent-keeping remotes)
     status: str | None = None     # the last status seen (journaled only when done)
     done: bool = False
     answered: int = 0
@@ -107,6 +114,9 @@ class BatchJournal:
                 continue
             if kind == "upload":
                 f.file_id = ev.get("file_id")
+            elif kind == "intent":
+                at = ev.get("at")
+                f.intent_at = float(at) if isinstance(at, int | float) else 0.0
             elif kind == "batch":
                 f.batch_id, f.status, f.done = ev.get("batch_id"), "validating", False
             elif kind == "done":
@@ -130,6 +140,29 @@ class BatchJournal:
         tmp.write_text(rid + "\n", "ascii")
         os.replace(tmp, p)
         return rid
+
+    def check_provider(self, provider: str) -> None:
+        """Record which API this run's batches go to, or refuse another one (a directory
+        from before providers existed used OpenAI's)."""
+        p = self.dir / "provider"
+        if p.exists():
+            was = p.read_text("ascii").strip() or "openai"
+        elif self.path.exists() and any(True for _ in iter_jsonl(self.path)):
+            was = "openai"
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name("provider.tmp")
+            tmp.write_text(provider + "\n", "ascii")
+            os.replace(tmp, p)
+            return
+        if was != provider:
+            raise ConfigError(f"this run's batches were sent to {was}'s API: resume it with "
+                              f"--provider {was} (or start another --out)")
+
+    def provider(self) -> str:
+        """The API this run's batches were sent to."""
+        p = self.dir / "provider"
+        return (p.read_text("ascii").strip() if p.exists() else "") or "openai"
 
     def local(self, name: str) -> Path:
         return self.dir / name

@@ -167,6 +167,10 @@ class ChatClient:
         url = self.url if endpoint == "/chat/completions" else self.base_url + endpoint
         return await self.transport.post(url, body, self._headers, self.timeout)
 
+    def classify(self, resp: RawResponse) -> APIError:
+        """The error a non-2xx answer means (``classify``)."""
+        return classify(resp)
+
     async def complete(self, body: bytes) -> Completion:
         resp = await self.send(body)
         if resp.status >= 300:

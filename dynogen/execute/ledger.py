@@ -17,6 +17,13 @@ the ledger records what the provider will charge, it does not clamp — and
 ``over_reservation`` counts those requests. ``spent`` can then pass the budget
 by that excess; every later ``reserve`` refuses.
 
+Usage is read in OpenAI's shape: ``prompt_tokens`` counts every prompt token,
+cached ones included, ``prompt_tokens_details.cached_tokens`` those read from a
+prompt cache and ``prompt_tokens_details.cache_write_tokens`` those written to
+it (Anthropic's ``cache_creation_input_tokens``, billed at ``Price.cache_write``;
+OpenRouter reports the same field). An answer without writes is billed exactly
+as before writes were counted.
+
 An answer that arrived without ``usage`` (or with one that does not parse) is
 charged its full reservation, a conservative guess, and counted as
 ``usage_missing`` / ``usage_invalid``; its tokens are not added to token totals.
@@ -75,30 +82,36 @@ class Reservation:
 class _Bucket:
     """Tokens and money for one stage or one variant."""
 
-    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "pico")
+    __slots__ = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "cache_write_tokens", "pico")
 
     def __init__(self) -> None:
         self.requests = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.cache_write_tokens = 0
         self.pico = 0
 
-    def add(self, prompt: int, completion: int, cached: int, pico: int) -> None:
+    def add(self, prompt: int, completion: int, cached: int, pico: int, written: int = 0) -> None:
         self.requests += 1
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cached_tokens += cached
+        self.cache_write_tokens += written
         self.pico += pico
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "usd": self.pico / PICO,
         }
+        if self.cache_write_tokens:
+            out["cache_write_tokens"] = self.cache_write_tokens
+        return out
 
 
 def _to_pico_floor(usd: float) -> int:
@@ -113,7 +126,8 @@ def _count(d: Mapping[str, Any], key: str) -> int | None:
     return v
 
 
-def _parse_usage(usage: Mapping[str, Any]) -> tuple[int, int, int] | None:
+def _parse_usage(usage: Mapping[str, Any]) -> tuple[int, int, int, int] | None:
+    """(prompt, completion, cached, written to the cache) from OpenAI-shaped usage."""
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
     if (completion is None and "completion_tokens" not in usage and prompt is not None
@@ -122,13 +136,18 @@ def _parse_usage(usage: Mapping[str, Any]) -> tuple[int, int, int] | None:
     if prompt is None or completion is None:
         return None
     details = usage.get("prompt_tokens_details")
-    cached = 0
+    cached = written = 0
     if isinstance(details, Mapping) and details.get("cached_tokens") is not None:
         c = _count(details, "cached_tokens")
         if c is None or c > prompt:
             return None
         cached = c
-    return prompt, completion, cached
+    if isinstance(details, Mapping) and details.get("cache_write_tokens") is not None:
+        w = _count(details, "cache_write_tokens")
+        if w is None or cached + w > prompt:
+            return None
+        written = w
+    return prompt, completion, cached, written
 
 
 class Ledger:
@@ -257,7 +276,8 @@ class Ledger:
         self._in_flight += 1
         return Reservation(need, prompt_tokens, max_tokens)
 
-    def split(self, r: Reservation, prompt_tokens: int, completion_tokens: int) -> Reservation:
+    def split(self, r: Reservation, prompt_tokens: int, completion_tokens: int,
+              cache_write_tokens: int = 0) -> Reservation:
         """Carve one answered request's share out of an open group reservation.
 
         A batch reserves the worst case of all its requests at once and is billed line
@@ -268,7 +288,7 @@ class Ledger:
         if r._state != _OPEN:
             raise ValueError(f"{r!r} is already closed")
         take = min(r.amount, self.price.cost_pico(prompt_tokens, completion_tokens, 0,
-                                                  self.batch))
+                                                  self.batch, cache_write_tokens))
         r.amount -= take
         self._in_flight += 1
         return Reservation(take, prompt_tokens, completion_tokens)
@@ -299,23 +319,23 @@ class Ledger:
             else:
                 self._usage_invalid += 1
             charged = r.amount
-            prompt = completion = cached = 0
+            prompt = completion = cached = written = 0
         else:
-            prompt, completion, cached = parsed
-            charged = self.price.cost_pico(prompt, completion, cached, self.batch)
+            prompt, completion, cached, written = parsed
+            charged = self.price.cost_pico(prompt, completion, cached, self.batch, written)
             if charged > r.amount:
                 self._over += 1
         self._spent += charged
-        self._total.add(prompt, completion, cached, charged)
+        self._total.add(prompt, completion, cached, charged, written)
         bucket = self._stages.get(stage)
         if bucket is None:
             bucket = self._stages[stage] = _Bucket()
-        bucket.add(prompt, completion, cached, charged)
+        bucket.add(prompt, completion, cached, charged, written)
         if variant is not None:
             vb = self._variants.get(variant)
             if vb is None:
                 vb = self._variants[variant] = _Bucket()
-            vb.add(prompt, completion, cached, charged)
+            vb.add(prompt, completion, cached, charged, written)
         return charged / PICO
 
     def release(self, r: Reservation) -> None:
@@ -348,6 +368,8 @@ class Ledger:
                 "prompt": self._total.prompt_tokens,
                 "completion": self._total.completion_tokens,
                 "cached": self._total.cached_tokens,
+                **({"cache_write": self._total.cache_write_tokens}
+                   if self._total.cache_write_tokens else {}),
             },
             "by_stage": {k: b.to_dict() for k, b in sorted(self._stages.items())},
             "by_variant": {k: b.to_dict() for k, b in sorted(self._variants.items())},

@@ -5,6 +5,14 @@ worst-case tokens) → ledger (worst-case dollars) → HTTP → limiter correcte
 from the answer's headers → ledger settled from ``usage`` → cache. Retries
 re-enter the same path, so they are paced and paid for like first tries.
 
+Which server it speaks to is the client's business (``ChatClient`` for any
+OpenAI-compatible server, ``AnthropicClient`` for Anthropic's Messages API):
+both take the OpenAI-shaped body and give back an OpenAI-shaped answer, so the
+cache key, the cached answer and the usage the ledger reads mean the same for
+both. A provider whose limits count input and output tokens apart gives a
+``SplitLimiter`` instead of a ``Limiter``, and ``figures`` when the limiter's
+count and the ledger's upper bound of a prompt differ (no offline tokenizer).
+
 What it decides: transient faults (5xx, timeouts, resets, garbled bodies) are
 retried with jittered backoff up to ``max_retries``, then ``RequestFailed``;
 429s pause every sender (not only this one) and are retried. Every wait reads
@@ -18,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from dynogen.dedup import HashSet
@@ -32,8 +40,9 @@ from dynogen.errors import (
     Stopped,
 )
 from dynogen.execute.base import Accounting, Request, usage_counts
-from dynogen.execute.client import ChatClient, Completion, classify, parse_answer
+from dynogen.execute.client import Completion, parse_answer
 from dynogen.execute.ledger import Ledger, Reservation
+from dynogen.execute.limits import SplitLimiter
 from dynogen.execute.transport import RawResponse
 from dynogen.ratelimit import Limiter, RetryPolicy
 from dynogen.store.cache import RequestCache, request_key
@@ -49,6 +58,20 @@ class Meter(Protocol):
     def request_done(self, tokens: int, cost_usd: float) -> None: ...
 
 
+class Client(Protocol):
+    """What the executor needs of a server's client (``ChatClient``, ``AnthropicClient``)."""
+
+    async def send(self, body: bytes, endpoint: str = ...) -> RawResponse: ...
+
+    def classify(self, resp: RawResponse) -> Exception: ...
+
+    async def aclose(self) -> None: ...
+
+
+Figures = Callable[[Request], tuple[int, int]]
+"""(tokens the limiter paces a prompt with, tokens the ledger reserves for it)."""
+
+
 class OnlineExecutor:
     """Sends request bodies at the limits and within the budget.
 
@@ -56,13 +79,14 @@ class OnlineExecutor:
     >>> comp = await ex.complete(Request(body, prompt_tokens=812, max_tokens=640), Accounting())
     """
 
-    def __init__(self, client: ChatClient, limiter: Limiter, ledger: Ledger,
+    def __init__(self, client: Client, limiter: Limiter | SplitLimiter, ledger: Ledger,
                  cache: RequestCache | None, policy: RetryPolicy, *,
                  spend: JsonlWriter | None = None, meter: Meter | None = None,
                  stage: str = "tasks", secret: str | None = None,
-                 concurrency: int = 64) -> None:
+                 concurrency: int = 64, figures: Figures | None = None) -> None:
         self.client = client
         self.limiter = limiter
+        self.figures = figures
         self.ledger = ledger
         self.cache = cache
         self.policy = policy
@@ -144,11 +168,13 @@ class OnlineExecutor:
 
     # ------------------------------------------------------------ one try
     async def _send_once(self, req: Request, acct: Accounting) -> Completion:
-        worst = req.prompt_tokens + req.max_tokens
-        permit = await self.limiter.acquire(worst, req.max_tokens)
+        paced, bound = (req.prompt_tokens, req.prompt_tokens) if self.figures is None \
+            else self.figures(req)
+        worst = paced + req.max_tokens
+        permit: Any = await self.limiter.acquire(worst, req.max_tokens)
         while True:
             try:
-                reservation = self.ledger.reserve(req.prompt_tokens, req.max_tokens)
+                reservation = self.ledger.reserve(bound, req.max_tokens)
                 break
             except BudgetExceeded:
                 # In-flight requests usually settle below their worst case: wait for
@@ -172,14 +198,17 @@ class OnlineExecutor:
             self._charge(reservation, None, acct, req.variant)
             self.limiter.release(permit, worst)
             raise
-        self.limiter.observe_headers(raw.headers, permit)
+        if isinstance(self.limiter, SplitLimiter):
+            self.limiter.observe_headers(raw.headers, permit, refused=raw.status == 429)
+        else:
+            self.limiter.observe_headers(raw.headers, permit)
         if raw.status == 429:
             self.limiter.observe_refusal(permit, raw.body)
         if raw.status >= 300:
             self._release(reservation)
             self.limiter.release(permit, 0 if raw.status == 429 else None)
             self.session[f"http_{raw.status}"] += 1
-            raise classify(self._redacted(raw))
+            raise self.client.classify(self._redacted(raw))
         try:
             comp = parse_answer(raw, req.endpoint)
         except InvalidResponseError as e:
@@ -189,7 +218,15 @@ class OnlineExecutor:
             raise
         used = self._charge(reservation, comp.usage, acct, req.variant)
         acct.responses += 1
-        self.limiter.release(permit, used if self._refund_tokens else None)
+        if isinstance(self.limiter, SplitLimiter):
+            counts = usage_counts(comp.usage)
+            if counts is None:
+                self.limiter.release(permit, None)
+            else:
+                self.limiter.answered(permit, counts[0], counts[2], counts[1],
+                                      refund=self._refund_tokens)
+        else:
+            self.limiter.release(permit, used if self._refund_tokens else None)
         return comp
 
     def _redacted(self, raw: RawResponse) -> RawResponse:

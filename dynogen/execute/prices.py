@@ -112,7 +112,10 @@ class Price:
     OpenAI counts ``cached_tokens``. With ``batch=True`` every other prompt token
     is billed at ``batch_input``: the cache discount is not assumed to stack with
     the Batch discount, which can only over-estimate; written tokens are billed at
-    ``batch_cache_write``, else ``cache_write`` (an upper bound).
+    ``batch_cache_write``, else ``cache_write`` (an upper bound). A price that
+    names ``batch_cache_write`` says its provider's cache discounts apply inside
+    batches (Anthropic's do): its cache reads in a batch are billed at
+    ``cached_input`` scaled by the Batch discount (``batch_input / input``).
 
     ``origin`` says which layer priced it (``hand-checked``, ``litellm``,
     ``file``, ``overrides``, ``flags``, ``free``; see the module docstring),
@@ -142,6 +145,7 @@ class Price:
     _p_bout: int = field(init=False, repr=False, compare=False)
     _p_write: int = field(init=False, repr=False, compare=False)
     _p_bwrite: int = field(init=False, repr=False, compare=False)
+    _p_bcached: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _PRICE_FIELDS:
@@ -159,6 +163,10 @@ class Price:
                   else _pico_per_token(self.batch_cache_write))
         object.__setattr__(self, "_p_write", self._p_in if write is None else write)
         object.__setattr__(self, "_p_bwrite", self._p_bin if bwrite is None else bwrite)
+        stacks = (self.batch_cache_write is not None and self.supports_prompt_cache
+                  and self.input > 0)
+        object.__setattr__(self, "_p_bcached", _pico_per_token(
+            self.cached_input * self.batch_input / self.input) if stacks else None)
 
     @classmethod
     def free(cls, encoding: str = DEFAULT_ENCODING) -> Price:
@@ -183,6 +191,10 @@ class Price:
             return self._cost_with_writes(prompt_tokens, completion_tokens, cached_tokens,
                                           batch, cache_write_tokens)
         if batch:
+            if self._p_bcached is not None and cached_tokens > 0:
+                cached = min(cached_tokens, prompt_tokens)
+                return ((prompt_tokens - cached) * self._p_bin + cached * self._p_bcached
+                        + completion_tokens * self._p_bout)
             return prompt_tokens * self._p_bin + completion_tokens * self._p_bout
         if self.supports_prompt_cache and cached_tokens > 0:
             cached = min(cached_tokens, prompt_tokens)
@@ -196,9 +208,10 @@ class Price:
     def _cost_with_writes(self, prompt: int, completion: int, cached: int, batch: bool,
                           written: int) -> int:
         if batch:
-            written = min(written, prompt)
-            return ((prompt - written) * self._p_bin + written * self._p_bwrite
-                    + completion * self._p_bout)
+            read = min(cached, prompt) if self._p_bcached is not None else 0
+            written = min(written, prompt - read)
+            return ((prompt - read - written) * self._p_bin + written * self._p_bwrite
+                    + read * (self._p_bcached or 0) + completion * self._p_bout)
         cached = min(cached, prompt) if self.supports_prompt_cache and cached > 0 else 0
         written = min(written, prompt - cached)
         return ((prompt - cached - written) * self._p_in + cached * self._p_cached

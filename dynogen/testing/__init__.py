@@ -1,5 +1,6 @@
-"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API)
-and Hub servers (reading, and the commit API ``dynogen publish`` writes through).
+"""Test and benchmark helpers shipped with dynogen: fake OpenAI-compatible (chat and Batch API),
+Anthropic (Messages and Message Batches, ``fake_anthropic``) and Hub servers (reading, and
+the commit API ``dynogen publish`` writes through).
 
 Names load lazily so that ``python -m dynogen.testing.fake_openai`` runs the
 module fresh (an eager import here would make runpy warn about a module
@@ -13,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dynogen.testing.fake_answers import DEFAULT_FAULT_KINDS, FAULT_KINDS, Fault, Latency
+    from dynogen.testing.fake_anthropic import FakeAnthropic, FakeAnthropicServer
+    from dynogen.testing.fake_anthropic_batches import FakeMessageBatches
+    from dynogen.testing.fake_anthropic_process import FakeAnthropicProcess, start_fake_anthropic
     from dynogen.testing.fake_batches import FakeBatches
     from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub, synthetic_hub
     from dynogen.testing.fake_hub_commit import FakeHubCommits, serve_hub_commits
@@ -29,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FAULT_KINDS",
     "FAULT_KINDS",
+    "FakeAnthropic",
+    "FakeAnthropicProcess",
+    "FakeAnthropicServer",
+    "FakeMessageBatches",
     "FakeHub",
     "FakeHubCommits",
     "FakeBatches",
@@ -43,11 +51,17 @@ __all__ = [
     "serve",
     "serve_hub",
     "serve_hub_commits",
+    "start_fake_anthropic",
     "start_fake_process",
     "synthetic_hub",
 ]
 
 _HOME = {
+    "FakeAnthropic": "fake_anthropic",
+    "FakeAnthropicServer": "fake_anthropic",
+    "FakeMessageBatches": "fake_anthropic_batches",
+    "FakeAnthropicProcess": "fake_anthropic_process",
+    "start_fake_anthropic": "fake_anthropic_process",
     "DEFAULT_FAULT_KINDS": "fake_answers",
     "FAULT_KINDS": "fake_answers",
     "Fault": "fake_answers",

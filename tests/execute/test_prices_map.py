@@ -261,9 +261,11 @@ def test_cache_writes_and_reads_are_billed_at_their_prices(tiny_map: Path) -> No
     # 1,000 out.  $ per 1M: 3 in, 0.3 read, 3.75 write, 15 out.
     assert claude.cost_pico(10_000, 1_000, cached_tokens=2_000, cache_write_tokens=3_000) == (
         5_000 * 3_000_000 + 2_000 * 300_000 + 3_000 * 3_750_000 + 1_000 * 15_000_000)
-    # Batch: written tokens at the Batch write price, the rest at the Batch input price.
+    # Batch: written tokens at the Batch write price; a row with a Batch write price says
+    # the cache discounts stack with the Batch one (Anthropic's do), so reads are at the
+    # cached price halved; the rest at the Batch input price.
     assert claude.cost_pico(10_000, 1_000, 2_000, True, cache_write_tokens=3_000) == (
-        7_000 * 1_500_000 + 3_000 * 1_875_000 + 1_000 * 7_500_000)
+        5_000 * 1_500_000 + 2_000 * 150_000 + 3_000 * 1_875_000 + 1_000 * 7_500_000)
     # The worst case assumes every prompt token may be written.
     assert claude.worst_case_pico(1_000, 10) == 1_000 * 3_750_000 + 10 * 15_000_000
     # No write price: written tokens cost what input tokens cost; OpenAI is unchanged.

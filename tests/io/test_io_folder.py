@@ -15,32 +15,11 @@ from dynogen.io.folder import FolderSource, read_rows
 from dynogen.io.shards import JsonlSource
 from dynogen.io.sources import LimitedSource, open_source, samples_dir
 from dynogen.units import Skipped, SkipReason, Unit
-from tests.helpers import FIXTURES, REPO
+from tests.helpers import FIXTURES, need_corpus
 
 HF = FIXTURES / "hf"
 REAL = HF / "2022"
 MODERN = HF / "modern"
-# The reference corpus lies in shared/ beside the checkout (CI lays a copy there); a
-# checkout elsewhere (a worktree) finds the one beside the main checkout.
-CORPUS_PLACES = (REPO.parent / "shared/hf-metadata-2022/datasets",
-                 Path("/work/shared/hf-metadata-2022/datasets"))
-CORPUS = next((p for p in CORPUS_PLACES if p.is_dir()), CORPUS_PLACES[0])
-
-
-def under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def need_corpus() -> Path:
-    """The reference corpus; missing, it fails the test under CI and skips it elsewhere."""
-    if not CORPUS.is_dir():
-        where = " or ".join(str(p) for p in CORPUS_PLACES)
-        if under_ci():
-            pytest.fail(f"the reference corpus is missing: no folder at {where} "
-                        "(CI must lay hf-metadata-2022 in ../shared/ beside the checkout)",
-                        pytrace=False)
-        pytest.skip(f"reference corpus absent (no {where}); under CI this fails")
-    return CORPUS
 
 
 def items(root: Path | str) -> list[Unit | Skipped]:
