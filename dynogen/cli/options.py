@@ -208,6 +208,12 @@ GENERATION = Group("Generation", (
     _opt("max_tasks_per_unit", "Tasks asked per unit and variant (default 3).", int,
          metavar="N", old=("--max-tasks",)),
     _opt("response_format", "json_schema (default), json_object or none.", metavar="FORMAT"),
+    _opt("prompt_layout", "auto (default): shared for OpenAI's API, online, with a model whose "
+         "OpenAI price has a cached-input rate, else per_unit; a begun run keeps its own. "
+         "shared: one schema, system prompt and few-shot prefix for every unit, billed at the "
+         "cached price by OpenAI's prompt cache. per_unit: the schema enumerates each unit's "
+         "fields, so grammar-constrained servers cannot name a missing field.",
+         metavar="auto|shared|per_unit"),
     _opt("max_tokens", "max_tokens per request (default 640), or auto: sized once from an "
          "earlier run's answers (--calibration) or this run's first 16, then recorded.",
          metavar="N|auto"),
