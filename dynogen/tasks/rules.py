@@ -1,7 +1,7 @@
 """Task rules: whether a generated task makes sense, each failure a counted reason.
 
 Pure functions over a task's instruction, its fields and a few facts about
-the dataset's rows. ``validate.TaskFilter`` runs them in a fixed order and
+the dataset's rows. ``filter.TaskFilter`` runs them in a fixed order and
 counts the first that fails. Rules from Dynosaur and beyond:
 
 Text
@@ -10,11 +10,17 @@ Text
     - ``instruction_no_verb``: no verb from a word list (imperatives,
       auxiliaries, -ify/-ize/-ate verbs): a noun phrase is not an instruction;
     - ``instruction_copies_description``: "The dataset is constructed by …",
-      or most of its 6-grams taken from the dataset's description;
+      or most of its 6-grams taken from the dataset's description, unless every
+      sentence is a command ("Given a set of concepts, generate a sentence …":
+      a card that states its task as one gives a good instruction);
     - ``instruction_copies_fewshot``: a few-shot example's instruction (nearly
       verbatim) on fields other than that example's;
     - ``instruction_copies_field_values``: the instruction is a sample value or
       the list of label names;
+    - ``instruction_quotes_sample``: about one example row, not the task: it
+      quotes a rare word pair ("green algae") or a code ("DB09079") from the
+      sample rows the model was shown that the field names, the description
+      and the labels do not hold;
     - ``generation_with_label_output``: "write a question/headline/summary …"
       while the output is a label; ``label_with_text_output`` the reverse.
 Rows (when rows or card samples are known, see ``row_facts``)
@@ -23,6 +29,11 @@ Rows (when rows or card samples are known, see ``row_facts``)
     - ``output_equals_input``: the output repeats an input in most rows;
     - ``id_like_output``: an id, index, hash or URL column, by name or values;
     - ``id_like_inputs_only``: every input is such a column (nothing to read).
+Fields (names, types and sampled values, see ``fields``)
+    - ``inputs_without_content``: no input carries content: ids, indices, turn
+      numbers, URLs, dates and constants only;
+    - ``choice_key_without_choices``: the output is which choice is right (A/B/C/D,
+      0/1) and a choices field of the unit is not among the inputs.
 
 Word lists stand in for a tagger, which would need model data offline.
 """
@@ -39,6 +50,8 @@ from typing import Any
 import orjson
 
 from dynogen.dedup import normalize_text
+from dynogen.instances.render import lookup, render_value
+from dynogen.tasks.fields import CONTENT, choice_fields, field_kind, is_choice_key, name_words
 from dynogen.units import ID_NAME, Field, Unit
 
 __all__ = [
@@ -49,6 +62,7 @@ __all__ = [
     "TaskRule",
     "UnitText",
     "answer_options",
+    "field_rule",
     "is_label_like",
     "row_rule",
     "text_rule",
@@ -78,6 +92,10 @@ class TaskRule:
     OUTPUT_IS_INPUT = "output_equals_input"
     ID_LIKE = "id_like_output"
     ID_INPUT = "id_like_inputs_only"
+    QUOTES_SAMPLE = "instruction_quotes_sample"
+    NO_CONTENT = "inputs_without_content"
+    CHOICE_KEY = "choice_key_without_choices"
+    WRONG_ANSWERS = "instruction_wrong_answer_list"
 
 
 def _wordset(text: str) -> frozenset[str]:
@@ -113,6 +131,45 @@ _CLASSIFY = re.compile(
 _TEXT_NAMES = frozenset(("text", "article", "passage", "document", "context", "story", "body",
                          "content", "paragraph", "review", "abstract", "essay"))
 _ID_VALUE = re.compile(r"^[\w\-:/.#]+$")
+# Sentences that frame a task: a command, a request to "you", or "Given X, <command>".
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
+_FRAMES = frozenset(("given", "using", "based", "from", "for", "with", "after", "in", "if",
+                     "when", "on", "by"))
+_PROSE = frozenset(("dataset", "datasets", "corpus", "corpora", "benchmark", "collected",
+                    "crowdsourced", "crowdsourcing", "annotators", "we", "our", "paper",
+                    "introduced", "consists", "comprises"))
+# Words any task may use whatever its rows: with the unit's own names, description and
+# labels, what an instruction quoting a sample row is *not* quoting.
+_GENERIC = _wordset("""
+the and for with from into that this these those what which who whom whose when where why how
+its their his her your our about each every one two three four five first second third last
+other another same different any some all both either neither only also not than then there
+here such very more most less least much many few short long brief single whole entire full
+new original given following below above based using same its one ones word words sentence
+sentences text texts question questions answer answers passage paragraph paragraphs article
+articles document documents review reviews tweet tweets post posts comment comments title
+titles headline headlines summary summaries story stories dialogue dialog conversation turn
+utterance utterances speaker message messages email code program function description
+definition explanation reason rationale option options choice choices correct incorrect right
+wrong true false yes positive negative neutral good bad best main label labels category
+categories class classes topic topics sentiment emotion emotions opinion entity entities name
+names person people location organization date number numbers language languages english
+translation source target context premise hypothesis claim evidence statement statements fact
+facts query response responses reply content input inputs output outputs field fields value
+values example examples item items list type types kind kinds form format style tone meaning
+relation relationship relations pair pairs span spans token tokens phrase phrases term terms
+key keyword keywords concept concepts scenario situation event events information details
+detail data record records user users author authors reader readers writer model task tasks
+product products movie movies film films book books news report reports social media online
+web page pages line lines point points score scores rating ratings level levels quality
+whether based between among within without after before during while because like unlike
+provided appropriate relevant related specific overall general similar common everyday simple
+coherent clear concise fluent natural likely possible best most main primary central key
+""")
+_CODE = re.compile(r"[A-Za-z0-9]+")
+_LINKING = frozenset(("the", "a", "an", "of", "in", "on", "at", "to", "for", "with", "by",
+                      "from", "and", "or", "about", "into", "s"))
+_SAMPLE_CHARS = 300  # what the prompt shows of a sample value (prompts.builder)
 
 
 def _words(text: str) -> list[str]:
@@ -158,15 +215,26 @@ def _values(v: Any) -> str:
     return v if isinstance(v, str) else ""
 
 
-class UnitText:
-    """What the text rules compare instructions against, for one unit.
+def _shown(v: Any) -> str:
+    """A sample value as the prompt shows it (text cut short, other values as JSON)."""
+    if isinstance(v, str):
+        return v[:_SAMPLE_CHARS]
+    try:
+        return orjson.dumps(v, default=str).decode()[:_SAMPLE_CHARS]
+    except TypeError:  # an object orjson cannot write even as text: not shown
+        return ""
 
-    A unit's several tasks are checked against the same description, labels
-    and sample values: this holds them normalized and cut into n-grams once per
-    unit (each part on first use), not once per task.
+
+class UnitText:
+    """What the rules compare a task against, for one unit.
+
+    A unit's several tasks are checked against the same description, labels,
+    sample values and fields: this holds them normalized, cut into n-grams or
+    classified once per unit (each part on first use), not once per task.
     """
 
-    __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5")
+    __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5",
+                 "_shown", "_vocab", "_meta", "_kinds", "_choices", "_keys")
 
     def __init__(self, unit: Unit, facts: Facts | None) -> None:
         self._unit = unit
@@ -176,6 +244,12 @@ class UnitText:
         self._labels: set[str] | None = None
         self._label_words: set[str] | None = None
         self._value5: list[set[tuple[str, ...]]] | None = None
+        self._shown: list[str] | None = None
+        self._vocab: frozenset[str] | None = None
+        self._meta: str | None = None
+        self._kinds: dict[str, str] = {}
+        self._choices: tuple[str, ...] | None = None
+        self._keys: dict[str, tuple[str, ...]] = {}
 
     def is_for(self, unit: Unit, facts: Facts | None) -> bool:
         """Whether this view was made for ``unit`` with these facts (its variants share it)."""
@@ -240,6 +314,89 @@ class UnitText:
             self._value5 = [g for g in (_grams(v.split(), 5) for v in self.values) if g]
         return self._value5
 
+    @property
+    def shown(self) -> list[str]:
+        """The sample values the prompt showed the model, normalized and padded with spaces."""
+        if self._shown is None:
+            shown = {normalize_text(_shown(v)) for s in self._unit.samples for v in s.values()}
+            shown.discard("")
+            self._shown = [f" {v} " for v in shown]
+        return self._shown
+
+    def _metadata(self) -> tuple[frozenset[str], str]:
+        """The words of the unit's names, description and labels, and that text padded."""
+        if self._vocab is None or self._meta is None:
+            u = self._unit
+            parts = [u.dataset, u.config, u.description]
+            for f in u.fields:
+                parts.append(f.name)
+                parts.append(" ".join(name_words(f.name)))
+                parts.extend(f.labels)
+            meta = normalize_text(" ".join(parts))
+            self._meta = f" {meta} "
+            self._vocab = frozenset(_words(meta))
+        return self._vocab, self._meta
+
+    def quotes_sample(self, instruction: str, words: list[str]) -> bool:
+        """Whether ``instruction`` quotes a sample row's specific content: two rare words
+        (with at most two linking words between them: "missed the marathon"), or a code of
+        letters and digits, that a shown sample value holds and the unit's names,
+        description and labels do not. A word is rare when it is not in those either,
+        nor among the words any task may use (``_GENERIC``)."""
+        shown = self.shown
+        if not shown:
+            return False
+        vocab, meta = self._metadata()
+        last = -1  # the last rare word seen, if only linking words came after it
+        for i, w in enumerate(words):
+            if len(w) > 2 and w not in vocab and w not in _GENERIC:
+                if last >= 0:
+                    quoted = " " + " ".join(words[last:i + 1]) + " "
+                    if any(quoted in v for v in shown):
+                        return True
+                last = i
+            elif w not in _LINKING or last < 0 or i - last > 2:
+                last = -1
+        for tok in _CODE.findall(instruction):
+            if len(tok) >= 4 and any(c.isdigit() for c in tok):
+                code = f" {tok.lower()} "
+                if code not in meta and any(code in v for v in shown):
+                    return True
+        return False
+
+    def column(self, name: str) -> Sequence[str]:
+        """``name``'s values over the sampled rows, else over the card's sample rows."""
+        facts = self._facts
+        if facts is not None and name in facts:
+            return facts[name]
+        f = self._unit.field(name)
+        labels = f.labels if f is not None else ()
+        return [render_value(lookup(row, name), name, labels) or ""
+                for row in self._unit.samples]
+
+    def kind(self, name: str) -> str:
+        """``fields.field_kind`` of an input, once per unit."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            f = self._unit.field(name)
+            kind = CONTENT if f is None else field_kind(f, self.column(name))
+            self._kinds[name] = kind
+        return kind
+
+    def choices_for(self, output: Field) -> tuple[str, ...]:
+        """The unit's choice fields when ``output`` is a choice key, else ``()`` (once per
+        output field)."""
+        found = self._keys.get(output.name)
+        if found is None:
+            names = frozenset(f.name for f in self._unit.fields) if output.labels else ()
+            found = ()
+            if is_choice_key(output, self.column(output.name), names):
+                if self._choices is None:
+                    self._choices = choice_fields(self._unit)
+                found = self._choices
+            self._keys[output.name] = found
+        return found
+
 
 def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field,
               facts: Facts | None, view: UnitText | None = None) -> str | None:
@@ -252,13 +409,15 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     words = _words(instruction)
     if _DATASET_PROSE.match(instruction.strip()):
         return TaskRule.COPIES_DESCRIPTION
-    if view.copies_description(words):
+    if view.copies_description(words) and not _framed_as_task(instruction, words):
         return TaskRule.COPIES_DESCRIPTION
     norm = normalize_text(instruction)
     if _copies_fewshot(norm, words, frozenset([*inputs, output.name])):
         return TaskRule.COPIES_FEWSHOT
     if _copies_values(norm, words, view):
         return TaskRule.COPIES_VALUES
+    if view.quotes_sample(instruction, words):
+        return TaskRule.QUOTES_SAMPLE
     if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
         return TaskRule.TOO_SHORT
     if not any(w in _IMPERATIVES or w in _OTHER_VERBS or (len(w) > 5 and w.endswith(_VERB_SUFFIX))
@@ -270,6 +429,26 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     if not label_like and _CLASSIFY.search(instruction) and _is_long_text(output, facts):
         return TaskRule.LABEL_TEXT
     return None
+
+
+def _framed_as_task(instruction: str, words: list[str]) -> bool:
+    """Whether every sentence is a command ("Generate …", "Given X, generate …", "You …"),
+    with no word of prose about a dataset ("corpus", "collected", "we")."""
+    if any(w in _PROSE for w in words):
+        return False
+    for sentence in _SENTENCE.split(instruction.strip()):
+        ws = _words(sentence)
+        if not ws or ws[0] in _IMPERATIVES or ws[0] in ("please", "you", "your"):
+            continue
+        if ws[0] not in _FRAMES:
+            return False
+        head, sep, rest = sentence.partition(",")
+        if not sep:
+            return False
+        after = _words(rest)
+        if not after or after[0] not in _IMPERATIVES:
+            return False
+    return True
 
 
 def _copies_values(norm: str, words: list[str], view: UnitText) -> bool:
@@ -358,4 +537,21 @@ def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str |
             and all(_ID_VALUE.match(v) for v in vals)
             and sum(any(c.isdigit() for c in v) and len(v) >= 6 for v in vals) >= 0.8 * len(vals)):
         return TaskRule.ID_LIKE
+    return None
+
+
+def field_rule(inputs: Sequence[str], output: Field, view: UnitText) -> str | None:
+    """The first field rule the task fails (see ``fields``), or ``None``.
+
+    Values come from the sampled rows, else the card's sample rows; with too few
+    of them a field is judged by its name and type alone.
+    """
+    for n in inputs:
+        if view.kind(n) == CONTENT:
+            break
+    else:
+        return TaskRule.NO_CONTENT
+    for c in view.choices_for(output):
+        if c not in inputs and c != output.name:
+            return TaskRule.CHOICE_KEY
     return None
