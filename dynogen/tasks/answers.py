@@ -43,7 +43,7 @@ def _wordset(text: str) -> frozenset[str]:
 
 _WORDISH = r"""\w(?:[\w\-+']|[./](?=\w))*"""
 _ITEM = rf"""(?:["“][^"”]{{1,40}}["”]|'[^']{{1,40}}'|{_WORDISH}(?:\s{_WORDISH})??)"""
-_MAPPED_ITEM = rf"{_WORDISH}\s+(?:for|if|when|=|means)\s+{_WORDISH}(?:\s{_WORDISH})??"
+_MAPPED_ITEM = rf"{_WORDISH}\s+(?:for|if|when|=|means)\s+{_WORDISH}(?:\s{_WORDISH})?"
 _SEP = r"""\s*(?:,\s*or|,\s*and|,|/|\||\bor\b|\band\b)\s*"""
 _LIST = rf"(?P<list>{_ITEM}(?:{_SEP}{_ITEM})+)"
 _OR_LIST = rf"(?P<list>{_ITEM}(?:\s*(?:,|/)\s*{_ITEM})*,?\s+or\s+{_ITEM}(?:\s+or\s+{_ITEM})*)"
