@@ -247,6 +247,16 @@ def test_an_instruction_about_one_sample_row_is_dropped() -> None:
                 "interaction").output_field == "interaction"
     assert keep(DRUGS, "Name the drug that interacts as described.", ["interaction"],
                 "drug2_name").output_field == "drug2_name"
+    # What most shown rows hold is the dataset's subject, not one row's.
+    tweets = Unit("health_tweets", "default", "Tweets about health.", (
+        Field("text", "string"), Field("stance", "class_label", ("against", "for"))))
+    rows = [{"text": f"my covid vaccine appointment number {i} went fine", "stance": 1}
+            for i in range(3)]
+    instruction = "Decide the stance of the tweet on the covid vaccine."
+    assert keep(with_rows(tweets, rows), instruction, ["text"], "stance").labels
+    rows[1]["text"] = rows[2]["text"] = "the gym reopens on monday"
+    assert keep(with_rows(tweets, rows), instruction, ["text"],
+                "stance") == TaskRule.QUOTES_SAMPLE
     # Without sample rows shown to the model there is nothing it could have quoted.
     bare = dataclasses.replace(DRUGS, samples=())
     assert keep(bare, "Fill in the name of the drug that interacts with DB09079.",

@@ -316,11 +316,11 @@ class UnitText:
 
     @property
     def shown(self) -> list[str]:
-        """The sample values the prompt showed the model, normalized and padded with spaces."""
+        """Each sample row as the prompt showed it to the model: its values normalized, padded
+        with spaces and apart (" | " cannot be part of a normalized phrase)."""
         if self._shown is None:
-            shown = {normalize_text(_shown(v)) for s in self._unit.samples for v in s.values()}
-            shown.discard("")
-            self._shown = [f" {v} " for v in shown]
+            self._shown = [" " + " | ".join(normalize_text(_shown(v)) for v in s.values()) + " "
+                           for s in self._unit.samples]
         return self._shown
 
     def _metadata(self) -> tuple[frozenset[str], str]:
@@ -340,9 +340,10 @@ class UnitText:
     def quotes_sample(self, instruction: str, words: list[str]) -> bool:
         """Whether ``instruction`` quotes a sample row's specific content: two rare words
         (with at most two linking words between them: "missed the marathon"), or a code of
-        letters and digits, that a shown sample value holds and the unit's names,
-        description and labels do not. A word is rare when it is not in those either,
-        nor among the words any task may use (``_GENERIC``)."""
+        letters and digits, that a shown sample row holds and the unit's names, description
+        and labels do not. A word is rare when it is not in those either, nor among the
+        words any task may use (``_GENERIC``). What half the shown rows or more hold is
+        the dataset's subject, not one row's ("covid vaccine" in every tweet)."""
         shown = self.shown
         if not shown:
             return False
@@ -350,19 +351,23 @@ class UnitText:
         last = -1  # the last rare word seen, if only linking words came after it
         for i, w in enumerate(words):
             if len(w) > 2 and w not in vocab and w not in _GENERIC:
-                if last >= 0:
-                    quoted = " " + " ".join(words[last:i + 1]) + " "
-                    if any(quoted in v for v in shown):
-                        return True
+                if last >= 0 and self._in_few_rows(" " + " ".join(words[last:i + 1]) + " "):
+                    return True
                 last = i
             elif w not in _LINKING or last < 0 or i - last > 2:
                 last = -1
         for tok in _CODE.findall(instruction):
             if len(tok) >= 4 and any(c.isdigit() for c in tok):
                 code = f" {tok.lower()} "
-                if code not in meta and any(code in v for v in shown):
+                if code not in meta and self._in_few_rows(code):
                     return True
         return False
+
+    def _in_few_rows(self, phrase: str) -> bool:
+        """Whether some shown rows hold ``phrase``, fewer than half of them (one of one)."""
+        rows = self.shown
+        n = sum(phrase in r for r in rows)
+        return n > 0 and (n == 1 or 2 * n < len(rows))
 
     def column(self, name: str) -> Sequence[str]:
         """``name``'s values over the sampled rows, else over the card's sample rows."""
