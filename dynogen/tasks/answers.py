@@ -189,20 +189,19 @@ def _removal(text: str, start: int, end: int, cue: int,
     its sentence when that holds nothing else, its parenthesis, or the phrase that
     ends its sentence ("… as positive or negative."); ``None`` when none reads well."""
     head, tail = _sentence(text, start, end)
-    if text[cue] == "(":
-        close = text.find(")", end)
-        return (cue - 1 if cue > 0 and text[cue - 1] == " " else cue), close + 1
+    if text[cue] == "(":  # the pattern of a parenthesis holds its closing one
+        return (cue - 1 if cue > 0 and text[cue - 1] == " " else cue), text.index(")", end) + 1
     rest = _words(text[head:cue] + " " + text[end:tail])
     if len(_words(text[:head] + text[tail:])) >= 2 and all(
             w in _CUE_WORDS or w in own_words for w in rest):
         return head, tail
-    if text[end:tail].strip() in ("", ".", "!", "?", ";"):
-        m = _PHRASE_HEAD.search(text, head, start)
-        before = _words(text[head:m.start()]) if m else []
-        if len(before) >= 2 and before[-1] not in _NEEDS_OBJECT:
-            assert m is not None
-            return m.start(), end
-    return None
+    if text[end:tail].strip() not in ("", ".", "!", "?", ";"):
+        return None
+    m = _PHRASE_HEAD.search(text, head, start)
+    if m is None:
+        return None
+    before = _words(text[head:m.start()])
+    return (m.start(), end) if len(before) >= 2 and before[-1] not in _NEEDS_OBJECT else None
 
 
 def _joiner(listed: str) -> str:
