@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynogen.instances.render import row_facts
@@ -79,6 +79,11 @@ def keep(unit: Unit, instruction: str, inputs: list[str], output: str) -> Any:
      "World, Sports, Business, Sci/Tech."),
     (BOOL, "Answer the yes or no question about the passage.",
      "Answer the yes or no question about the passage. Answers must be one of: false, true."),
+    (TOPIC, "Given the answer and label, predict the category.",  # nouns, not a command
+     "Given the answer and label, predict the category. Answers must be one of: World, "
+     "Sports, Business, Sci/Tech."),
+    (BOOL, "From the answer and enumeration, infer the flag.",
+     "From the answer and enumeration, infer the flag. Answers must be one of: false, true."),
 ])
 def test_the_answer_list_is_stated_once_and_true(field: Field, instruction: str,
                                                  expected: str) -> None:
@@ -106,6 +111,8 @@ LIST_SENTENCES = ["Answers must be one of {l}.", "The answer is either {o}.", "O
 
 
 @settings(max_examples=400, deadline=None)
+@example(labels=["mixed", "negative"], written=[("({s})", ["joy", "neg"]),
+                                                ("Answer with {o}.", ["1", "positive"])])
 @given(labels=st.lists(st.sampled_from(["negative", "positive", "neutral", "mixed", "joy",
                                         "anger", "sports", "politics"]), min_size=2,
                        max_size=4, unique=True),

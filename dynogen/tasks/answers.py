@@ -42,36 +42,44 @@ def _wordset(text: str) -> frozenset[str]:
 
 
 _WORDISH = r"""\w(?:[\w\-+']|[./](?=\w))*"""
-_ITEM = rf"""(?:["“][^"”]{{1,40}}["”]|'[^']{{1,40}}'|{_WORDISH}(?:\s{_WORDISH})??)"""
+_ITEM = (rf"""(?:["“][^"”]{{1,40}}["”]|'[^']{{1,40}}'|"""
+         rf"(?!(?:and|or)\b){_WORDISH}(?:\s{_WORDISH})??)")
 _MAPPED_ITEM = rf"{_WORDISH}\s+(?:for|if|when|=|means)\s+{_WORDISH}(?:\s{_WORDISH})?"
 _SEP = r"""\s*(?:,\s*or|,\s*and|,|/|\||\bor\b|\band\b)\s*"""
 _LIST = rf"(?P<list>{_ITEM}(?:{_SEP}{_ITEM})+)"
 _OR_LIST = rf"(?P<list>{_ITEM}(?:\s*(?:,|/)\s*{_ITEM})*,?\s+or\s+{_ITEM}(?:\s+or\s+{_ITEM})*)"
 _FOLLOWING = r"(?:\s+the\s+following(?:\s+[a-z]+){0,2}|\s+these(?:\s+[a-z]+)?)?"
 _ANSWER_VERBS = ("answer", "respond", "reply", "output", "return", "say", "write", "print")
+# Where a verb starts a command: a sentence's or clause's start, or after "and", "then"...
+_COMMAND = r"(?:^|[.!?;:,)]\s*|\b(?:and|then|please|to|only)\s+)"
 # Each pattern with what its text must hold (one word of each group, lower-cased) for it to
-# be tried at all, and whether it is bare: a list known by its items alone (answers,
-# yes/no/true/false, choice letters), not announced by the words before it.
-_PATTERNS: list[tuple[tuple[tuple[str, ...], ...], re.Pattern[str], bool]] = [
-    (gates, re.compile(p, re.IGNORECASE), bare) for gates, p, bare in (
-        ((("one of", "any of"),), rf"\b(?:one|any)\s+of{_FOLLOWING}\s*:?\s*{_LIST}", False),
-        ((("either",),), rf"\beither\s*:?\s*{_OR_LIST}", False),
+# be tried at all, and how much its words announce a list of answers:
+# - "announced" ("Choose from: …", "Options: …"): a list whatever its items;
+# - "cued" ("one of", "either"): when an item is a known answer, or the words just
+#   before it speak of answers, labels or options ("Answers must be one of …");
+# - "verb" ("Answer with …", "Output 0 for …"): when an item is a known answer;
+# - "bare" ("as X or Y", "(X/Y)", "X or Y"): known by its items alone.
+_PATTERNS: list[tuple[tuple[tuple[str, ...], ...], re.Pattern[str], str]] = [
+    (gates, re.compile(p, re.IGNORECASE), kind) for gates, p, kind in (
+        ((("one of", "any of"),), rf"\b(?:one|any)\s+of{_FOLLOWING}\s*:?\s*{_LIST}",
+         "cued"),
+        ((("either",),), rf"\beither\s*:?\s*{_OR_LIST}", "cued"),
         ((("choos", "select", "pick"),),
          rf"\b(?:choose|select|pick|choosing|selecting)\b[^.:;()]{{0,30}}?\b"
-         rf"(?:from|between|among){_FOLLOWING}\s*:?\s*{_LIST}", False),
+         rf"(?:from|between|among){_FOLLOWING}\s*:?\s*{_LIST}", "announced"),
         ((("option", "choice", "label", "categor", "class", "possible", "valid"),),
          rf"\b(?:options|choices|labels|categories|classes|possible\s+(?:answers|labels|"
          rf"values|outputs|options|categories)|valid\s+(?:answers|labels)|answer\s+choices)"
-         rf"\s*(?:are|include|:)\s*:?\s*{_LIST}", False),
+         rf"\s*(?:are|include|:)\s*:?\s*{_LIST}", "announced"),
         ((_ANSWER_VERBS,),
-         rf"\b(?:{'|'.join(_ANSWER_VERBS)})\s+(?:with\s+|using\s+)?(?:either\s+)?"
-         rf"(?:the\s+word\s+|a\s+|an\s+)?{_LIST}", False),
+         rf"{_COMMAND}(?:{'|'.join(_ANSWER_VERBS)})\s+(?:with\s+|using\s+)?(?:either\s+)?"
+         rf"(?:the\s+word\s+|a\s+|an\s+)?{_LIST}", "verb"),
         (((*_ANSWER_VERBS, "use", "label"), (" for ", " if ", "=", " when ", " means ")),
-         rf"\b(?:{'|'.join(_ANSWER_VERBS)}|use|label)\s+(?:with\s+)?"
-         rf"(?P<list>{_MAPPED_ITEM}(?:{_SEP}{_MAPPED_ITEM})+)", False),
-        ((("(",),), rf"\(\s*{_LIST}\s*\)", True),
-        (((" as ",),), rf"\bas\s+(?:either\s+)?(?:a\s+|an\s+)?{_OR_LIST}", True),
-        (((" or ",),), rf"\b{_OR_LIST}", True),
+         rf"{_COMMAND}(?:{'|'.join(_ANSWER_VERBS)}|use|label)\s+(?:with\s+)?"
+         rf"(?P<list>{_MAPPED_ITEM}(?:{_SEP}{_MAPPED_ITEM})+)", "verb"),
+        ((("(",),), rf"\(\s*{_LIST}\s*\)", "bare"),
+        (((" as ",),), rf"\bas\s+(?:either\s+)?(?:a\s+|an\s+)?{_OR_LIST}", "bare"),
+        (((" or ",),), rf"\b{_OR_LIST}", "bare"),
     )]
 _SPLIT = re.compile(_SEP, re.IGNORECASE)
 _QUOTES = "\"'“”‘’.:;"
@@ -227,13 +235,13 @@ def find_lists(instruction: str, truth: Collection[str],
     found: list[AnswerList] = []
     taken: list[tuple[int, int]] = []
     low = instruction.lower()
-    for gates, pat, bare in _PATTERNS:
+    for gates, pat, kind in _PATTERNS:
         if not all(any(g in low for g in group) for group in gates):
             continue
         pos = 0
         while (m := pat.search(instruction, pos)) is not None:
             s, e = m.start("list"), m.end("list")
-            ok = _accept(instruction, m, truth, bare, closed) and not any(
+            ok = _accept(instruction, m, truth, kind, closed) and not any(
                 s < b and a < e for a, b in taken)
             if not ok:
                 nxt = re.search(r"\s\S", instruction[m.start() + 1:])
@@ -242,7 +250,7 @@ def find_lists(instruction: str, truth: Collection[str],
                 pos = m.start() + 1 + nxt.end() - 1
                 continue
             items, spans = _items(instruction, m)
-            found.append(AnswerList(s, e, items, spans, bare,
+            found.append(AnswerList(s, e, items, spans, kind == "bare",
                                     _removal(instruction, s, e, m.start(), own_words),
                                     _joiner(m.group("list"))))
             taken.append((m.start(), e))
@@ -250,7 +258,7 @@ def find_lists(instruction: str, truth: Collection[str],
     return sorted(found, key=lambda x: x.start)
 
 
-def _accept(text: str, m: re.Match[str], truth: Collection[str], bare: bool,
+def _accept(text: str, m: re.Match[str], truth: Collection[str], kind: str,
             closed: bool) -> bool:
     s, e = m.start("list"), m.end("list")
     if _NOT_ANSWERS.match(text, e):
@@ -264,9 +272,14 @@ def _accept(text: str, m: re.Match[str], truth: Collection[str], bare: bool,
     if len(items) >= 3 and known == len(items) - 1 and all(
             " " not in x.strip() for x in items):
         return True  # "positive, negative or neutral" of a two-way label
-    said = _STRONG.search(text, _sentence(text, s, e)[0], s) is not None
-    if not bare:
-        return bool(known) or said
+    if kind == "announced":
+        return True
+    if kind == "verb":
+        return known > 0
+    said = _STRONG.search(text, max(_sentence(text, s, e)[0], m.start() - 40),
+                          m.start()) is not None
+    if kind == "cued":
+        return known > 0 or said
     return text[m.start()] == "(" and (said or closed) and all(
         len(x.split()) <= 2 for x in items)
 

@@ -166,7 +166,8 @@ whether based between among within without after before during while because lik
 provided appropriate relevant related specific overall general similar common everyday simple
 coherent clear concise fluent natural likely possible best most main primary central key
 """)
-_CODE = re.compile(r"[A-Za-z0-9]+")
+# A code: 4+ letters and digits, at least one a digit ("DB09079", "Q42x", "1998").
+_CODE = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z]*\d)[A-Za-z0-9]{4,}(?![A-Za-z0-9])")
 _LINKING = frozenset(("the", "a", "an", "of", "in", "on", "at", "to", "for", "with", "by",
                       "from", "and", "or", "about", "into", "s"))
 _SAMPLE_CHARS = 300  # what the prompt shows of a sample value (prompts.builder)
@@ -265,9 +266,7 @@ class UnitText:
         grams = _grams(words, 6)
         if not grams or not self._unit.description:
             return False
-        desc = self._desc
-        if desc is None:
-            desc = self._desc = " " + " ".join(_words(self._unit.description)) + " "
+        desc = self._description()
         need = max(1, len(grams) // 2)
         spare = len(grams) - need  # misses allowed before the answer is no
         for g in grams:
@@ -323,19 +322,36 @@ class UnitText:
                            for s in self._unit.samples]
         return self._shown
 
-    def _metadata(self) -> tuple[frozenset[str], str]:
-        """The words of the unit's names, description and labels, and that text padded."""
-        if self._vocab is None or self._meta is None:
-            u = self._unit
-            parts = [u.dataset, u.config, u.description]
-            for f in u.fields:
-                parts.append(f.name)
-                parts.append(" ".join(name_words(f.name)))
-                parts.extend(f.labels)
-            meta = normalize_text(" ".join(parts))
-            self._meta = f" {meta} "
-            self._vocab = frozenset(_words(meta))
-        return self._vocab, self._meta
+    def _description(self) -> str:
+        """The description's words, padded with spaces."""
+        if self._desc is None:
+            self._desc = " " + " ".join(_words(self._unit.description)) + " "
+        return self._desc
+
+    def _names(self) -> str:
+        """The unit's dataset, config, field and label names, as one text."""
+        u = self._unit
+        parts = [u.dataset, u.config]
+        for f in u.fields:
+            parts.append(f.name)
+            parts.append(" ".join(name_words(f.name)))
+            parts.extend(f.labels)
+        return " ".join(parts)
+
+    @property
+    def vocab(self) -> frozenset[str]:
+        """The words of the unit's names, description and labels."""
+        if self._vocab is None:
+            self._vocab = frozenset(self._description().split()) | frozenset(
+                _words(self._names()))
+        return self._vocab
+
+    @property
+    def metadata(self) -> str:
+        """The unit's names, description and labels normalized (digits kept), padded."""
+        if self._meta is None:
+            self._meta = f" {normalize_text(self._unit.description + ' ' + self._names())} "
+        return self._meta
 
     def quotes_sample(self, instruction: str, words: list[str]) -> bool:
         """Whether ``instruction`` quotes a sample row's specific content: two rare words
@@ -344,23 +360,31 @@ class UnitText:
         and labels do not. A word is rare when it is not in those either, nor among the
         words any task may use (``_GENERIC``). What half the shown rows or more hold is
         the dataset's subject, not one row's ("covid vaccine" in every tweet)."""
-        shown = self.shown
-        if not shown:
+        if not self._unit.samples:
             return False
-        vocab, meta = self._metadata()
-        last = -1  # the last rare word seen, if only linking words came after it
+        # Candidates first, from the words alone: most instructions have none, and then the
+        # unit's metadata and sample rows are never prepared.
+        spans = []
+        last = -1  # the last uncommon word seen, if only linking words came after it
         for i, w in enumerate(words):
-            if len(w) > 2 and w not in vocab and w not in _GENERIC:
-                if last >= 0 and self._in_few_rows(" " + " ".join(words[last:i + 1]) + " "):
-                    return True
+            if len(w) > 2 and w not in _GENERIC:
+                if last >= 0:
+                    spans.append((last, i))
                 last = i
             elif w not in _LINKING or last < 0 or i - last > 2:
                 last = -1
-        for tok in _CODE.findall(instruction):
-            if len(tok) >= 4 and any(c.isdigit() for c in tok):
-                code = f" {tok.lower()} "
-                if code not in meta and self._in_few_rows(code):
-                    return True
+        codes = _CODE.findall(instruction)
+        if not spans and not codes:
+            return False
+        vocab = self.vocab
+        for a, b in spans:
+            if (words[a] not in vocab and words[b] not in vocab  # only linking words between
+                    and self._in_few_rows(" " + " ".join(words[a:b + 1]) + " ")):
+                return True
+        for tok in codes:
+            code = f" {tok.lower()} "
+            if self._in_few_rows(code) and code not in self.metadata:
+                return True
         return False
 
     def _in_few_rows(self, phrase: str) -> bool:
