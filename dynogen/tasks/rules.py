@@ -235,7 +235,8 @@ class UnitText:
     """
 
     __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5",
-                 "_shown", "_vocab", "_meta", "_kinds", "_choices", "_keys")
+                 "_shown", "_shown_vocab", "_shown_words", "_vocab", "_meta", "_kinds", "_choices",
+                 "_keys")
 
     def __init__(self, unit: Unit, facts: Facts | None) -> None:
         self._unit = unit
@@ -246,6 +247,8 @@ class UnitText:
         self._label_words: set[str] | None = None
         self._value5: list[set[tuple[str, ...]]] | None = None
         self._shown: list[str] | None = None
+        self._shown_vocab: frozenset[str] | None = None
+        self._shown_words: list[str] | None = None
         self._vocab: frozenset[str] | None = None
         self._meta: str | None = None
         self._kinds: dict[str, str] = {}
@@ -315,12 +318,29 @@ class UnitText:
 
     @property
     def shown(self) -> list[str]:
-        """Each sample row as the prompt showed it to the model: its values normalized, padded
-        with spaces and apart (" | " cannot be part of a normalized phrase)."""
+        """Each sample row as the prompt showed it to the model, lower-cased: a quick first
+        look (a phrase's word missing from a row's text is missing from the row)."""
         if self._shown is None:
-            self._shown = [" " + " | ".join(normalize_text(_shown(v)) for v in s.values()) + " "
+            self._shown = [" ".join(_shown(v) for v in s.values()).lower()
                            for s in self._unit.samples]
         return self._shown
+
+    @property
+    def shown_vocab(self) -> frozenset[str]:
+        """The words of the shown rows."""
+        if self._shown_vocab is None:
+            self._shown_vocab = frozenset(_WORD.findall(" ".join(self.shown)))
+        return self._shown_vocab
+
+    @property
+    def shown_words(self) -> list[str]:
+        """Each shown row's values normalized, padded with spaces and apart (" | " cannot
+        be part of a normalized phrase)."""
+        if self._shown_words is None:
+            self._shown_words = [
+                " " + " | ".join(normalize_text(_shown(v)) for v in s.values()) + " "
+                for s in self._unit.samples]
+        return self._shown_words
 
     def _description(self) -> str:
         """The description's words, padded with spaces."""
@@ -362,12 +382,13 @@ class UnitText:
         the dataset's subject, not one row's ("covid vaccine" in every tweet)."""
         if not self._unit.samples:
             return False
-        # Candidates first, from the words alone: most instructions have none, and then the
-        # unit's metadata and sample rows are never prepared.
+        # Candidates first, from the words alone and the rows' words (most instructions have
+        # none), then the rows themselves, the metadata last.
         spans = []
         last = -1  # the last uncommon word seen, if only linking words came after it
+        in_rows = self.shown_vocab
         for i, w in enumerate(words):
-            if len(w) > 2 and w not in _GENERIC:
+            if len(w) > 2 and w not in _GENERIC and w in in_rows:
                 if last >= 0:
                     spans.append((last, i))
                 last = i
@@ -376,20 +397,22 @@ class UnitText:
         codes = _CODE.findall(instruction)
         if not spans and not codes:
             return False
-        vocab = self.vocab
-        for a, b in spans:
-            if (words[a] not in vocab and words[b] not in vocab  # only linking words between
-                    and self._in_few_rows(" " + " ".join(words[a:b + 1]) + " ")):
+        for a, b in spans:  # only linking words between a and b
+            if (self._in_few_rows(" " + " ".join(words[a:b + 1]) + " ", words[b])
+                    and words[a] not in self.vocab and words[b] not in self.vocab):
                 return True
         for tok in codes:
             code = f" {tok.lower()} "
-            if self._in_few_rows(code) and code not in self.metadata:
+            if self._in_few_rows(code, code.strip()) and code not in self.metadata:
                 return True
         return False
 
-    def _in_few_rows(self, phrase: str) -> bool:
-        """Whether some shown rows hold ``phrase``, fewer than half of them (one of one)."""
-        rows = self.shown
+    def _in_few_rows(self, phrase: str, probe: str) -> bool:
+        """Whether some shown rows hold ``phrase``, fewer than half of them (one of one).
+        ``probe``: a word of the phrase, looked for first in the rows' plain text."""
+        if not any(probe in r for r in self.shown):
+            return False
+        rows = self.shown_words
         n = sum(phrase in r for r in rows)
         return n > 0 and (n == 1 or 2 * n < len(rows))
 
