@@ -111,3 +111,16 @@ async def test_a_judged_run_shows_the_judge_the_fields_a_task_is_not_given(
     user = judged[0]["messages"][-1]["content"]
     assert "fields not given to the model: id, question_concept" in user
     assert "output_field: answerKey" in user and "A. cupboard" in user
+
+
+async def test_the_bench_judges_the_set_on_a_server_and_reports_agreement_per_kind() -> None:
+    from bench.judge_set import judge_all, report
+
+    async with serve(FakeOpenAI(seed=1)) as server:  # one verdict in four "invalid"
+        verdicts = await judge_all(ITEMS, server.url, "fake", timeout=30.0)
+    doc = report(ITEMS, verdicts)
+    assert doc["tasks"] == len(ITEMS) and doc["judge"]["no_verdict"] == 0
+    by = doc["by_kind"]
+    assert sum(k["judge_agree"] for k in by.values()) == doc["total"]["judge_agree"]
+    assert all(k["rules_agree"] == k["tasks"] for k in by.values())
+    assert {r["id"] for r in doc["items"]} == {i.id for i in ITEMS}
