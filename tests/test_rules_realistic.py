@@ -273,7 +273,10 @@ def test_an_instruction_about_one_sample_row_is_dropped() -> None:
 def test_a_command_that_matches_the_description_is_kept_a_copy_of_its_prose_is_not() -> None:
     card = ("CommonGen is a constrained text generation task, associated with a benchmark "
             "dataset. Given a set of common concepts; the task is to generate a coherent "
-            "sentence describing an everyday scenario using these concepts.")
+            "sentence describing an everyday scenario using these concepts. You can evaluate "
+            "your model using the online evaluation tool available on the website. Use the "
+            "concept sets provided by https://example.org/commongen which is the same data in a "
+            "better format.")
     u = Unit("common_gen", "default", card, (Field("concepts", "list[string]"),
                                               Field("target", "string")))
     good = ("Given a set of common concepts, generate a coherent sentence describing an "
@@ -284,5 +287,9 @@ def test_a_command_that_matches_the_description_is_kept_a_copy_of_its_prose_is_n
                  "Given a set of common concepts; the task is to generate a coherent sentence "
                  "describing an everyday scenario using these concepts.",
                  "Generate a coherent sentence describing an everyday scenario using these "
-                 "concepts, associated with a benchmark dataset."):
+                 "concepts, associated with a benchmark dataset.",
+                 "You can evaluate your model using the online evaluation tool available on "
+                 "the website.",
+                 "Use the concept sets provided by https://example.org/commongen which is the "
+                 "same data in a better format."):
         assert keep(u, copy, ["concepts"], "target") == TaskRule.COPIES_DESCRIPTION, copy

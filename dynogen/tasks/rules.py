@@ -135,9 +135,14 @@ _ID_VALUE = re.compile(r"^[\w\-:/.#]+$")
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 _FRAMES = frozenset(("given", "using", "based", "from", "for", "with", "after", "in", "if",
                      "when", "on", "by"))
-_PROSE = frozenset(("dataset", "datasets", "corpus", "corpora", "benchmark", "collected",
-                    "crowdsourced", "crowdsourcing", "annotators", "we", "our", "paper",
-                    "introduced", "consists", "comprises"))
+# Words of a card's prose about its dataset, its sources and its use, never of a task.
+_PROSE = _wordset("""
+dataset datasets corpus corpora benchmark collected crowdsourced crowdsourcing annotators we
+our paper introduced consists comprises al http https www com org github download license
+cite citation repository resource research academic commercial refer note see online
+platform available website
+""")
+_CITED = re.compile(r"\(\w[^()]*\b(1[89]|20)\d\d\)")  # "(Smith et al., 2018)"
 # Words any task may use whatever its rows: with the unit's own names, description and
 # labels, what an instruction quoting a sample row is *not* quoting.
 _GENERIC = _wordset("""
@@ -484,13 +489,15 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
 
 
 def _framed_as_task(instruction: str, words: list[str]) -> bool:
-    """Whether every sentence is a command ("Generate …", "Given X, generate …", "You …"),
-    with no word of prose about a dataset ("corpus", "collected", "we")."""
-    if any(w in _PROSE for w in words):
+    """Whether every sentence is a command ("Generate …", "Given X, generate …"), with no
+    word of prose about a dataset, its sources or its use ("corpus", "collected", "we",
+    a link, a citation), and no card notes to its users ("Please refer to …")."""
+    text = instruction.strip()
+    if not text[:1].isalnum() or any(w in _PROSE for w in words) or _CITED.search(text):
         return False
-    for sentence in _SENTENCE.split(instruction.strip()):
+    for sentence in _SENTENCE.split(text):
         ws = _words(sentence)
-        if not ws or ws[0] in _IMPERATIVES or ws[0] in ("please", "you", "your"):
+        if not ws or ws[0] in _IMPERATIVES:
             continue
         if ws[0] not in _FRAMES:
             return False
