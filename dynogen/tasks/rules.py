@@ -35,23 +35,24 @@ Fields (names, types and sampled values, see ``fields``)
     - ``choice_key_without_choices``: the output is which choice is right (A/B/C/D,
       0/1) and a choices field of the unit is not among the inputs.
 
-Word lists stand in for a tagger, which would need model data offline.
+Word lists stand in for a tagger, which would need model data offline. What the
+rules compare a task against (the unit's description, labels, sample rows and
+fields) is prepared once per unit by ``unit_text.UnitText``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import orjson
 
 from dynogen.dedup import normalize_text
-from dynogen.instances.render import lookup, render_value
-from dynogen.tasks.fields import CONTENT, choice_fields, field_kind, is_choice_key, name_words
+from dynogen.tasks.fields import CONTENT
+from dynogen.tasks.unit_text import Facts, UnitText, ngrams, word_list, wordset
 from dynogen.units import ID_NAME, Field, Unit
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
     "text_rule",
 ]
 
-Facts = Mapping[str, Sequence[str]]  # field -> rendered value per sampled row ("" if empty)
 MAX_SUFFIX_LABELS = 20
 MAX_LABEL_CHARS = 40
 IMBALANCE = 0.9
@@ -98,11 +98,7 @@ class TaskRule:
     WRONG_ANSWERS = "instruction_wrong_answer_list"
 
 
-def _wordset(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_IMPERATIVES = _wordset("""
+_IMPERATIVES = wordset("""
 answer analyze analyse annotate assign categorize categorise check choose classify compare
 complete compose compute convert correct count create decide describe detect determine
 estimate evaluate explain extract fill find generate give guess identify indicate infer
@@ -112,13 +108,12 @@ summarize summarise tag tell transcribe transform translate use verify write ret
 reply respond restate recover reconstruct retrieve tokenize segment parse split sort flag
 estimate
 """)
-_OTHER_VERBS = _wordset("""
+_OTHER_VERBS = wordset("""
 is are was were be does do did can could should would will has have may might must given
 contains contain says say asks ask means mean refers refer belongs belong expresses
 express conveys convey entails entail follows follow implies imply supports support
 """)
 _VERB_SUFFIX = ("ify", "ize", "ise", "ate")
-_WORD = re.compile(r"[a-z]+")
 _DATASET_PROSE = re.compile(
     r"^(this|the|our)\s+(dataset|corpus|data\s*set|collection|benchmark)\b", re.IGNORECASE)
 _GENERATE = re.compile(
@@ -136,54 +131,13 @@ _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
 _FRAMES = frozenset(("given", "using", "based", "from", "for", "with", "after", "in", "if",
                      "when", "on", "by"))
 # Words of a card's prose about its dataset, its sources and its use, never of a task.
-_PROSE = _wordset("""
+_PROSE = wordset("""
 dataset datasets corpus corpora benchmark collected crowdsourced crowdsourcing annotators we
 our paper introduced consists comprises al http https www com org github download license
 cite citation repository resource research academic commercial refer note see online
 platform available website
 """)
 _CITED = re.compile(r"\(\w[^()]*\b(1[89]|20)\d\d\)")  # "(Smith et al., 2018)"
-# Words any task may use whatever its rows: with the unit's own names, description and
-# labels, what an instruction quoting a sample row is *not* quoting.
-_GENERIC = _wordset("""
-the and for with from into that this these those what which who whom whose when where why how
-its their his her your our about each every one two three four five first second third last
-other another same different any some all both either neither only also not than then there
-here such very more most less least much many few short long brief single whole entire full
-new original given following below above based using same its one ones word words sentence
-sentences text texts question questions answer answers passage paragraph paragraphs article
-articles document documents review reviews tweet tweets post posts comment comments title
-titles headline headlines summary summaries story stories dialogue dialog conversation turn
-utterance utterances speaker message messages email code program function description
-definition explanation reason rationale option options choice choices correct incorrect right
-wrong true false yes positive negative neutral good bad best main label labels category
-categories class classes topic topics sentiment emotion emotions opinion entity entities name
-names person people location organization date number numbers language languages english
-translation source target context premise hypothesis claim evidence statement statements fact
-facts query response responses reply content input inputs output outputs field fields value
-values example examples item items list type types kind kinds form format style tone meaning
-relation relationship relations pair pairs span spans token tokens phrase phrases term terms
-key keyword keywords concept concepts scenario situation event events information details
-detail data record records user users author authors reader readers writer model task tasks
-product products movie movies film films book books news report reports social media online
-web page pages line lines point points score scores rating ratings level levels quality
-whether based between among within without after before during while because like unlike
-provided appropriate relevant related specific overall general similar common everyday simple
-coherent clear concise fluent natural likely possible best most main primary central key
-""")
-# A code: 4+ letters and digits, at least one a digit ("DB09079", "Q42x", "1998").
-_CODE = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z]*\d)[A-Za-z0-9]{4,}(?![A-Za-z0-9])")
-_LINKING = frozenset(("the", "a", "an", "of", "in", "on", "at", "to", "for", "with", "by",
-                      "from", "and", "or", "about", "into", "s"))
-_SAMPLE_CHARS = 300  # what the prompt shows of a sample value (prompts.builder)
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
-    return set(zip(*(words[i:] for i in range(n)), strict=False))
 
 
 @cache
@@ -195,7 +149,7 @@ def _fewshot() -> tuple[tuple[str, frozenset[str], frozenset[tuple[str, ...]]], 
         for t in ex["tasks"]:
             fields = frozenset([*t["input_fields"], t["output_field"]])
             out.append((normalize_text(t["instruction"]), fields,
-                        frozenset(_grams(_words(t["instruction"]), 4))))
+                        frozenset(ngrams(word_list(t["instruction"]), 4))))
     return tuple(out)
 
 
@@ -212,248 +166,10 @@ def _copies_fewshot(norm: str, words: list[str], fields: frozenset[str]) -> bool
         if len(words) - 3 < 0.6 * len(ex4):
             continue
         if g4 is None:
-            g4 = _grams(words, 4)
+            g4 = ngrams(words, 4)
         if g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4)):
             return True
     return False
-
-def _values(v: Any) -> str:
-    return v if isinstance(v, str) else ""
-
-
-def _shown(v: Any) -> str:
-    """A sample value as the prompt shows it (text cut short, other values as JSON)."""
-    if isinstance(v, str):
-        return v[:_SAMPLE_CHARS]
-    try:
-        return orjson.dumps(v, default=str).decode()[:_SAMPLE_CHARS]
-    except TypeError:  # an object orjson cannot write even as text: not shown
-        return ""
-
-
-class UnitText:
-    """What the rules compare a task against, for one unit.
-
-    A unit's several tasks are checked against the same description, labels,
-    sample values and fields: this holds them normalized, cut into n-grams or
-    classified once per unit (each part on first use), not once per task.
-    """
-
-    __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5",
-                 "_shown", "_shown_vocab", "_shown_words", "_vocab", "_meta", "_kinds", "_choices",
-                 "_keys")
-
-    def __init__(self, unit: Unit, facts: Facts | None) -> None:
-        self._unit = unit
-        self._facts = facts
-        self._desc: str | None = None
-        self._values: set[str] | None = None
-        self._labels: set[str] | None = None
-        self._label_words: set[str] | None = None
-        self._value5: list[set[tuple[str, ...]]] | None = None
-        self._shown: list[str] | None = None
-        self._shown_vocab: frozenset[str] | None = None
-        self._shown_words: list[str] | None = None
-        self._vocab: frozenset[str] | None = None
-        self._meta: str | None = None
-        self._kinds: dict[str, str] = {}
-        self._choices: tuple[str, ...] | None = None
-        self._keys: dict[str, tuple[str, ...]] = {}
-
-    def is_for(self, unit: Unit, facts: Facts | None) -> bool:
-        """Whether this view was made for ``unit`` with these facts (its variants share it)."""
-        return self._unit is unit and self._facts is facts
-
-    def copies_description(self, words: list[str]) -> bool:
-        """Whether most (half or more) of the word 6-grams of ``words`` appear in the
-        description (case and punctuation aside).
-
-        Substring tests on the description's words, padded, rather than a set of
-        every 6-gram of what can be a long card; stops as soon as the answer is known.
-        """
-        grams = _grams(words, 6)
-        if not grams or not self._unit.description:
-            return False
-        desc = self._description()
-        need = max(1, len(grams) // 2)
-        spare = len(grams) - need  # misses allowed before the answer is no
-        for g in grams:
-            if " " + " ".join(g) + " " in desc:
-                need -= 1
-                if not need:
-                    return True
-            else:
-                spare -= 1
-                if spare < 0:
-                    return False
-        return False
-
-    @property
-    def labels(self) -> set[str]:
-        if self._labels is None:
-            self._labels = {normalize_text(x) for f in self._unit.fields for x in f.labels}
-        return self._labels
-
-    @property
-    def values(self) -> set[str]:
-        """Normalized card sample values and sampled row values (20 a field), no empties."""
-        if self._values is None:
-            values: set[str] = set()
-            for s in self._unit.samples:
-                values.update(normalize_text(_values(v)) for v in s.values())
-            for vs in (self._facts or {}).values():
-                values.update(normalize_text(v) for v in vs[:20])
-            values.discard("")
-            self._values = values
-        return self._values
-
-    @property
-    def label_words(self) -> set[str]:
-        """Words of label names and of short values (columns that hold labels)."""
-        if self._label_words is None:
-            short = {v for v in self.values if len(v.split()) <= 3}
-            self._label_words = {w for lab in self.labels | short for w in lab.split()}
-        return self._label_words
-
-    @property
-    def value_5grams(self) -> list[set[tuple[str, ...]]]:
-        if self._value5 is None:
-            self._value5 = [g for g in (_grams(v.split(), 5) for v in self.values) if g]
-        return self._value5
-
-    @property
-    def shown(self) -> list[str]:
-        """Each sample row as the prompt showed it to the model, lower-cased: a quick first
-        look (a phrase's word missing from a row's text is missing from the row)."""
-        if self._shown is None:
-            self._shown = [" ".join(_shown(v) for v in s.values()).lower()
-                           for s in self._unit.samples]
-        return self._shown
-
-    @property
-    def shown_vocab(self) -> frozenset[str]:
-        """The words of the shown rows."""
-        if self._shown_vocab is None:
-            self._shown_vocab = frozenset(_WORD.findall(" ".join(self.shown)))
-        return self._shown_vocab
-
-    @property
-    def shown_words(self) -> list[str]:
-        """Each shown row's values normalized, padded with spaces and apart (" | " cannot
-        be part of a normalized phrase)."""
-        if self._shown_words is None:
-            self._shown_words = [
-                " " + " | ".join(normalize_text(_shown(v)) for v in s.values()) + " "
-                for s in self._unit.samples]
-        return self._shown_words
-
-    def _description(self) -> str:
-        """The description's words, padded with spaces."""
-        if self._desc is None:
-            self._desc = " " + " ".join(_words(self._unit.description)) + " "
-        return self._desc
-
-    def _names(self) -> str:
-        """The unit's dataset, config, field and label names, as one text."""
-        u = self._unit
-        parts = [u.dataset, u.config]
-        for f in u.fields:
-            parts.append(f.name)
-            parts.append(" ".join(name_words(f.name)))
-            parts.extend(f.labels)
-        return " ".join(parts)
-
-    @property
-    def vocab(self) -> frozenset[str]:
-        """The words of the unit's names, description and labels."""
-        if self._vocab is None:
-            self._vocab = frozenset(self._description().split()) | frozenset(
-                _words(self._names()))
-        return self._vocab
-
-    @property
-    def metadata(self) -> str:
-        """The unit's names, description and labels normalized (digits kept), padded."""
-        if self._meta is None:
-            self._meta = f" {normalize_text(self._unit.description + ' ' + self._names())} "
-        return self._meta
-
-    def quotes_sample(self, instruction: str, words: list[str]) -> bool:
-        """Whether ``instruction`` quotes a sample row's specific content: two rare words
-        (with at most two linking words between them: "missed the marathon"), or a code of
-        letters and digits, that a shown sample row holds and the unit's names, description
-        and labels do not. A word is rare when it is not in those either, nor among the
-        words any task may use (``_GENERIC``). What half the shown rows or more hold is
-        the dataset's subject, not one row's ("covid vaccine" in every tweet)."""
-        if not self._unit.samples:
-            return False
-        # Candidates first, from the words alone and the rows' words (most instructions have
-        # none), then the rows themselves, the metadata last.
-        spans = []
-        last = -1  # the last uncommon word seen, if only linking words came after it
-        in_rows = self.shown_vocab
-        for i, w in enumerate(words):
-            if len(w) > 2 and w not in _GENERIC and w in in_rows:
-                if last >= 0:
-                    spans.append((last, i))
-                last = i
-            elif w not in _LINKING or last < 0 or i - last > 2:
-                last = -1
-        codes = _CODE.findall(instruction)
-        if not spans and not codes:
-            return False
-        for a, b in spans:  # only linking words between a and b
-            if (self._in_few_rows(" " + " ".join(words[a:b + 1]) + " ", words[b])
-                    and words[a] not in self.vocab and words[b] not in self.vocab):
-                return True
-        for tok in codes:
-            code = f" {tok.lower()} "
-            if self._in_few_rows(code, code.strip()) and code not in self.metadata:
-                return True
-        return False
-
-    def _in_few_rows(self, phrase: str, probe: str) -> bool:
-        """Whether some shown rows hold ``phrase``, fewer than half of them (one of one).
-        ``probe``: a word of the phrase, looked for first in the rows' plain text."""
-        if not any(probe in r for r in self.shown):
-            return False
-        rows = self.shown_words
-        n = sum(phrase in r for r in rows)
-        return n > 0 and (n == 1 or 2 * n < len(rows))
-
-    def column(self, name: str) -> Sequence[str]:
-        """``name``'s values over the sampled rows, else over the card's sample rows."""
-        facts = self._facts
-        if facts is not None and name in facts:
-            return facts[name]
-        f = self._unit.field(name)
-        labels = f.labels if f is not None else ()
-        return [render_value(lookup(row, name), name, labels) or ""
-                for row in self._unit.samples]
-
-    def kind(self, name: str) -> str:
-        """``fields.field_kind`` of an input, once per unit."""
-        kind = self._kinds.get(name)
-        if kind is None:
-            f = self._unit.field(name)
-            kind = CONTENT if f is None else field_kind(f, self.column(name))
-            self._kinds[name] = kind
-        return kind
-
-    def choices_for(self, output: Field) -> tuple[str, ...]:
-        """The unit's choice fields when ``output`` is a choice key, else ``()`` (once per
-        output field)."""
-        found = self._keys.get(output.name)
-        if found is None:
-            names = frozenset(f.name for f in self._unit.fields) if output.labels else ()
-            found = ()
-            if is_choice_key(output, self.column(output.name), names):
-                if self._choices is None:
-                    self._choices = choice_fields(self._unit)
-                found = self._choices
-            self._keys[output.name] = found
-        return found
-
 
 def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field,
               facts: Facts | None, view: UnitText | None = None) -> str | None:
@@ -463,7 +179,7 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     """
     if view is None:
         view = UnitText(unit, facts)
-    words = _words(instruction)
+    words = word_list(instruction)
     if _DATASET_PROSE.match(instruction.strip()):
         return TaskRule.COPIES_DESCRIPTION
     if view.copies_description(words) and not _framed_as_task(instruction, words):
@@ -496,7 +212,7 @@ def _framed_as_task(instruction: str, words: list[str]) -> bool:
     if not text[:1].isalnum() or any(w in _PROSE for w in words) or _CITED.search(text):
         return False
     for sentence in _SENTENCE.split(text):
-        ws = _words(sentence)
+        ws = word_list(sentence)
         if not ws or ws[0] in _IMPERATIVES:
             continue
         if ws[0] not in _FRAMES:
@@ -504,7 +220,7 @@ def _framed_as_task(instruction: str, words: list[str]) -> bool:
         head, sep, rest = sentence.partition(",")
         if not sep:
             return False
-        after = _words(rest)
+        after = word_list(rest)
         if not after or after[0] not in _IMPERATIVES:
             return False
     return True
@@ -519,7 +235,7 @@ def _copies_values(norm: str, words: list[str], view: UnitText) -> bool:
             and sum(w in label_words for w in words) >= 0.8 * len(words)):
         return True
     value5 = view.value_5grams
-    g5 = _grams(words, 5) if value5 else None
+    g5 = ngrams(words, 5) if value5 else None
     if g5:
         need = 0.6 * len(g5)
         for v5 in value5:
