@@ -69,7 +69,7 @@ from dynogen.units import Skipped, Unit, skip_reason
 __all__ = ["Estimate", "cacheable_prefix", "estimate", "estimate_units", "format_estimate"]
 
 JUDGE_TASKS_EXPECTED = 1.0  # kept tasks per answer, measured on the corpus against the fake
-JUDGE_EXPECTED_OUTPUT = 40
+JUDGE_EXPECTED_OUTPUT = 48  # {"reason": one sentence, "output_from_inputs": …, "valid": …}
 LOW_FRACTION = 0.4
 CACHE_MIN_TOKENS = 1024
 CACHE_STEP = 128
@@ -261,7 +261,8 @@ def _judge_prompt_tokens(cfg: Config, unit: Unit, counter: TokenCounter) -> int:
     meta = render_metadata(dataset=unit.dataset, config=unit.config,
                            description=unit.description, fields=unit.fields, counter=counter,
                            budget=cfg.metadata_token_budget)
-    return counter.count_messages(judge_messages(meta, stub, examples))
+    return counter.count_messages(judge_messages(meta, stub, examples,
+                                                 [f.name for f in unit.fields]))
 
 
 _POLICY_PREFIXES = ("license_", "language_", "no_training_split", "rows_")

@@ -441,7 +441,8 @@ class TaskEngine:
         try:
             if not self.stopping:
                 job.verdicts[i] = await self.judge.verdict(
-                    meta, task, _sample_instances(unit, task), job.judge_acct, self.dialect)
+                    meta, task, _sample_instances(unit, task), job.judge_acct, self.dialect,
+                    [f.name for f in unit.fields])
         except RequestFailed as e:
             job.verdicts[i] = e.reason
         except Stopped:

@@ -11,15 +11,21 @@ Rules, in order (the first that fails is counted):
   media field; a label output with a single class is degenerate;
 - row rules on sampled rows (``rules.row_rule``): id-like, constant,
   imbalanced outputs, an output equal to an input;
+- field rules (``rules.field_rule``): no input that carries content, a choice
+  key asked for without its choices;
 - text rules (``rules.text_rule``): too short, no verb, copied from the
-  description, a few-shot example or field values, generation/label mismatch;
+  description, a few-shot example or field values, quoting a sample row,
+  generation/label mismatch;
+- the answer list (``answers.state_answers``): a list the model wrote that
+  disagrees with the output's answers and cannot be taken out;
 - dedup: the same instruction *on the same fields* (names and types) is kept
   once, within the unit and across the run, first come first kept (units
   commit in source order, so "first" is deterministic). The same words on
   other fields are another task and are kept.
 
-A label output with a small single-valued answer set gets a deterministic
-"Answers must be one of …" suffix listing every answer (``rules.answer_options``).
+A label output with a small single-valued answer set states every answer once,
+deterministically: the lists the model wrote are taken out and "Answers must be
+one of …" is appended (``rules.answer_options``, ``answers.state_answers``).
 
 Dropped tasks are counted; up to ``SAMPLE_PER_REASON`` of each reason per
 session are also written to ``dropped_tasks.jsonl`` for ``dynogen inspect``.
@@ -36,7 +42,8 @@ import xxhash
 
 from dynogen.dedup import HashSet, normalize_text
 from dynogen.instances.render import is_heldout
-from dynogen.tasks.rules import Facts, UnitText, answer_options, row_rule, text_rule
+from dynogen.tasks.answers import label_suffix, state_answers
+from dynogen.tasks.rules import Facts, UnitText, field_rule, row_rule, text_rule
 from dynogen.tasks.task import Task, task_id
 from dynogen.units import Unit, safe_text
 
@@ -58,11 +65,6 @@ class DropReason:
     DUPLICATE_IN_UNIT = "duplicate_in_unit"
     DUPLICATE_IN_RUN = "duplicate_in_run"
     TOO_MANY_TASKS = "over_max_tasks"
-
-
-def label_suffix(labels: tuple[str, ...] | list[str]) -> str:
-    """The suffix for a task whose answers are exactly ``labels`` (all of them)."""
-    return " Answers must be one of: " + ", ".join(str(x) for x in labels) + "."
 
 
 def task_signature(instruction: str, inputs: tuple[str, ...] | list[str],
@@ -184,13 +186,14 @@ class TaskFilter:
         if out_field.labels and len(set(out_field.labels)) < 2:
             return DropReason.DEGENERATE_LABEL, None
         facts: Facts | None = unit.extra.get("facts")
-        reason = row_rule(inputs, out_field, facts) or text_rule(instr, unit, inputs, out_field,
-                                                                 facts, view)
+        reason = (row_rule(inputs, out_field, facts) or field_rule(inputs, out_field, view)
+                  or text_rule(instr, unit, inputs, out_field, facts, view))
         if reason:
             return reason, None
-        answers = answer_options(out_field, facts)
-        if answers:
-            instr = instr.rstrip() + label_suffix(answers)
+        stated = state_answers(instr, out_field, facts)
+        if isinstance(stated, str):
+            return stated, None
+        instr, answers = stated
         tid = task_id(unit.dataset, unit.config, variant, instr, inputs, out_field.name)
         split = "heldout" if is_heldout(tid, self.heldout_fraction) else "train"
         types = tuple(f.type for f in in_fields if f is not None)

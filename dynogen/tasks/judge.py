@@ -1,10 +1,13 @@
 """The judge: one more request per kept task, asking the model whether the task is valid.
 
-The rules in ``validate`` catch what can be checked mechanically; what a task
-*means* (does the instruction ask for what the output field holds? can the
-answer be found from the inputs?) needs a reader. ``--judge`` shows the model
-the dataset's metadata, the task, and up to three of its instances built from
-the unit's sample rows, and asks for a structured verdict. Tasks judged
+The rules (``rules``, ``answers``) catch what can be checked mechanically; what
+a task *means* (does the instruction ask for what the output field holds? can
+the output be inferred from the inputs, or is it a publish date asked of a
+headline?) needs a reader. ``--judge`` shows the model the dataset's metadata,
+the task, the fields it is not given, and up to three of its instances built
+from the unit's sample rows, and asks for a structured verdict that says
+apart whether the output can be inferred from the inputs (reason first, so a
+model that writes in order gives its reason before its verdict). Tasks judged
 invalid are dropped with the model's reason (``judge_invalid`` in the report,
 the reasons in ``units.jsonl``).
 
@@ -39,38 +42,60 @@ MAX_REASON_CHARS = 200
 INSTANCE_CHARS = 600
 
 JUDGE_SYSTEM = (
-    "You review instruction-tuning tasks made from a dataset's metadata. A task is valid "
-    "when: the instruction is a clear, self-contained command; it asks for what the output "
-    "field actually holds; the output can be produced from the input fields; and the "
-    "instruction does not merely describe the dataset. Judge the task and its examples, "
-    'then answer with JSON only: {"valid": true or false, "reason": "one short sentence"}.'
+    "You review instruction-tuning tasks made from a dataset's metadata. A model will be "
+    "trained to read a task's instruction and its input fields and to write its output "
+    "field. A task is valid only when all of these hold:\n"
+    "1. The instruction is a clear, self-contained command that fits every row of the "
+    "dataset, not the content of one example row.\n"
+    "2. It asks for what the output field actually holds (look at the examples).\n"
+    "3. The output can be inferred from the input fields alone: a careful reader given "
+    "only the inputs could write it. Facts the inputs do not state (a date, a source, an "
+    "author or annotator, an id, a score) cannot be inferred, nor can a choice's letter "
+    "when the choices are not given.\n"
+    "4. The inputs hold content to read, not only ids, turn numbers, links or dates.\n"
+    "5. Any answers the instruction lists are the answers the output takes.\n"
+    "6. It does not merely describe the dataset.\n"
+    "Answer with JSON only: "
+    '{"reason": "one short sentence", "output_from_inputs": true or false, '
+    '"valid": true or false}, where output_from_inputs says whether the output can be '
+    "inferred from the input fields alone."
 )
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "valid": {"type": "boolean"},
         "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
+        "output_from_inputs": {"type": "boolean"},
+        "valid": {"type": "boolean"},
     },
-    "required": ["valid", "reason"],
+    "required": ["reason", "output_from_inputs", "valid"],
     "additionalProperties": False,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """A judge's answer. ``valid`` is false when the judge said the output cannot be
+    inferred from the inputs (``inferable``), whatever it said of the rest."""
+
     valid: bool
     reason: str
+    inferable: bool | None = None  # None: the answer did not say
 
 
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def judge_messages(metadata: str, task: Task,
-                   instances: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+def judge_messages(metadata: str, task: Task, instances: Sequence[Mapping[str, Any]],
+                   fields: Sequence[str] = ()) -> list[dict[str, str]]:
     """The judge's conversation: the shared system prompt first, byte-identical, so a
-    server's prompt cache serves it; the task and its examples last."""
+    server's prompt cache serves it; the task and its examples last.
+
+    ``fields``: the unit's field names; those the task neither gives nor asks for are
+    named as not given (an answer key asked for without its choices shows there).
+    """
+    withheld = [f for f in fields if f not in task.input_fields and f != task.output_field]
     lines = [
         "Dataset metadata:", metadata.strip(), "",
         "Task:",
@@ -78,6 +103,8 @@ def judge_messages(metadata: str, task: Task,
         f"input_fields: {', '.join(task.input_fields)}",
         f"output_field: {task.output_field}",
     ]
+    if withheld:
+        lines.append(f"fields not given to the model: {', '.join(withheld)}")
     if instances:
         lines += ["", "Examples built from the dataset's rows:"]
         for i, inst in enumerate(instances[:3], 1):
@@ -120,14 +147,18 @@ def parse_verdict(content: str | None) -> Verdict | None:
         return None
     reason = obj.get("reason")
     reason = " ".join(reason.split()) if isinstance(reason, str) else ""
-    return Verdict(obj["valid"], _clip(reason, MAX_REASON_CHARS) or "no reason given")
+    inferable = obj.get("output_from_inputs")
+    inferable = inferable if isinstance(inferable, bool) else None
+    return Verdict(obj["valid"] and inferable is not False,
+                   _clip(reason, MAX_REASON_CHARS) or "no reason given", inferable)
 
 
 class Judge:
     """Asks the executor for one verdict per task.
 
     >>> judge = Judge(cfg, executor, counter)
-    >>> verdict = await judge.verdict(render_metadata(unit), task, instances, acct, dialect)
+    >>> verdict = await judge.verdict(render_metadata(unit), task, instances, acct, dialect,
+    ...                               [f.name for f in unit.fields])
     """
 
     def __init__(self, cfg: Config, executor: Executor, counter: TokenCounter) -> None:
@@ -136,20 +167,21 @@ class Judge:
         self.counter = counter
 
     def request(self, metadata: str, task: Task, instances: Sequence[Mapping[str, Any]],
-                dialect: Dialect) -> Request:
-        messages = judge_messages(metadata, task, instances)
+                dialect: Dialect, fields: Sequence[str] = ()) -> Request:
+        messages = judge_messages(metadata, task, instances, fields)
         body = judge_body(self.cfg, messages, dialect)
         prompt_tokens = self.counter.count_messages(messages,
                                                     response_format=body.get("response_format"))
         return Request(orjson.dumps(body), prompt_tokens, JUDGE_MAX_TOKENS, variant="judge")
 
     async def verdict(self, metadata: str, task: Task, instances: Sequence[Mapping[str, Any]],
-                      acct: Accounting, dialect: Dialect) -> Verdict | None:
+                      acct: Accounting, dialect: Dialect,
+                      fields: Sequence[str] = ()) -> Verdict | None:
         """The verdict, or ``None`` when the answer held none (the caller keeps the task).
 
         Raises what the executor raises (``RequestFailed``, ``Stopped``, ...)."""
-        comp = await self.executor.complete(self.request(metadata, task, instances, dialect),
-                                            acct)
+        comp = await self.executor.complete(
+            self.request(metadata, task, instances, dialect, fields), acct)
         if comp.finish_reason not in ("stop", None):
             return None
         return parse_verdict(comp.content)

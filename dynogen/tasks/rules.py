@@ -1,7 +1,7 @@
 """Task rules: whether a generated task makes sense, each failure a counted reason.
 
 Pure functions over a task's instruction, its fields and a few facts about
-the dataset's rows. ``validate.TaskFilter`` runs them in a fixed order and
+the dataset's rows. ``filter.TaskFilter`` runs them in a fixed order and
 counts the first that fails. Rules from Dynosaur and beyond:
 
 Text
@@ -10,11 +10,17 @@ Text
     - ``instruction_no_verb``: no verb from a word list (imperatives,
       auxiliaries, -ify/-ize/-ate verbs): a noun phrase is not an instruction;
     - ``instruction_copies_description``: "The dataset is constructed by …",
-      or most of its 6-grams taken from the dataset's description;
+      or most of its 6-grams taken from the dataset's description, unless every
+      sentence is a command ("Given a set of concepts, generate a sentence …":
+      a card that states its task as one gives a good instruction);
     - ``instruction_copies_fewshot``: a few-shot example's instruction (nearly
       verbatim) on fields other than that example's;
     - ``instruction_copies_field_values``: the instruction is a sample value or
       the list of label names;
+    - ``instruction_quotes_sample``: about one example row, not the task: it
+      quotes a rare word pair ("green algae") or a code ("DB09079") from the
+      sample rows the model was shown that the field names, the description
+      and the labels do not hold;
     - ``generation_with_label_output``: "write a question/headline/summary …"
       while the output is a label; ``label_with_text_output`` the reverse.
 Rows (when rows or card samples are known, see ``row_facts``)
@@ -23,22 +29,30 @@ Rows (when rows or card samples are known, see ``row_facts``)
     - ``output_equals_input``: the output repeats an input in most rows;
     - ``id_like_output``: an id, index, hash or URL column, by name or values;
     - ``id_like_inputs_only``: every input is such a column (nothing to read).
+Fields (names, types and sampled values, see ``fields``)
+    - ``inputs_without_content``: no input carries content: ids, indices, turn
+      numbers, URLs, dates and constants only;
+    - ``choice_key_without_choices``: the output is which choice is right (A/B/C/D,
+      0/1) and a choices field of the unit is not among the inputs.
 
-Word lists stand in for a tagger, which would need model data offline.
+Word lists stand in for a tagger, which would need model data offline. What the
+rules compare a task against (the unit's description, labels, sample rows and
+fields) is prepared once per unit by ``unit_text.UnitText``.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import orjson
 
 from dynogen.dedup import normalize_text
+from dynogen.tasks.fields import CONTENT
+from dynogen.tasks.unit_text import Facts, UnitText, ngrams, word_list, wordset
 from dynogen.units import ID_NAME, Field, Unit
 
 __all__ = [
@@ -49,12 +63,12 @@ __all__ = [
     "TaskRule",
     "UnitText",
     "answer_options",
+    "field_rule",
     "is_label_like",
     "row_rule",
     "text_rule",
 ]
 
-Facts = Mapping[str, Sequence[str]]  # field -> rendered value per sampled row ("" if empty)
 MAX_SUFFIX_LABELS = 20
 MAX_LABEL_CHARS = 40
 IMBALANCE = 0.9
@@ -78,13 +92,13 @@ class TaskRule:
     OUTPUT_IS_INPUT = "output_equals_input"
     ID_LIKE = "id_like_output"
     ID_INPUT = "id_like_inputs_only"
+    QUOTES_SAMPLE = "instruction_quotes_sample"
+    NO_CONTENT = "inputs_without_content"
+    CHOICE_KEY = "choice_key_without_choices"
+    WRONG_ANSWERS = "instruction_wrong_answer_list"
 
 
-def _wordset(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_IMPERATIVES = _wordset("""
+_IMPERATIVES = wordset("""
 answer analyze analyse annotate assign categorize categorise check choose classify compare
 complete compose compute convert correct count create decide describe detect determine
 estimate evaluate explain extract fill find generate give guess identify indicate infer
@@ -94,13 +108,12 @@ summarize summarise tag tell transcribe transform translate use verify write ret
 reply respond restate recover reconstruct retrieve tokenize segment parse split sort flag
 estimate
 """)
-_OTHER_VERBS = _wordset("""
+_OTHER_VERBS = wordset("""
 is are was were be does do did can could should would will has have may might must given
 contains contain says say asks ask means mean refers refer belongs belong expresses
 express conveys convey entails entail follows follow implies imply supports support
 """)
 _VERB_SUFFIX = ("ify", "ize", "ise", "ate")
-_WORD = re.compile(r"[a-z]+")
 _DATASET_PROSE = re.compile(
     r"^(this|the|our)\s+(dataset|corpus|data\s*set|collection|benchmark)\b", re.IGNORECASE)
 _GENERATE = re.compile(
@@ -113,14 +126,18 @@ _CLASSIFY = re.compile(
 _TEXT_NAMES = frozenset(("text", "article", "passage", "document", "context", "story", "body",
                          "content", "paragraph", "review", "abstract", "essay"))
 _ID_VALUE = re.compile(r"^[\w\-:/.#]+$")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
-    return set(zip(*(words[i:] for i in range(n)), strict=False))
+# Sentences that frame a task: a command, a request to "you", or "Given X, <command>".
+_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
+_FRAMES = frozenset(("given", "using", "based", "from", "for", "with", "after", "in", "if",
+                     "when", "on", "by"))
+# Words of a card's prose about its dataset, its sources and its use, never of a task.
+_PROSE = wordset("""
+dataset datasets corpus corpora benchmark collected crowdsourced crowdsourcing annotators we
+our paper introduced consists comprises al http https www com org github download license
+cite citation repository resource research academic commercial refer note see online
+platform available website
+""")
+_CITED = re.compile(r"\(\w[^()]*\b(1[89]|20)\d\d\)")  # "(Smith et al., 2018)"
 
 
 @cache
@@ -132,7 +149,7 @@ def _fewshot() -> tuple[tuple[str, frozenset[str], frozenset[tuple[str, ...]]], 
         for t in ex["tasks"]:
             fields = frozenset([*t["input_fields"], t["output_field"]])
             out.append((normalize_text(t["instruction"]), fields,
-                        frozenset(_grams(_words(t["instruction"]), 4))))
+                        frozenset(ngrams(word_list(t["instruction"]), 4))))
     return tuple(out)
 
 
@@ -149,97 +166,10 @@ def _copies_fewshot(norm: str, words: list[str], fields: frozenset[str]) -> bool
         if len(words) - 3 < 0.6 * len(ex4):
             continue
         if g4 is None:
-            g4 = _grams(words, 4)
+            g4 = ngrams(words, 4)
         if g4 and len(g4 & ex4) >= 0.6 * max(len(g4), len(ex4)):
             return True
     return False
-
-def _values(v: Any) -> str:
-    return v if isinstance(v, str) else ""
-
-
-class UnitText:
-    """What the text rules compare instructions against, for one unit.
-
-    A unit's several tasks are checked against the same description, labels
-    and sample values: this holds them normalized and cut into n-grams once per
-    unit (each part on first use), not once per task.
-    """
-
-    __slots__ = ("_unit", "_facts", "_desc", "_values", "_labels", "_label_words", "_value5")
-
-    def __init__(self, unit: Unit, facts: Facts | None) -> None:
-        self._unit = unit
-        self._facts = facts
-        self._desc: str | None = None
-        self._values: set[str] | None = None
-        self._labels: set[str] | None = None
-        self._label_words: set[str] | None = None
-        self._value5: list[set[tuple[str, ...]]] | None = None
-
-    def is_for(self, unit: Unit, facts: Facts | None) -> bool:
-        """Whether this view was made for ``unit`` with these facts (its variants share it)."""
-        return self._unit is unit and self._facts is facts
-
-    def copies_description(self, words: list[str]) -> bool:
-        """Whether most (half or more) of the word 6-grams of ``words`` appear in the
-        description (case and punctuation aside).
-
-        Substring tests on the description's words, padded, rather than a set of
-        every 6-gram of what can be a long card; stops as soon as the answer is known.
-        """
-        grams = _grams(words, 6)
-        if not grams or not self._unit.description:
-            return False
-        desc = self._desc
-        if desc is None:
-            desc = self._desc = " " + " ".join(_words(self._unit.description)) + " "
-        need = max(1, len(grams) // 2)
-        spare = len(grams) - need  # misses allowed before the answer is no
-        for g in grams:
-            if " " + " ".join(g) + " " in desc:
-                need -= 1
-                if not need:
-                    return True
-            else:
-                spare -= 1
-                if spare < 0:
-                    return False
-        return False
-
-    @property
-    def labels(self) -> set[str]:
-        if self._labels is None:
-            self._labels = {normalize_text(x) for f in self._unit.fields for x in f.labels}
-        return self._labels
-
-    @property
-    def values(self) -> set[str]:
-        """Normalized card sample values and sampled row values (20 a field), no empties."""
-        if self._values is None:
-            values: set[str] = set()
-            for s in self._unit.samples:
-                values.update(normalize_text(_values(v)) for v in s.values())
-            for vs in (self._facts or {}).values():
-                values.update(normalize_text(v) for v in vs[:20])
-            values.discard("")
-            self._values = values
-        return self._values
-
-    @property
-    def label_words(self) -> set[str]:
-        """Words of label names and of short values (columns that hold labels)."""
-        if self._label_words is None:
-            short = {v for v in self.values if len(v.split()) <= 3}
-            self._label_words = {w for lab in self.labels | short for w in lab.split()}
-        return self._label_words
-
-    @property
-    def value_5grams(self) -> list[set[tuple[str, ...]]]:
-        if self._value5 is None:
-            self._value5 = [g for g in (_grams(v.split(), 5) for v in self.values) if g]
-        return self._value5
-
 
 def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field,
               facts: Facts | None, view: UnitText | None = None) -> str | None:
@@ -249,16 +179,18 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     """
     if view is None:
         view = UnitText(unit, facts)
-    words = _words(instruction)
+    words = word_list(instruction)
     if _DATASET_PROSE.match(instruction.strip()):
         return TaskRule.COPIES_DESCRIPTION
-    if view.copies_description(words):
+    if view.copies_description(words) and not _framed_as_task(instruction, words):
         return TaskRule.COPIES_DESCRIPTION
     norm = normalize_text(instruction)
     if _copies_fewshot(norm, words, frozenset([*inputs, output.name])):
         return TaskRule.COPIES_FEWSHOT
     if _copies_values(norm, words, view):
         return TaskRule.COPIES_VALUES
+    if view.quotes_sample(instruction, words):
+        return TaskRule.QUOTES_SAMPLE
     if len(words) < 3 or (len(words) == 3 and words[0] not in _IMPERATIVES):
         return TaskRule.TOO_SHORT
     if not any(w in _IMPERATIVES or w in _OTHER_VERBS or (len(w) > 5 and w.endswith(_VERB_SUFFIX))
@@ -272,6 +204,28 @@ def text_rule(instruction: str, unit: Unit, inputs: Sequence[str], output: Field
     return None
 
 
+def _framed_as_task(instruction: str, words: list[str]) -> bool:
+    """Whether every sentence is a command ("Generate …", "Given X, generate …"), with no
+    word of prose about a dataset, its sources or its use ("corpus", "collected", "we",
+    a link, a citation), and no card notes to its users ("Please refer to …")."""
+    text = instruction.strip()
+    if not text[:1].isalnum() or any(w in _PROSE for w in words) or _CITED.search(text):
+        return False
+    for sentence in _SENTENCE.split(text):
+        ws = word_list(sentence)
+        if not ws or ws[0] in _IMPERATIVES:
+            continue
+        if ws[0] not in _FRAMES:
+            return False
+        head, sep, rest = sentence.partition(",")
+        if not sep:
+            return False
+        after = word_list(rest)
+        if not after or after[0] not in _IMPERATIVES:
+            return False
+    return True
+
+
 def _copies_values(norm: str, words: list[str], view: UnitText) -> bool:
     if norm in view.labels or norm in view.values:
         return True
@@ -281,7 +235,7 @@ def _copies_values(norm: str, words: list[str], view: UnitText) -> bool:
             and sum(w in label_words for w in words) >= 0.8 * len(words)):
         return True
     value5 = view.value_5grams
-    g5 = _grams(words, 5) if value5 else None
+    g5 = ngrams(words, 5) if value5 else None
     if g5:
         need = 0.6 * len(g5)
         for v5 in value5:
@@ -358,4 +312,21 @@ def row_rule(inputs: Sequence[str], output: Field, facts: Facts | None) -> str |
             and all(_ID_VALUE.match(v) for v in vals)
             and sum(any(c.isdigit() for c in v) and len(v) >= 6 for v in vals) >= 0.8 * len(vals)):
         return TaskRule.ID_LIKE
+    return None
+
+
+def field_rule(inputs: Sequence[str], output: Field, view: UnitText) -> str | None:
+    """The first field rule the task fails (see ``fields``), or ``None``.
+
+    Values come from the sampled rows, else the card's sample rows; with too few
+    of them a field is judged by its name and type alone.
+    """
+    for n in inputs:
+        if view.kind(n) == CONTENT:
+            break
+    else:
+        return TaskRule.NO_CONTENT
+    for c in view.choices_for(output):
+        if c not in inputs and c != output.name:
+            return TaskRule.CHOICE_KEY
     return None
