@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dynogen import eventloop
 from dynogen.collections.grow import agrow as _agrow
 from dynogen.collections.grow import estimate_next, export_collection
 from dynogen.commands.batch import batch_cancel, batch_status
@@ -31,6 +30,7 @@ from dynogen.commands.run import build as build
 from dynogen.compose import resolve_price
 from dynogen.config import Config
 from dynogen.errors import ConfigError
+from dynogen.eventloop import run as run_on_loop
 from dynogen.io.shards import collect as _collect
 from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
@@ -54,7 +54,7 @@ def status(out: str | Path) -> dict[str, Any] | None:
 
 def run(cfg: Config, **kwargs: Any) -> RunOutcome:
     """Synchronous ``arun``: generate tasks (and, unless ``build=False``, instances)."""
-    return eventloop.run(arun(cfg, **kwargs))
+    return run_on_loop(arun(cfg, **kwargs))
 
 
 def collect(source: str, out: str | Path, *, limit: int | None = None,
@@ -133,7 +133,7 @@ async def agrow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcom
 
 def grow(collection: str | Path, cfg: Config, **kwargs: Any) -> RunOutcome:
     """Synchronous ``agrow`` (see ``dynogen.collections.grow``)."""
-    return eventloop.run(agrow(collection, cfg, **kwargs))
+    return run_on_loop(agrow(collection, cfg, **kwargs))
 
 
 async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | Path,
@@ -155,4 +155,4 @@ async def areplay(collection: str | Path, *, k: int, strategy: str, out: str | P
 
 def replay(collection: str | Path, **kwargs: Any) -> Any:
     """Synchronous ``areplay``."""
-    return eventloop.run(areplay(collection, **kwargs))
+    return run_on_loop(areplay(collection, **kwargs))

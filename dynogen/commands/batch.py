@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from dynogen import eventloop
 from dynogen.compose import batch_remote_for, resolve_price, speaking
 from dynogen.config import Config, load_config
 from dynogen.errors import DynogenError
+from dynogen.eventloop import run as run_on_loop
 from dynogen.execute.batch_state import BatchJournal
 from dynogen.store.rundir import RunDir
 
@@ -47,7 +47,7 @@ def batch_status(out: str | Path, *, base_url: str | None = None) -> list[dict[s
         price = resolve_price(cfg)
     except DynogenError:
         price = None  # the table does not know the model: show counts without dollars
-    return eventloop.run(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price,
+    return run_on_loop(astatus(Path(out), cfg.base_url, cfg.api_key.get(), price,
                                  remote_for=batch_remote_for(cfg)))
 
 
@@ -57,5 +57,5 @@ def batch_cancel(out: str | Path, *, base_url: str | None = None) -> list[dict[s
     from dynogen.execute.batch_admin import acancel  # the openai SDK: only when asked
 
     cfg = _batch_config(out, base_url)
-    return eventloop.run(acancel(Path(out), cfg.base_url, cfg.api_key.get(),
+    return run_on_loop(acancel(Path(out), cfg.base_url, cfg.api_key.get(),
                                  remote_for=batch_remote_for(cfg)))

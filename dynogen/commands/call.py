@@ -32,7 +32,6 @@ from typing import Any
 import orjson
 import xxhash
 
-from dynogen import eventloop
 from dynogen.compose import check_key, counter_for, open_stack, preflight, resolve_price, signals
 from dynogen.config import Config
 from dynogen.errors import (
@@ -44,6 +43,7 @@ from dynogen.errors import (
     StorageError,
     UserError,
 )
+from dynogen.eventloop import run as run_on_loop
 from dynogen.execute.base import Accounting, Executor, Request
 from dynogen.execute.client import Completion
 from dynogen.execute.transport import Transport
@@ -274,7 +274,7 @@ def call(cfg: Config, requests: str | Path, out: str | Path, *,
     """Send a Batch API input file's requests (online or as Batch API jobs); answers in
     the Batch API output format."""
     cfg = cfg.validate()
-    res = eventloop.run(acall(cfg, requests, out, transport=transport,
+    res = run_on_loop(acall(cfg, requests, out, transport=transport,
                               handle_signals=handle_signals))
     report = res.to_dict()
     failed = sum(res.errors.values())

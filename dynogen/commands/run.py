@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from dynogen import eventloop
 from dynogen.commands.watch import Watch, close_run_log, open_run_log, watching
 from dynogen.compose import (
     check_key,
@@ -44,6 +43,7 @@ from dynogen.engine.calibration import write_calibration
 from dynogen.engine.engine import EngineResult, TaskEngine
 from dynogen.engine.lengths import Lengths
 from dynogen.errors import BudgetExceeded, ConfigError, DynogenError, StorageError
+from dynogen.eventloop import run as run_on_loop
 from dynogen.execute.ledger import Ledger
 from dynogen.execute.prices import Price
 from dynogen.execute.transport import Transport
@@ -442,7 +442,7 @@ def build(out: str | Path, *, rows_per_split: int | None = None, quiet: bool = F
         for rec in iter_jsonl(rundir.units):
             stats.add_unit(rec)
         t0 = time.perf_counter()
-        stopped = eventloop.run(_build(cfg, rundir, stats, handle_signals))
+        stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals))
         report = stats.to_dict()
         if rundir.report.exists():
             with contextlib.suppress(ValueError):  # a spoiled old report: not needed

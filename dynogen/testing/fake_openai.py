@@ -553,9 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fake = _fake_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    from dynogen import eventloop  # uvloop where installed: more of the 2 cores for clients
+    from dynogen.eventloop import (
+        run as run_on_loop,  # uvloop where installed: more of the 2 cores for clients
+    )
 
-    eventloop.run(_serve_until_signalled(fake, args.host, args.port))
+    run_on_loop(_serve_until_signalled(fake, args.host, args.port))
     return 0
 
 
