@@ -63,6 +63,7 @@ import xxhash
 from aiohttp import web
 
 from dynogen.prompts.tokens import TokenCounter
+from dynogen.testing.child import run_app
 from dynogen.testing.fake_answers import (
     Fault,
     Latency,
@@ -513,12 +514,5 @@ class FakeAnthropicServer:
 async def serve(fake: FakeAnthropic, host: str = "127.0.0.1",
                 port: int = 0) -> AsyncIterator[FakeAnthropicServer]:
     """Serve ``fake`` on ``host:port`` (0 picks a free port) until the block exits."""
-    runner = web.AppRunner(make_app(fake), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield FakeAnthropicServer(fake, host, int(runner.addresses[0][1]))
-    finally:
-        await runner.cleanup()
+    async with run_app(make_app(fake), host, port) as bound:
+        yield FakeAnthropicServer(fake, host, bound)

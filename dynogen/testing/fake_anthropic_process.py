@@ -10,20 +10,11 @@ kill and restart clients while it keeps its record::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
-import tempfile
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
+from dynogen.testing.child import ChildProcess, serve_until_signalled, start_child
 from dynogen.testing.fake_answers import Latency, OutputTokens
 from dynogen.testing.fake_anthropic import FakeAnthropic, serve
 
@@ -77,16 +68,6 @@ def _fake_from_args(args: argparse.Namespace) -> FakeAnthropic:
     return fake
 
 
-async def _serve_until_signalled(fake: FakeAnthropic, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve(fake, host=host, port=port) as server:
-        print(json.dumps({"url": server.url, "pid": os.getpid()}), flush=True)
-        await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -96,11 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     from dynogen.eventloop import run as run_on_loop
 
-    run_on_loop(_serve_until_signalled(fake, args.host, args.port))
+    run_on_loop(serve_until_signalled(serve(fake, args.host, args.port)))
     return 0
 
 
-class FakeAnthropicProcess:
+class FakeAnthropicProcess(ChildProcess):
     """A fake in a child process (``start_fake_anthropic``); stops on ``with`` exit.
 
     >>> with start_fake_anthropic(rpm=3000) as fake:
@@ -108,86 +89,21 @@ class FakeAnthropicProcess:
     ...     fake.stats()["bill"]                     # what the server billed
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Any) -> None:
-        self.proc = proc
-        self.url = url
-        self.pid = proc.pid
-        self._log = log
-
-    def __enter__(self) -> FakeAnthropicProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def call(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
-        data = None if payload is None else orjson.dumps(dict(payload))
-        req = urllib.request.Request(self.url + path, data=data, method="GET" if data is None
-                                     else "POST", headers={"content-type": _JSON})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return orjson.loads(resp.read())
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.call("/stats"))
-
-    def set_limits(self, **limits: float | None) -> Any:
-        return self.call("/admin/limits", limits)
-
-    def reset(self) -> None:
-        self.call("/admin/reset", {})
+        return self._call(path, payload)
 
     def batches(self, **settings: Any) -> dict[str, Any]:
         """Change batch settings (``reset=True`` forgets every batch); returns the counts."""
-        return dict(self.call("/admin/batches", settings) if settings
-                    else self.call("/admin/batches"))
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        return self.proc.returncode
+        return dict(self._call("/admin/batches", settings) if settings
+                    else self._call("/admin/batches"))
 
 
 def start_fake_anthropic(*, ready_timeout: float = 90.0, **options: Any) -> FakeAnthropicProcess:
-    """``python -m dynogen.testing.fake_anthropic_process`` with ``options`` as flags (``rpm=600`` →
-    ``--rpm 600``, ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``)."""
-    argv = [sys.executable, "-m", "dynogen.testing.fake_anthropic_process"]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is None or value is False:
-            continue
-        elif isinstance(value, tuple) and key == "output_tokens":
-            argv += [flag, f"{value[0]}:{value[1]}"]
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(map(str, value))]
-        else:
-            argv += [flag, str(value)]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- the process object owns and closes it
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(ready_timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.seek(0)
-        err = log.read().decode("utf-8", "replace").strip().splitlines()
-        log.close()
-        raise RuntimeError(f"the fake Anthropic server did not start: "
-                           f"{err[-1] if err else 'no output'}")
-    return FakeAnthropicProcess(proc, json.loads(line)["url"], log)
+    """``python -m dynogen.testing.fake_anthropic_process`` with ``options`` as flags (``rpm=600``
+    → ``--rpm 600``, ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``)."""
+    return FakeAnthropicProcess(*start_child("dynogen.testing.fake_anthropic_process", options,
+                                             what="fake Anthropic server",
+                                             ready_timeout=ready_timeout))
 
 
 if __name__ == "__main__":

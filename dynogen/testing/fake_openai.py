@@ -27,18 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import math
-import os
 import random
-import selectors
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -48,6 +42,7 @@ import orjson
 import xxhash
 from aiohttp import web
 
+from dynogen.testing.child import ChildProcess, run_app, serve_until_signalled, start_child
 from dynogen.testing.fake_answers import (
     DEFAULT_FAULT_KINDS,
     ExactTokens,
@@ -472,15 +467,8 @@ class FakeServer:
 async def serve(fake: FakeOpenAI, host: str = "127.0.0.1",
                 port: int = 0) -> AsyncIterator[FakeServer]:
     """Serve ``fake`` on ``host:port`` (0 picks a free port) until the block exits."""
-    runner = web.AppRunner(make_app(fake), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield FakeServer(fake, host, int(runner.addresses[0][1]))
-    finally:
-        await runner.cleanup()
+    async with run_app(make_app(fake), host, port) as bound:
+        yield FakeServer(fake, host, bound)
 
 
 # ---- its own process ----------------------------------------------------------------------
@@ -536,16 +524,6 @@ def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
     )
 
 
-async def _serve_until_signalled(fake: FakeOpenAI, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve(fake, host=host, port=port) as server:
-        print(json.dumps({"url": server.url, "pid": os.getpid()}), flush=True)
-        await stop.wait()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -557,90 +535,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         run as run_on_loop,  # uvloop where installed: more of the 2 cores for clients
     )
 
-    run_on_loop(_serve_until_signalled(fake, args.host, args.port))
+    run_on_loop(serve_until_signalled(serve(fake, args.host, args.port)))
     return 0
 
 
-class FakeProcess:
-    """A fake server in a child process (see ``start_fake_process``); stops on ``with`` exit."""
+class FakeProcess(ChildProcess):
+    """A fake server in a child process (see ``start_fake_process``); stops on ``with`` exit.
+    ``url`` ends in ``/v1``; the admin routes are at ``root``."""
 
     def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Any) -> None:
-        self.proc = proc
-        self.url = url
-        self.root = url.removesuffix("/v1")
-        self.pid = proc.pid
-        self._log = log
-
-    def __enter__(self) -> FakeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, path: str, payload: Mapping[str, Any] | None = None) -> Any:
-        data = None if payload is None else orjson.dumps(dict(payload))
-        req = urllib.request.Request(self.root + path, data=data, method="GET" if data is None
-                                     else "POST", headers={"content-type": _JSON})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return orjson.loads(resp.read())
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._call("/stats"))
+        super().__init__(proc, url, log, root=url.removesuffix("/v1"), timeout=10.0)
 
     def set_limits(self, **limits: float | None) -> dict[str, Any]:
         return dict(self._call("/admin/limits", limits))
-
-    def reset(self) -> None:
-        self._call("/admin/reset", {})
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL if it has not exited in ``timeout`` seconds; returns the code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-        return self.proc.returncode
 
 
 def start_fake_process(*, ready_timeout: float = 90.0, **options: Any) -> FakeProcess:
     """Start ``python -m dynogen.testing.fake_openai`` with ``options`` as flags
     (``rpm=600`` → ``--rpm 600``, ``fault_kinds=["reset"]`` → ``--fault-kinds reset``,
     ``output_tokens=(100, 300)`` → ``--output-tokens 100:300``) and wait until it serves."""
-    argv = [sys.executable, "-m", "dynogen.testing.fake_openai"]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is None or value is False:
-            continue
-        elif isinstance(value, tuple) and len(value) == 2 and key == "output_tokens":
-            argv += [flag, f"{value[0]}:{value[1]}"]
-        elif isinstance(value, list | tuple):
-            argv += [flag, ",".join(map(str, value))]
-        else:
-            argv += [flag, str(value)]
-    log = tempfile.TemporaryFile()  # noqa: SIM115 -- FakeProcess owns and closes it
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(ready_timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        log.seek(0)
-        err = log.read().decode("utf-8", "replace").strip().splitlines()
-        log.close()
-        raise RuntimeError(f"the fake server did not start: {err[-1] if err else 'no output'}")
-    return FakeProcess(proc, json.loads(line)["url"], log)
+    return FakeProcess(*start_child("dynogen.testing.fake_openai", options,
+                                    what="fake OpenAI server", ready_timeout=ready_timeout))
+
 
 
 if __name__ == "__main__":
