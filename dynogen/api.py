@@ -21,12 +21,12 @@ from typing import Any
 from dynogen.collections.grow import agrow as _agrow
 from dynogen.collections.grow import estimate_next, export_collection
 from dynogen.commands.batch import batch_cancel, batch_status
+from dynogen.commands.build import build as build
 from dynogen.commands.call import call
 from dynogen.commands.estimate import Estimate
 from dynogen.commands.estimate import estimate as _estimate
 from dynogen.commands.inspect import inspect_run
 from dynogen.commands.run import arun
-from dynogen.commands.run import build as build
 from dynogen.compose import resolve_price
 from dynogen.config import Config
 from dynogen.errors import ConfigError

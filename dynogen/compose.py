@@ -425,7 +425,7 @@ def gated(cfg: Config, items: Iterable[Unit | Skipped], *, cache_dir: str | None
     """``items`` behind the run's data policies (licence, splits, language, readable
     rows), applied before any request is sent. The row checks get a reader of their own
     (they run on the gate's loop), with the same buckets' settings as the build's."""
-    return gate(items, Policies.from_config(cfg.policies), rows_per_split=cfg.rows_per_split,
+    return gate(items, Policies.from_config(cfg.policies), rows_per_split=cfg.rows_to_read,
                 cache_dir=cache_dir, reader=lambda: open_row_reader(cfg, cache_dir=cache_dir))
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from dynogen.policy.licenses import LicensePolicy
 from dynogen.policy.splits import SplitPolicy
 
 __all__ = [
-    "BASE_URLS", "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY",
+    "ALL_ROWS", "BASE_URLS", "BUILD_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_KEY_ENV", "DURABILITY",
     "IDENTITY_BEFORE", "IDENTITY_FIELDS", "KEY_ENVS", "PROMPT_LAYOUTS", "PROVIDERS", "SECTIONS",
     "VARIANTS",
     "BatchSettings", "Config", "CostSettings", "GenerationSettings", "InstanceSettings",
@@ -62,6 +63,7 @@ BASE_URLS = {"openai": DEFAULT_BASE_URL, "anthropic": "https://api.anthropic.com
 VARIANTS = ("description", "no_description")
 # auto | shared | per_unit: see dynogen.prompts.layout
 PROMPT_LAYOUTS = ("auto", "shared", "per_unit")
+ALL_ROWS = "all"  # --rows-per-split all: every row of the allowed splits
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -180,7 +182,7 @@ class PolicySettings:
 class InstanceSettings:
     """The instance stage: rows read per split, the share of tasks held out."""
 
-    rows_per_split: int
+    rows_per_split: int | str  # a count, or "all" (every row of the allowed splits)
     heldout_fraction: float
     IDENTITY: ClassVar[tuple[str, ...]] = ("heldout_fraction", "rows_per_split")
     PROMPT: ClassVar[tuple[str, ...]] = ()
@@ -325,8 +327,9 @@ class Config:
     languages: str = "en"
     splits: str = "train,validation"
     max_share: float | None = None
-    # instances
-    rows_per_split: int = 200
+    # instances: rows read per split, or "all" (every row of the allowed splits; the run
+    # identity and the manifest record the string "all", so a count and "all" never mix)
+    rows_per_split: int | str = 200
     heldout_fraction: float = 0.0
     # how requests reach the model: "online" (rate-limited calls) or "batch" (Batch API jobs)
     mode: str = "online"
@@ -423,6 +426,11 @@ class Config:
     @property
     def output(self) -> OutputSettings:
         return self.section(OutputSettings)
+
+    @property
+    def rows_to_read(self) -> int:
+        """Rows to read per split, a count for every reader (``all``: ``sys.maxsize``)."""
+        return sys.maxsize if self.rows_per_split == ALL_ROWS else int(self.rows_per_split)
 
     def max_tokens_for(self, variant: str) -> int:
         """The variant's ``max_tokens``: the resolved ``--max-tokens auto`` figure, if
@@ -535,6 +543,11 @@ class Config:
                               "or leave --calibration out")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("--heldout-fraction must be in [0, 1)")
+        if self.rows_per_split != ALL_ROWS and not (
+                isinstance(self.rows_per_split, int) and not isinstance(self.rows_per_split, bool)
+                and self.rows_per_split >= 0):
+            raise ConfigError(f"--rows-per-split takes a count (0 or more) or 'all' "
+                              f"(got {self.rows_per_split!r})")
         if self.durability not in DURABILITY:
             raise ConfigError(f"--durability must be one of {', '.join(DURABILITY)}")
         if self.max_response_bytes < 1024:

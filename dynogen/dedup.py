@@ -18,6 +18,7 @@ import re
 import sys
 from array import array
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import xxhash
@@ -68,6 +69,12 @@ class HashSet:
             if i < len(run) and run[i] == h:
                 return True
         return False
+
+    def __iter__(self) -> Iterator[int]:
+        """Every hash held (in no particular order): to hand the set to another process."""
+        yield from self._buf
+        for run in self._runs:
+            yield from run
 
     def add(self, h: int) -> bool:
         if h in self:

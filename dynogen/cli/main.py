@@ -118,15 +118,22 @@ def run(run_dir: str | None, no_build: bool, config_file: str | None, **values: 
 @app.command()
 @directory("run_dir", "A run directory (default runs/latest).", default="runs/latest",
            old=("--out",))
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="local: one process writes instances.jsonl. ray: a Ray "
+              "cluster writes instances/part-*.parquet (pip install 'dynogen[ray]'); the same "
+              "set of instances.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --engine ray: join the cluster at ADDR (host:port, or 'auto'); "
+              "without it a local Ray instance starts.")
 @settings(DATA.pick("rows_per_split"), OUTPUT.pick("retry_skipped", "quiet"))
-def build(run_dir: str, rows_per_split: int | None, retry_skipped: str | None,
-          quiet: bool | None) -> None:
+def build(run_dir: str, engine: str, ray_address: str | None, rows_per_split: int | str | None,
+          retry_skipped: str | None, quiet: bool | None) -> None:
     """Build instances from a run directory's tasks (no LLM calls); Ctrl-C stops it and the
     same command resumes it."""
     retry = (tuple(r.strip() for r in retry_skipped.split(",") if r.strip())
              if retry_skipped else None)
     _done(api.build(run_dir, rows_per_split=rows_per_split, quiet=bool(quiet),
-                    retry_skipped=retry))
+                    retry_skipped=retry, engine=engine, ray_address=ray_address))
 
 
 @app.command()

@@ -37,6 +37,24 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class CountOrAll(click.ParamType[int | str, Any]):
+    """A count (0 or more) or ``all``: ``--rows-per-split``."""
+
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or str(value).strip().lower() == "all":
+            return value if isinstance(value, int) else "all"
+        try:
+            n = int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a count or 'all'", param, ctx)
+        if n < 0:
+            self.fail(f"{n} is below 0", param, ctx)
+        return n
+
+
 class Setting(click.Option):
     """An option that sets the ``Config`` key of its name, listed under its group's heading.
 
@@ -242,7 +260,8 @@ DATA = Group("Data policies and instances", (
          "or 'all' (test splits included).", metavar="LIST"),
     _opt("max_share", "Largest share of kept tasks one source dataset may have (0-1].", float,
          metavar="X"),
-    _opt("rows_per_split", "Rows read per split (default 200).", int, metavar="N"),
+    _opt("rows_per_split", "Rows read per split (default 200), or 'all': every row of the "
+         "allowed splits.", CountOrAll(), metavar="N|all"),
     _opt("heldout_fraction", "Fraction of tasks held out (by task, not row; default 0).", float,
          metavar="X"),
 ))

@@ -9,8 +9,6 @@ that the server answers at all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -36,14 +34,13 @@ from dynogen.compose import (
     run_identity,
     signals,
 )
-from dynogen.config import IDENTITY_BEFORE, Config
+from dynogen.config import Config
 from dynogen.dedup import DedupSeed, HashSet
 from dynogen.engine import max_tokens as autosize
 from dynogen.engine.calibration import write_calibration
 from dynogen.engine.engine import EngineResult, TaskEngine
 from dynogen.engine.lengths import Lengths
-from dynogen.errors import BudgetExceeded, ConfigError, DynogenError, StorageError
-from dynogen.eventloop import run as run_on_loop
+from dynogen.errors import BudgetExceeded, DynogenError, StorageError
 from dynogen.execute.ledger import Ledger
 from dynogen.execute.prices import Price
 from dynogen.execute.transport import Transport
@@ -60,7 +57,7 @@ from dynogen.store.rundir import RunDir
 from dynogen.units import Skipped, Unit
 from dynogen.version import __version__
 
-__all__ = ["arun", "build"]
+__all__ = ["arun"]
 
 
 def _paid(rundir: RunDir) -> dict[str, Any]:
@@ -409,76 +406,3 @@ def _finish(cfg: Config, rundir: RunDir, stats: Stats, result: EngineResult, led
     text = str(err) if isinstance(err, DynogenError) else repr(err)
     msg = f"stopped: {text}. Outputs so far are in {rundir.path}; fix this and run again to resume."
     return RunOutcome(exit_code(err), rundir.path, report, msg, reason)
-
-
-def build(out: str | Path, *, rows_per_split: int | None = None, quiet: bool = False,
-          retry_skipped: tuple[str, ...] | None = None,
-          handle_signals: bool = True) -> RunOutcome:
-    """Build instances from an existing run directory's tasks (no LLM calls).
-
-    ``retry_skipped``: build again units whose rows were unavailable for these reasons.
-    Ctrl-C or SIGTERM stops it as it stops ``run`` (``handle_signals``): the units whose
-    rows are in are written, and the same command builds the rest.
-    """
-    rundir = RunDir(out)
-    if not rundir.manifest.exists() or not rundir.tasks.exists():
-        raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
-                          f"`dynogen run --out {rundir.path}` first")
-    saved = orjson.loads(rundir.manifest.read_bytes()).get("config", {})
-    known = {f.name for f in dataclasses.fields(Config)} - {"api_key"}
-    # A manifest written before a field existed used what IDENTITY_BEFORE says.
-    values: dict[str, Any] = {**IDENTITY_BEFORE, **{
-        k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known
-    }}
-    cfg = Config(**values).with_(quiet=quiet, force_new=False)
-    if rows_per_split is not None:
-        cfg = cfg.with_(rows_per_split=rows_per_split)
-    if retry_skipped is not None:
-        cfg = cfg.with_(retry_skipped=tuple(retry_skipped))
-    # the write lock; a new --rows-per-split rebuilds
-    rundir.open(cfg, identity=run_identity(cfg), stage="build")
-    try:
-        stats = Stats(retry_skipped=cfg.retry_skipped)
-        for rec in iter_jsonl(rundir.units):
-            stats.add_unit(rec)
-        t0 = time.perf_counter()
-        stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals))
-        report = stats.to_dict()
-        if rundir.report.exists():
-            with contextlib.suppress(ValueError):  # a spoiled old report: not needed
-                old = orjson.loads(rundir.report.read_bytes())
-                for k in ("cost", "config"):
-                    if k in old:
-                        report[k] = old[k]
-        report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
-                             "command": "build", "stop_reason": stopped}
-        rundir.write_report(report)
-    finally:
-        rundir.close()
-    if stopped:
-        msg = (f"interrupted: {report['instances']['written']} instances so far in "
-               f"{rundir.instances}. Run the same command again to build the rest.")
-        return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, "interrupted")
-    msg = f"built {report['instances']['written']} instances into {rundir.instances}"
-    return RunOutcome(EXIT["ok"], rundir.path, report, msg)
-
-
-async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool) -> str | None:
-    """``dynogen build``'s instance stage under the run's signal handling; ``"interrupted"``
-    when a signal stopped it."""
-    held: list[InstanceBuilder] = []
-    hit: list[bool] = []
-
-    def stop() -> None:
-        hit.append(True)
-        for builder in held:
-            builder.stop()
-
-    reader = open_row_reader(cfg, cache_dir=str(rundir.path / ".hf-cache"))
-    try:
-        with signals(stop, enabled=handle_signals):
-            await abuild_instances(cfg, rundir, reader=reader, stats=stats,
-                                   on_builder=held.append)
-    finally:
-        await reader.aclose()
-    return "interrupted" if hit else None

@@ -49,7 +49,8 @@ import orjson
 
 from dynogen.config import Config
 from dynogen.dedup import HashSet
-from dynogen.instances.render import Instance, build_instance, instance_hash
+from dynogen.instances.apply import built_rows, instance_record, is_degenerate
+from dynogen.instances.render import Instance, instance_hash
 from dynogen.io.row_reader import RowReader
 from dynogen.io.rows import RowsUnavailable, UnitRows, open_rows
 from dynogen.policy.share import share_caps
@@ -63,9 +64,9 @@ from dynogen.tasks.task import Task
 from dynogen.units import redo
 
 __all__ = ["BUILD_WINDOW", "InstanceBuilder", "abuild_instances", "build_instances",
+           "committed_units",
            "instance_dict_hash"]
 
-MIN_ROWS_FOR_DEGENERATE = 5
 BUILD_WINDOW = 64  # units whose rows are read (or held, read) ahead of the next write
 
 
@@ -139,16 +140,12 @@ class InstanceBuilder:
     def add_committed(self, *, caps: bool = False) -> int:
         """Queue every unit ``units.jsonl`` holds with tasks and no final build; ``caps``:
         apply ``max_share`` (all tasks are committed by now). Returns how many were queued."""
-        if caps and self.cfg.max_share is not None and self.cfg.max_share < 1.0:
-            counts: Counter[str] = Counter(str(r.get("dataset"))
-                                           for r in iter_jsonl(self.rundir.tasks))
-            self._caps = share_caps(counts, self.cfg.max_share)
         before = len(self._input)
-        end = 0
-        for rec in iter_jsonl(self.rundir.units):
-            if rec.get("tasks_kept") and isinstance(rec.get("tasks_end"), int):
-                self._push(_todo(rec, end))
-                end = int(rec["tasks_end"])
+        todos, applied = committed_units(self.cfg, self.rundir, caps=caps)
+        if applied is not None:
+            self._caps, self._taken = applied
+        for todo in todos:
+            self._queue(todo)
         return len(self._input) - before
 
     def add(self, rec: dict[str, Any]) -> None:
@@ -164,6 +161,9 @@ class InstanceBuilder:
             keep = max(0, min(n, self._caps.get(ds, 0) - self._taken[ds]))
             self._taken[ds] += n
             todo = dataclasses.replace(todo, keep=keep, capped=n - keep)
+        self._queue(todo)
+
+    def _queue(self, todo: _Todo) -> None:
         if todo.key in self._done or todo.key in self._queued:
             return
         self._queued.add(todo.key)
@@ -243,7 +243,7 @@ class InstanceBuilder:
         config = todo.config or self._tasks(todo)[0].config
         try:
             return await self.reader.read(todo.data_ref, config, splits=todo.splits or None,
-                                          rows_per_split=self.cfg.rows_per_split,
+                                          rows_per_split=self.cfg.rows_to_read,
                                           allow=self.policy.allows)
         except RowsUnavailable as e:
             return e
@@ -298,6 +298,37 @@ class InstanceBuilder:
         return rec
 
 
+def committed_units(cfg: Config, rundir: RunDir, *, caps: bool = True,
+                    ) -> tuple[list[_Todo], tuple[dict[str, int], Counter[str]] | None]:
+    """The units ``units.jsonl`` holds with tasks, in commit order; with ``caps`` and
+    ``max_share``, each says how many of its tasks build (the rest are over the share).
+    Also returns, when caps apply, the caps and the tasks counted per dataset."""
+    limits: dict[str, int] | None = None
+    if caps and cfg.max_share is not None and cfg.max_share < 1.0:
+        counts: Counter[str] = Counter(str(r.get("dataset")) for r in iter_jsonl(rundir.tasks))
+        limits = share_caps(counts, cfg.max_share)
+    taken: Counter[str] = Counter()
+    todos: list[_Todo] = []
+    end = 0
+    fd = os.open(rundir.tasks, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        for rec in iter_jsonl(rundir.units):
+            if not (rec.get("tasks_kept") and isinstance(rec.get("tasks_end"), int)):
+                continue
+            todo = _todo(rec, end)
+            end = todo.tasks_end
+            if limits is not None:
+                size = todo.tasks_end - todo.tasks_start
+                n = os.pread(fd, size, todo.tasks_start).count(b"\n") if size > 0 else 0
+                keep = max(0, min(n, limits.get(todo.dataset, 0) - taken[todo.dataset]))
+                taken[todo.dataset] += n
+                todo = dataclasses.replace(todo, keep=keep, capped=n - keep)
+            todos.append(todo)
+    finally:
+        os.close(fd)
+    return todos, ((limits, taken) if limits is not None else None)
+
+
 def _settled(rec: dict[str, Any], retry_skipped: tuple[str, ...]) -> bool:
     """Whether a ``builds.jsonl`` record is final (a resume does not build the unit again)."""
     status = str(rec.get("status"))
@@ -308,27 +339,11 @@ def _settled(rec: dict[str, Any], retry_skipped: tuple[str, ...]) -> bool:
 
 def _apply(task: Task, rows: list[tuple[str, dict[str, Any]]],
            labels: dict[str, tuple[str, ...]], skipped: Counter[str]) -> list[dict[str, Any]]:
-    built: list[tuple[str, Instance]] = []
-    for split, row in rows:
-        inst = build_instance(task, row, labels)
-        if isinstance(inst, str):
-            skipped[inst] += 1
-        else:
-            built.append((split, inst))
-    if built and not task.labels:
-        outputs = {i.output for _, i in built}
-        if len(outputs) == 1 and len(built) >= MIN_ROWS_FOR_DEGENERATE:
-            skipped["degenerate_constant_output"] += len(built)
-            return []
-    out = []
-    for split, inst in built:
-        d = inst.to_dict()
-        d["split"] = split
-        d["task_split"] = task.split
-        if inst.truncated:
-            d["input_truncated"] = True
-        out.append(d)
-    return out
+    built = built_rows(task, rows, labels, skipped)
+    if built and is_degenerate(task, len(built), len({i.output for _, i in built})):
+        skipped["degenerate_constant_output"] += len(built)
+        return []
+    return [instance_record(task, split, inst) for split, inst in built]
 
 
 async def abuild_instances(cfg: Config, rundir: RunDir, *, reader: RowReader,

@@ -33,6 +33,7 @@ import xxhash
 
 from dynogen.config import BUILD_FIELDS, IDENTITY_BEFORE, Config
 from dynogen.errors import RunDirError
+from dynogen.store.instance_files import SHARD_DIR
 from dynogen.store.journal import count_garbage, iter_jsonl, repair, verify_chain
 from dynogen.store.lock import RunLock
 from dynogen.store.storage import atomic_write, storage_error, warn
@@ -218,10 +219,12 @@ class RunDir:
                   self.spend, self.path / "calibration.json"):
             p.unlink(missing_ok=True)
         shutil.rmtree(self.path / "export", ignore_errors=True)
+        shutil.rmtree(self.path / SHARD_DIR, ignore_errors=True)
 
     def _clear_builds(self) -> None:
         for p in (self.builds, self.instances):
             p.unlink(missing_ok=True)
+        shutil.rmtree(self.path / SHARD_DIR, ignore_errors=True)  # the sharded build's
 
     # ----------------------------------------------------------------- repair
     def _repair(self) -> None:

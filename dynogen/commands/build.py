@@ -1,0 +1,156 @@
+"""``dynogen build``: instances from a run directory's tasks, on one engine or another.
+
+``engine="local"`` is the single-process ``InstanceBuilder`` (``instances.jsonl``,
+resumable unit by unit). ``engine="ray"`` is the sharded build on a Ray cluster
+(``instances/part-*.parquet``, resumable piece by piece and partition by
+partition; see ``dynogen.instances.sharded``). Both give the same set of
+instances. A run holds one engine's output: building with the other starts the
+instances over, and the report says so (``repairs.rebuilt_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dynogen.compose import open_row_reader, run_identity, signals
+from dynogen.config import IDENTITY_BEFORE, Config
+from dynogen.errors import ConfigError
+from dynogen.eventloop import run as run_on_loop
+from dynogen.instances.build import InstanceBuilder, abuild_instances
+from dynogen.outcome import EXIT, RunOutcome
+from dynogen.report import Stats
+from dynogen.store.instance_files import SHARD_DIR
+from dynogen.store.journal import iter_jsonl
+from dynogen.store.rundir import RunDir
+
+__all__ = ["ENGINES", "build"]
+
+ENGINES = ("local", "ray")
+
+
+def _saved_config(rundir: RunDir) -> Config:
+    saved = orjson.loads(rundir.manifest.read_bytes()).get("config", {})
+    known = {f.name for f in dataclasses.fields(Config)} - {"api_key"}
+    # A manifest written before a field existed used what IDENTITY_BEFORE says.
+    values: dict[str, Any] = {**IDENTITY_BEFORE, **{
+        k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known
+    }}
+    return Config(**values)
+
+
+def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bool = False,
+          retry_skipped: tuple[str, ...] | None = None, handle_signals: bool = True,
+          engine: str = "local", ray_address: str | None = None) -> RunOutcome:
+    """Build instances from an existing run directory's tasks (no LLM calls).
+
+    ``rows_per_split``: a count or ``"all"``; ``retry_skipped``: build again units whose
+    rows were unavailable for these reasons. ``engine``: ``local`` (one process) or
+    ``ray`` (a Ray cluster: ``ray_address``, else a local Ray instance). Ctrl-C or
+    SIGTERM stops it as it stops ``run``, and the same command builds the rest.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address is for --engine ray")
+    rundir = RunDir(out)
+    if not rundir.manifest.exists() or not rundir.tasks.exists():
+        raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
+                          f"`dynogen run --out {rundir.path}` first")
+    cfg = _saved_config(rundir).with_(quiet=quiet, force_new=False)
+    if rows_per_split is not None:
+        cfg = cfg.with_(rows_per_split=rows_per_split)
+    if retry_skipped is not None:
+        cfg = cfg.with_(retry_skipped=tuple(retry_skipped))
+    cfg = cfg.validate()
+    # the write lock; a new --rows-per-split rebuilds
+    rundir.open(cfg, identity=run_identity(cfg), stage="build")
+    try:
+        _switch_engine(rundir, engine)
+        stats = Stats(retry_skipped=cfg.retry_skipped)
+        for rec in iter_jsonl(rundir.units):
+            stats.add_unit(rec)
+        t0 = time.perf_counter()
+        if engine == "ray":
+            stopped = run_on_loop(_build_sharded(cfg, rundir, stats, handle_signals,
+                                                 ray_address))
+            where = rundir.path / SHARD_DIR
+        else:
+            stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals))
+            where = rundir.instances
+        report = stats.to_dict()
+        if rundir.report.exists():
+            with contextlib.suppress(ValueError):  # a spoiled old report: not needed
+                old = orjson.loads(rundir.report.read_bytes())
+                for k in ("cost", "config"):
+                    if k in old:
+                        report[k] = old[k]
+        report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
+                             "command": "build", "engine": engine, "stop_reason": stopped}
+        rundir.write_report(report)
+    finally:
+        rundir.close()
+    if stopped:
+        msg = (f"interrupted: {report['instances']['written']} instances so far in "
+               f"{where}. Run the same command again to build the rest.")
+        return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, "interrupted")
+    msg = f"built {report['instances']['written']} instances into {where}"
+    return RunOutcome(EXIT["ok"], rundir.path, report, msg)
+
+
+def _switch_engine(rundir: RunDir, engine: str) -> None:
+    """Clear the other engine's instances: a run holds one engine's output, never both."""
+    shards = rundir.path / SHARD_DIR
+    if engine == "ray" and (rundir.builds.exists() or rundir.instances.exists()):
+        rundir.builds.unlink(missing_ok=True)
+        rundir.instances.unlink(missing_ok=True)
+        rundir.repairs["rebuilt_for"] = {"engine": ["local", "ray"]}
+    elif engine == "local" and shards.exists():
+        shutil.rmtree(shards)
+        rundir.repairs["rebuilt_for"] = {"engine": ["ray", "local"]}
+
+
+async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool) -> str | None:
+    """The single-process instance stage under the run's signal handling; ``"interrupted"``
+    when a signal stopped it."""
+    held: list[InstanceBuilder] = []
+    hit: list[bool] = []
+
+    def stop() -> None:
+        hit.append(True)
+        for builder in held:
+            builder.stop()
+
+    reader = open_row_reader(cfg, cache_dir=str(rundir.path / ".hf-cache"))
+    try:
+        with signals(stop, enabled=handle_signals):
+            await abuild_instances(cfg, rundir, reader=reader, stats=stats,
+                                   on_builder=held.append)
+    finally:
+        await reader.aclose()
+    return "interrupted" if hit else None
+
+
+async def _build_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
+                         address: str | None) -> str | None:
+    """The sharded build on Ray; the driver's work runs in a thread so signals land here."""
+    from dynogen.instances.ray_runner import RayRunner
+    from dynogen.instances.sharded import ShardedBuild
+
+    runner = RayRunner(address)  # on the main thread: Ray installs its handlers there
+    try:
+        job = ShardedBuild(cfg, rundir, runner)
+        with signals(job.stop, enabled=handle_signals):
+            records = await asyncio.to_thread(job.run)
+    finally:
+        await asyncio.to_thread(runner.close)
+    for rec in records or ():
+        stats.add_build(rec)
+    return None if records is not None else "interrupted"
