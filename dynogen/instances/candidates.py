@@ -111,7 +111,8 @@ def build_candidates(spec: Mapping[str, Any]) -> dict[str, Any]:
     meta: dict[str, Any] = {"out": str(out), "unit": int(spec["unit"]),
                             "file": int(spec.get("file_index", 0)),
                             "rows": 0, "skipped": {}, "built": [0] * len(tasks),
-                            "outputs": [[] for _ in tasks], "local_duplicates": 0,
+                            "outputs": [[] for _ in tasks],
+                            "local_duplicates": [0] * len(tasks),
                             "truncated_cell": 0, "parts": {}}
     try:
         rows, brought, meta["truncated_cell"] = _piece_rows(spec)
@@ -139,7 +140,7 @@ def build_candidates(spec: Mapping[str, Any]) -> dict[str, Any]:
                     outputs.append(oh)
             h = instance_hash(inst)
             if h in mine:  # a later copy within the piece is never the one kept
-                meta["local_duplicates"] += 1
+                meta["local_duplicates"][t] += 1
                 continue
             mine.add(h)
             rec = instance_record(task, split, inst)

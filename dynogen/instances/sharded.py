@@ -96,12 +96,14 @@ class ShardedBuild:
     records (``builds.jsonl`` lines) or ``None`` when ``stop`` ended it first."""
 
     def __init__(self, cfg: Config, rundir: RunDir, runner: Runner, *,
-                 seen: HashSet | None = None, piece_rows: int | None = None) -> None:
+                 seen: HashSet | None = None, piece_rows: int | None = None,
+                 per_partition: int = CANDIDATES_PER_PARTITION) -> None:
         self.cfg = cfg
         self.rundir = rundir
         self.runner = runner
         self.seen = seen
         self.piece_rows = piece_rows
+        self.per_partition = max(1, per_partition)
         self.folder = rundir.path / SHARD_DIR
         self.candidates = self.folder / ".candidates"
         self.journal = self.folder / "builds.jsonl"
@@ -161,7 +163,7 @@ class ShardedBuild:
                                    "source": files.ref.to_dict(), "piece": piece.to_dict()})
                 rows = piece.limit if piece.limit is not None else piece.rows
                 estimate += len(tasks) * (rows if rows is not None else 100_000)
-        parts = max(1, min(4096, math.ceil(estimate / CANDIDATES_PER_PARTITION)))
+        parts = max(1, min(4096, math.ceil(estimate / self.per_partition)))
         for unit in units:
             for spec in unit.specs:
                 spec["parts"] = parts
@@ -236,7 +238,8 @@ class ShardedBuild:
     def _decide(self, units: list[_Unit], metas: dict[str, dict[str, Any]],
                 ) -> tuple[set[int], set[int], dict[int, Counter[str]]]:
         """Units whose rows could not be read, degenerate tasks (``unit * 65536 + task``),
-        and each unit's skip counts."""
+        and each unit's skip counts (with ``duplicates_in_pieces``: the copies phase 1
+        dropped, of tasks that build)."""
         drop: set[int] = set()
         degenerate: set[int] = set()
         skipped: dict[int, Counter[str]] = {}
@@ -245,6 +248,7 @@ class ShardedBuild:
                 continue
             built = [0] * unit.tasks
             outputs: list[set[str]] = [set() for _ in range(unit.tasks)]
+            local = [0] * unit.tasks
             counts: Counter[str] = Counter()
             for spec in unit.specs:
                 meta = metas.get(spec["out"])
@@ -260,6 +264,7 @@ class ShardedBuild:
                 for t, n in enumerate(meta.get("built") or ()):
                     built[t] += int(n)
                     outputs[t].update(meta["outputs"][t])
+                    local[t] += int(meta["local_duplicates"][t])
             if unit.status is not None:
                 drop.add(unit.index)
                 continue
@@ -269,6 +274,8 @@ class ShardedBuild:
                 if built[t] and is_degenerate(task, built[t], len(outputs[t])):
                     degenerate.add(unit.index * 65536 + t)
                     counts["degenerate_constant_output"] += built[t]
+                else:
+                    counts["duplicates_in_pieces"] += local[t]
             skipped[unit.index] = counts
         return drop, degenerate, skipped
 
@@ -346,12 +353,12 @@ def build_records(units: list[_Unit], metas: dict[str, dict[str, Any]], drop: se
         else:
             pieces = [metas[s["out"]] for s in unit.specs if s["out"] in metas]
             n, kept, truncated = merged.get(unit.index, [0, 0, 0])
-            local = sum(int(m.get("local_duplicates") or 0) for m in pieces)
+            counts = Counter(skipped.get(unit.index, Counter()))
+            local = counts.pop("duplicates_in_pieces", 0)
             rec.update(status="built", rows=sum(int(m.get("rows") or 0) for m in pieces),
                        instances=kept, duplicates=n - kept + local)
             if truncated:
                 rec["truncated_around_answer"] = truncated
-            counts = skipped.get(unit.index, Counter())
             cut = sum(int(m.get("truncated_cell") or 0) for m in pieces)
             if cut:
                 counts["truncated_cell"] += cut
