@@ -48,7 +48,7 @@ from dynogen.execute.limits import SplitLimiter
 from dynogen.execute.online import Client, Meter, OnlineExecutor
 from dynogen.execute.prices import Price, PriceTable, price_for
 from dynogen.execute.transport import AiohttpTransport, Transport
-from dynogen.io.hub_rows import HubRowReader
+from dynogen.io.hub_rows import HubRowReader, environment_token
 from dynogen.io.row_reader import RowReader
 from dynogen.io.sources import source_for
 from dynogen.policy.gate import Policies, gate
@@ -432,9 +432,7 @@ def gated(cfg: Config, items: Iterable[Unit | Skipped], *, cache_dir: str | None
 def hub_token() -> Secret:
     """``HF_TOKEN`` (or a stored ``huggingface-cli login``) as a ``Secret``: sent in the
     ``Authorization`` header of Hub calls, never written anywhere."""
-    from huggingface_hub import get_token
-
-    return Secret(get_token())
+    return environment_token()
 
 
 def open_row_reader(cfg: Config, *, cache_dir: str | None = None) -> RowReader:

@@ -41,8 +41,8 @@ class Bar:
 
     def __init__(self, desc: str, total: int | None = None, *, rpm: float | None = None,
                  tpm: float | None = None, budget: float | None = None,
-                 spent_before: float = 0.0) -> None:
-        self.bar = tqdm(total=total, desc=desc, unit="unit", file=sys.stderr, mininterval=0.5,
+                 spent_before: float = 0.0, unit: str = "unit") -> None:
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.5,
                         dynamic_ncols=True, leave=True)
         self.rpm, self.tpm, self.budget = rpm, tpm, budget
         self.requests = 0
@@ -95,8 +95,8 @@ class Plain:
                  tpm: float | None = None, budget: float | None = None,
                  spent_before: float = 0.0, every: float = PLAIN_SECONDS,
                  file: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
-        self.desc, self.total = desc, total
+                 unit: str = "unit") -> None:
+        self.desc, self.total, self.unit = desc, total, unit
         self.rpm, self.tpm, self.budget = rpm, tpm, budget
         self.units = self.requests = self.tokens = 0
         self.spent = spent_before
@@ -120,6 +120,8 @@ class Plain:
     def line(self) -> str:
         dt = max(1e-6, self.clock() - self.t0)
         of = f"/{self.total:,}" if self.total is not None else ""
+        if self.unit != "unit":  # not LLM work: only how far and how long
+            return f"{self.desc}: {self.units:,}{of} {self.unit}s, {dt:,.0f}s"
         parts = [f"{self.desc}: {self.units:,}{of} units", f"{self.requests / dt:.1f} req/s",
                  f"{self.tokens / dt * 60:,.0f}" + (f"/{self.tpm:,.0f}" if self.tpm else "")
                  + " tok/min"]

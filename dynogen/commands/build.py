@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +72,6 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
     # the write lock; a new --rows-per-split rebuilds
     rundir.open(cfg, identity=run_identity(cfg), stage="build")
     try:
-        _switch_engine(rundir, engine)
         stats = Stats(retry_skipped=cfg.retry_skipped)
         for rec in iter_jsonl(rundir.units):
             stats.add_unit(rec)
@@ -103,18 +101,6 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
         return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, "interrupted")
     msg = f"built {report['instances']['written']} instances into {where}"
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
-
-
-def _switch_engine(rundir: RunDir, engine: str) -> None:
-    """Clear the other engine's instances: a run holds one engine's output, never both."""
-    shards = rundir.path / SHARD_DIR
-    if engine == "ray" and (rundir.builds.exists() or rundir.instances.exists()):
-        rundir.builds.unlink(missing_ok=True)
-        rundir.instances.unlink(missing_ok=True)
-        rundir.repairs["rebuilt_for"] = {"engine": ["local", "ray"]}
-    elif engine == "local" and shards.exists():
-        shutil.rmtree(shards)
-        rundir.repairs["rebuilt_for"] = {"engine": ["ray", "local"]}
 
 
 async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool) -> str | None:

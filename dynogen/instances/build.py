@@ -113,6 +113,7 @@ class InstanceBuilder:
         self.policy = SplitPolicy.parse(cfg.splits)
         self.cache_dir = str(rundir.path / ".hf-cache")
         self.built = 0
+        rundir.take_build("local")  # a sharded build's output is replaced, not mixed
         self._done: set[str] = set()
         for rec in iter_jsonl(rundir.builds):
             self.stats.add_build(rec)

@@ -74,7 +74,7 @@ def _piece_rows(spec: Mapping[str, Any]) -> tuple[list[tuple[int, str, int, dict
     # a unit read whole through the RowReader (the Hub's viewer pages or Parquet files)
     import asyncio
 
-    from dynogen.io.hub_rows import HubRowReader
+    from dynogen.io.hub_rows import HubRowReader, environment_token
     from dynogen.io.row_reader import RowReader
     from dynogen.policy.splits import SplitPolicy
 
@@ -82,7 +82,9 @@ def _piece_rows(spec: Mapping[str, Any]) -> tuple[list[tuple[int, str, int, dict
     allow = SplitPolicy.parse(str(unit["split_policy"])).allows
 
     async def read() -> UnitRows:
-        async with RowReader(HubRowReader.open(), cache_dir=unit.get("cache_dir")) as reader:
+        hub = HubRowReader.open(rpm=unit.get("hub_rpm"), concurrency=int(unit["hub_concurrency"]),
+                                token=environment_token(), viewer_url=unit.get("viewer_url"))
+        async with RowReader(hub, cache_dir=unit.get("cache_dir")) as reader:
             return await reader.read(unit["data_ref"], unit.get("config"),
                                      splits=unit.get("splits") or None,
                                      rows_per_split=int(unit["rows_per_split"]), allow=allow)

@@ -111,6 +111,7 @@ class ShardedBuild:
         self.cache_dir = str(rundir.path / ".hf-cache")
         self.written: dict[str, int] = {"candidates": 0, "partitions": 0}
         self._stopping = False
+        self._seed: Any = None
 
     def stop(self) -> None:
         """Start no more pieces or partitions; what is written stays for the next build."""
@@ -142,7 +143,11 @@ class ShardedBuild:
                                        "data_ref": todo.data_ref, "config": config,
                                        "splits": list(todo.splits), "split_policy": self.cfg.splits,
                                        "rows_per_split": self.cfg.rows_to_read,
-                                       "cache_dir": self.cache_dir}})
+                                       "cache_dir": self.cache_dir,
+                                       # each worker reads under buckets of its own
+                                       "hub_rpm": self.cfg.hub_rpm,
+                                       "hub_concurrency": self.cfg.hub_concurrency,
+                                       "viewer_url": self.cfg.hub_viewer_url}})
                 estimate += len(tasks) * min(self.cfg.rows_to_read, 1_000_000)
                 continue
             try:
@@ -171,6 +176,7 @@ class ShardedBuild:
 
     # ------------------------------------------------------------------- run
     def run(self) -> list[dict[str, Any]] | None:
+        self.rundir.take_build("ray")  # one process's instances are replaced, not mixed
         units, parts = self.plan()
         digest = _digest([parts, [[u.status, u.reason, u.specs] for u in units]])
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -222,7 +228,7 @@ class ShardedBuild:
                         metas[spec["out"]] = meta
                         continue
                 todo.append(spec)
-        bar = make_progress(self.cfg.quiet, "pieces", total=len(todo))
+        bar = make_progress(self.cfg.quiet, "rows read", total=len(todo), unit="piece")
         try:
             for meta in self.runner.map(build_candidates, todo):
                 metas[str(meta.get("out") or "")] = meta
@@ -279,21 +285,29 @@ class ShardedBuild:
             skipped[unit.index] = counts
         return drop, degenerate, skipped
 
+    def _seed_hashes(self) -> Any:
+        """The collection's earlier instance hashes, sorted (an empty array: none)."""
+        if self._seed is None:
+            seen = self.seen if self.seen is not None else ()
+            self._seed = np.sort(np.fromiter(iter(seen), dtype=np.uint64))
+        return self._seed
+
     def _seed_digest(self) -> str:
-        return f"seed:{len(self.seen)}" if self.seen is not None and len(self.seen) else ""
+        h = self._seed_hashes()
+        return xxhash.xxh3_64_hexdigest(h.tobytes()) if len(h) else ""
 
     def _write_seed(self, parts: int) -> dict[int, str]:
         """The collection's earlier hashes, one file per partition (for the merge tasks)."""
-        if self.seen is None or not len(self.seen):
+        h = self._seed_hashes()
+        if not len(h):
             return {}
         folder = self.folder / ".seed"
         folder.mkdir(parents=True, exist_ok=True)
-        h = np.fromiter(iter(self.seen), dtype=np.uint64, count=len(self.seen))
         part = h % np.uint64(parts)
         out = {}
         for p in range(parts):
             path = folder / f"{p:05d}.npy"
-            np.save(path, np.sort(h[part == np.uint64(p)]))
+            np.save(path, h[part == np.uint64(p)])
             out[p] = str(path)
         return out
 
@@ -317,7 +331,7 @@ class ShardedBuild:
                 results.append(merge_partition(spec))  # reads the counts back
             else:
                 specs.append(spec)
-        bar = make_progress(self.cfg.quiet, "partitions", total=len(specs))
+        bar = make_progress(self.cfg.quiet, "deduplicated", total=len(specs), unit="partition")
         try:
             for result in self.runner.map(merge_partition, specs):
                 results.append(result)

@@ -76,6 +76,7 @@ from dynogen.io.rows import RowsInfo, RowsReason, RowsUnavailable, UnitRows, lab
 from dynogen.ratelimit import Clock, RetryPolicy
 
 __all__ = ["MAX_RANGE_BYTES", "PAGE_ROWS", "TAIL_BYTES", "HubRowReader", "MediaCell",
+           "environment_token",
            "default_endpoint"]  # MediaCell lives in hub_parquet, the module's pure half
 
 PAGE_ROWS = 100  # the viewer's page size
@@ -92,6 +93,14 @@ Allow = Callable[[str], bool]
 
 class _TooLarge(Exception):
     """The row groups a split needs are over ``max_range_bytes``."""
+
+
+def environment_token() -> Secret:
+    """``HF_TOKEN`` (or a stored ``huggingface-cli login``) of this process's environment,
+    as a ``Secret``: a worker on another machine reads its own, none is ever sent to it."""
+    from huggingface_hub import get_token
+
+    return Secret(get_token())
 
 
 def default_endpoint() -> str:

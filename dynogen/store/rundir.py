@@ -226,6 +226,21 @@ class RunDir:
             p.unlink(missing_ok=True)
         shutil.rmtree(self.path / SHARD_DIR, ignore_errors=True)  # the sharded build's
 
+    def take_build(self, engine: str) -> bool:
+        """Clear the other engine's instances before ``engine`` (``local`` or ``ray``)
+        builds: a run holds one engine's output, never both. Says whether it cleared any."""
+        shards = self.path / SHARD_DIR
+        if engine == "ray" and (self.builds.exists() or self.instances.exists()):
+            self.builds.unlink(missing_ok=True)
+            self.instances.unlink(missing_ok=True)
+        elif engine == "local" and shards.exists():
+            shutil.rmtree(shards)
+        else:
+            return False
+        self.repairs["rebuilt_for"] = {"engine": ["ray" if engine == "local" else "local",
+                                                  engine]}
+        return True
+
     # ----------------------------------------------------------------- repair
     def _repair(self) -> None:
         try:

@@ -24,7 +24,12 @@ from dynogen.config import Config
 from dynogen.store.instance_files import iter_instances
 from dynogen.store.rundir import RunDir
 from dynogen.tasks.task import Task
+from dynogen.testing.fake_hub import FakeHub
+from dynogen.units import Field, Unit
 
+FEATURES = {"text": {"dtype": "string", "_type": "Value"},
+            "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
+TOKEN = "hf_canaryROWS0123456789abcdefCANARY"
 LABELS = ["negative", "neutral", "positive"]
 TOPICS = ["food", "service", "price", "noise"]
 _WORDS = ["oat", "flat", "white", "barista", "croissant", "stale", "queue", "music", "table",
@@ -184,6 +189,27 @@ def make_run(root: Path, *, seed: int = 0, rows: int = 40, files: int = 2, row_g
     finally:
         rundir.close()
     return root / "run"
+
+
+def hub_unit(fake: FakeHub, repo: str, n: int = 120, *, rows_of: str | None = None,
+             samples: bool = True, stored: bool = True) -> Unit:
+    """A Hub unit (as a snapshot holds it) and, if ``stored``, its rows on the fake Hub."""
+    topic = rows_of or repo
+    data = [{"text": f"A review of {topic}, number {j % 40}: it was fine.", "label": j % 2}
+            for j in range(n)]
+    if stored:
+        fake.add_rows(repo, "default", "train", data, FEATURES)
+        fake.add_rows(repo, "default", "test", data[:10], FEATURES)
+    return Unit(repo, "default", f"Short reviews of {topic}, each labelled by sentiment.",
+                (Field("text", "string"), Field("label", "class_label", ("neg", "pos"))),
+                license="mit", tags=("language:en",), splits=("train", "test"),
+                samples=tuple(data[:5]) if samples else (), data_ref=repo, origin="hub")
+
+
+def shard(path: Path, units: list[Unit]) -> str:
+    """A units file (a source) holding ``units``."""
+    path.write_bytes(b"".join(orjson.dumps(u.to_dict()) + b"\n" for u in units))
+    return str(path)
 
 
 def instance_set(run: Path) -> list[bytes]:

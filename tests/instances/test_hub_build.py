@@ -30,35 +30,12 @@ from dynogen.io.hub import HubSource
 from dynogen.io.hub_options import HubOptions
 from dynogen.testing import FakeOpenAI, serve
 from dynogen.testing.fake_hub import FakeHub, HubServer, synthetic_hub
-from dynogen.units import Field, Skipped, Unit
+from dynogen.units import Skipped, Unit
 from tests.helpers import REPO, lines
+from tests.instances.rowsets import TOKEN, hub_unit, shard
 
-FEATURES = {"text": {"dtype": "string", "_type": "Value"},
-            "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
 SAMPLES = REPO / "dynogen" / "data" / "samples"
-TOKEN = "hf_canaryROWS0123456789abcdefCANARY"
 PARQUET = "convert/parquet/default/train/0000.parquet|"
-
-
-def hub_unit(fake: FakeHub, repo: str, n: int = 120, *, rows_of: str | None = None,
-             samples: bool = True, stored: bool = True) -> Unit:
-    """A Hub unit (as a snapshot holds it) and, if ``stored``, its rows on the fake Hub."""
-    topic = rows_of or repo
-    data = [{"text": f"A review of {topic}, number {j % 40}: it was fine.", "label": j % 2}
-            for j in range(n)]
-    if stored:
-        fake.add_rows(repo, "default", "train", data, FEATURES)
-        fake.add_rows(repo, "default", "test", data[:10], FEATURES)
-    return Unit(repo, "default", f"Short reviews of {topic}, each labelled by sentiment.",
-                (Field("text", "string"), Field("label", "class_label", ("neg", "pos"))),
-                license="mit", tags=("language:en",), splits=("train", "test"),
-                samples=tuple(data[:5]) if samples else (), data_ref=repo, origin="hub")
-
-
-def shard(path: Path, units: list[Unit]) -> str:
-    path.write_bytes(b"".join(orjson.dumps(u.to_dict()) + b"\n" for u in units))
-    return str(path)
-
 
 def journal(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in lines(path)]

@@ -148,3 +148,86 @@ def test_a_killed_build_redoes_only_what_is_missing(tmp_path: Path, phase: int) 
     assert after_files == {k: v for k, v in before.items() if k in after_files}
     assert instance_set(b) == instance_set(a)
     assert counts(records) == counts(list(iter_jsonl(a / "builds.jsonl")))
+
+
+async def test_hub_units_build_the_same_sharded(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """Hub datasets (read whole through the Hub row reader on the worker) beside a local
+    folder: the same instances and counts as one process."""
+    import asyncio
+
+    from huggingface_hub import constants
+
+    from dynogen.api import EXIT, arun
+    from dynogen.config import Config
+    from dynogen.testing import FakeOpenAI, serve
+    from dynogen.testing.fake_hub import FakeHub
+    from tests.instances.rowsets import hub_unit, shard
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-dynogen-test")
+    fake = FakeHub()
+    units = [hub_unit(fake, f"org/set{i:02d}", rows_of=f"thing {i % 3}") for i in range(6)]
+    src = shard(tmp_path / "units.jsonl", units)
+    with fake.running() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        async with serve(FakeOpenAI()) as llm:
+            cfg = Config(source=src, out=str(tmp_path / "a"), base_url=llm.url, free=True,
+                         quiet=True, max_in_flight=8, hub_viewer_url=hub.viewer_url,
+                         hub_rpm=None)
+            done = await arun(cfg, build=False)
+        assert done.exit_code == EXIT["ok"], done.message
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        want = await asyncio.to_thread(local, tmp_path / "a")
+        got = await asyncio.to_thread(sharded, tmp_path / "b")
+    assert [r["status"] for r in got] == ["built"] * 6
+    assert counts(got) == counts(want)
+    assert instance_set(tmp_path / "b") == instance_set(tmp_path / "a")
+    assert sum(r["duplicates"] for r in got) > 0  # rows shared across datasets
+
+
+def test_a_seed_of_earlier_hashes_counts_as_duplicates_in_both(tmp_path: Path) -> None:
+    """A collection's earlier versions: what they hold is a duplicate here too."""
+    from dynogen.dedup import HashSet
+    from dynogen.instances.build import build_instances, instance_dict_hash
+
+    a, b = pair(tmp_path)
+    earlier = tmp_path / "earlier"
+    shutil.copytree(a, earlier)
+    local(earlier)
+    seen = HashSet()
+    for i, rec in enumerate(iter_jsonl(earlier / "instances.jsonl")):
+        if i % 3 == 0:
+            seen.add(instance_dict_hash(rec))
+    cfg = _saved_config(RunDir(a)).with_(quiet=True).validate()
+    seeded_local = HashSet()
+    for h in seen:
+        seeded_local.add(h)
+    rundir = RunDir(a).open(cfg, identity=run_identity(cfg), stage="build")
+    try:
+        build_instances(cfg, rundir, seen=seeded_local)
+    finally:
+        rundir.close()
+    rundir = RunDir(b).open(cfg, identity=run_identity(cfg), stage="build")
+    try:
+        records = ShardedBuild(cfg, rundir, InlineRunner(), seen=seen, piece_rows=10,
+                               per_partition=50).run()
+    finally:
+        rundir.close()
+    assert records is not None
+    assert instance_set(b) == instance_set(a)
+    assert counts(records) == counts(list(iter_jsonl(a / "builds.jsonl")))
+    assert len(instance_set(b)) < len(instance_set(earlier))
+
+
+def test_a_run_holds_one_engines_output(tmp_path: Path) -> None:
+    """Building with the other engine replaces the instances rather than adding to them."""
+    a, b = pair(tmp_path)
+    local(b)
+    sharded(b)
+    assert not (b / "instances.jsonl").exists() and not (b / "builds.jsonl").exists()
+    local(b)
+    assert not (b / "instances").exists()
+    local(a)
+    assert instance_set(b) == instance_set(a)
