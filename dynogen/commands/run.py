@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from dynogen.commands.build import switch_engine
 from dynogen.commands.watch import Watch, close_run_log, open_run_log, watching
 from dynogen.compose import (
     check_key,
@@ -192,6 +193,8 @@ async def _stages(cfg: Config, rundir: RunDir, src: Iterable[Unit | Skipped], pr
     then the build runs after. The first Ctrl-C or SIGTERM stops both.
     """
     hf_cache = str(rundir.path / ".hf-cache")
+    if build:  # this build writes instances.jsonl: a sharded build's instances/ would be read too
+        switch_engine(rundir, "local")
     reader = open_row_reader(cfg, cache_dir=hf_cache)
     instances = _Instances(cfg, rundir, stats, reader, seed.instances if seed else None,
                            build=build, overlap=cfg.max_share is None or cfg.max_share >= 1.0)
