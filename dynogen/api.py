@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dynogen.collections.build import build as build
 from dynogen.collections.grow import agrow as _agrow
 from dynogen.collections.grow import estimate_next, export_collection
 from dynogen.commands.batch import batch_cancel, batch_status
-from dynogen.commands.build import build as build
 from dynogen.commands.call import call
 from dynogen.commands.estimate import Estimate
 from dynogen.commands.estimate import estimate as _estimate
