@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from dynogen.collections.memory import collection_seed
 from dynogen.commands.build import build as build_run
+from dynogen.commands.build import check_engine
 from dynogen.errors import RunDirError
 from dynogen.outcome import EXIT, RunOutcome
 from dynogen.store.collection import PLAN_INDEX, Collection
@@ -56,6 +57,7 @@ def build_collection(collection: str | Path, *, rows_per_split: int | str | None
     With no running version, says so and builds nothing. ``extra["version"]`` is the
     version built (``None``: none).
     """
+    check_engine(engine, ray_address, runner)
     coll = Collection(collection).load()
     with coll.locked():
         coll.load()  # as the lock holder saw it last

@@ -35,7 +35,7 @@ from dynogen.store.rundir import RunDir
 if TYPE_CHECKING:
     from dynogen.instances.sharded import Runner
 
-__all__ = ["ENGINES", "build", "switch_engine"]
+__all__ = ["ENGINES", "build", "check_engine", "switch_engine"]
 
 ENGINES = ("local", "ray")
 
@@ -66,12 +66,7 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
     ``runner``: where the ``ray`` engine's steps run instead of Ray
     (``dynogen.instances.sharded.InlineRunner``: in this process).
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
-    if ray_address is not None and engine != "ray":
-        raise ConfigError("--ray-address is for --engine ray")
-    if runner is not None and (engine != "ray" or ray_address is not None):
-        raise ConfigError("a runner is for --engine ray, in place of --ray-address")
+    check_engine(engine, ray_address, runner)
     rundir = RunDir(out)
     if not rundir.manifest.exists() or not rundir.tasks.exists():
         raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
@@ -115,6 +110,16 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
         return RunOutcome(EXIT["interrupted"], rundir.path, report, msg, "interrupted")
     msg = f"built {report['instances']['written']} instances into {where}"
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
+
+
+def check_engine(engine: str, ray_address: str | None, runner: Runner | None = None) -> None:
+    """Refuse an unknown engine, and Ray settings for the local one."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address is for --engine ray")
+    if runner is not None and (engine != "ray" or ray_address is not None):
+        raise ConfigError("a runner is for --engine ray, in place of --ray-address")
 
 
 def switch_engine(rundir: RunDir, engine: str) -> None:

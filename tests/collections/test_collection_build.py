@@ -83,6 +83,7 @@ def test_a_sharded_build_of_a_collection_dedups_against_earlier_versions_and_com
     assert outcome.report["instances"]["duplicates"] == 4
     entry = Collection(coll).load().versions[1]
     assert entry["status"] == "complete" and entry["instances"] == 2 and entry["tasks"] == 1
+    assert entry["requests_paid"] == 1  # the task stage's, kept through the build's report
     assert outcome.message.startswith("version 2: built 2 instances into ")
     assert outcome.message.endswith(f"the version is complete. Collection: 2 live tasks in 2 "
                                     f"versions ({coll})")
