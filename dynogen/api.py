@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dynogen.collections.build import build as build
 from dynogen.collections.grow import agrow as _agrow
 from dynogen.collections.grow import estimate_next, export_collection
 from dynogen.commands.batch import batch_cancel, batch_status
-from dynogen.commands.build import build as build
 from dynogen.commands.call import call
 from dynogen.commands.estimate import Estimate
 from dynogen.commands.estimate import estimate as _estimate
@@ -35,7 +35,7 @@ from dynogen.io.shards import collect as _collect
 from dynogen.io.sources import open_source
 from dynogen.outcome import EXIT, RunOutcome, exit_code
 from dynogen.outcome import load_dataset as dataset
-from dynogen.store.rundir import RunDir
+from dynogen.store.instance_files import has_instances
 from dynogen.store.status import read_status
 from dynogen.units import Skipped, Unit
 
@@ -78,14 +78,14 @@ def export(out: str | Path | None = None, *, fmt: str = "parquet",
 
     if out is None:
         raise ConfigError("export needs a run directory (--out) or a --collection")
-    rundir = RunDir(out)
-    if not rundir.instances.exists():
-        raise ConfigError(f"{rundir.path} has no instances.jsonl: run `dynogen run` or "
-                          "`dynogen build` first")
+    run = Path(out)
+    if not has_instances(run):  # instances.jsonl, or a sharded build's instances/
+        raise ConfigError(f"{run} has no instances (no instances.jsonl or instances/): run "
+                          "`dynogen run` or `dynogen build` first")
     default = "instances.parquet" if fmt == "parquet" else "dataset"
-    target = Path(dest) if dest else rundir.path / "export" / default
-    export_instances(rundir.instances, target, fmt, overwrite=True)  # type: ignore[arg-type]
-    export_card(rundir.path, target)
+    target = Path(dest) if dest else run / "export" / default
+    export_instances(run, target, fmt, overwrite=True)  # type: ignore[arg-type]
+    export_card(run, target)
     return target
 
 

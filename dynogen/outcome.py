@@ -48,21 +48,50 @@ class RunOutcome:
 
 
 def load_dataset(run_dir: str | Path, what: str = "instances") -> Any:
-    """A run directory's ``instances.jsonl`` (or ``tasks.jsonl``) as a ``datasets.Dataset``.
+    """A run directory's instances (or ``tasks.jsonl``) as a ``datasets.Dataset``.
 
-    Read with ``datasets``' JSON reader into Arrow files under the run directory
-    (``.hf-cache``), so a large output is memory-mapped, not held in memory.
+    Its ``instances.jsonl`` is read with ``datasets``' JSON reader into Arrow files
+    under the run directory (``.hf-cache``); a sharded build's
+    ``instances/part-*.parquet`` are read as they are. Either way a large output
+    is memory-mapped, not held in memory.
     """
     if what not in ("instances", "tasks"):
         raise ConfigError(f"what must be instances or tasks (got {what!r})")
-    path = Path(run_dir) / f"{what}.jsonl"
-    if not path.is_file():
+    run = Path(run_dir)
+    path = run / f"{what}.jsonl"
+    shards = _shards(run) if what == "instances" and not path.is_file() else []
+    if not path.is_file() and not shards:
         hint = ("export the collection (dynogen export --collection) and load that"
-                if (Path(run_dir) / "collection.json").exists()
+                if (run / "collection.json").exists()
                 else "run `dynogen run` (or `dynogen build`) first")
-        raise ConfigError(f"{path} does not exist: {hint}")
+        where = f"{path} (or {run / 'instances'}/)" if what == "instances" else str(path)
+        raise ConfigError(f"{where} does not exist: {hint}")
     import datasets  # only when asked: importing it costs about a second
 
+    cache = str(run / ".hf-cache")
+    if shards:
+        ds = datasets.Dataset.from_parquet([str(p) for p in shards], cache_dir=cache)
+        return _without_untruncated(ds)
     if path.stat().st_size == 0:  # nothing kept: an empty table, not a reader error
         return datasets.Dataset.from_list([])
-    return datasets.Dataset.from_json(str(path), cache_dir=str(Path(run_dir) / ".hf-cache"))
+    return datasets.Dataset.from_json(str(path), cache_dir=cache)
+
+
+def _shards(run: Path) -> list[Path]:
+    """The sharded build's instance files, as ``store.instance_files.shard_files`` names
+    them (this module sits below ``store``, so it does not import it)."""
+    folder = run / "instances"
+    return sorted(p for p in folder.glob("part-*.parquet") if p.is_file()) \
+        if folder.is_dir() else []
+
+
+def _without_untruncated(ds: Any) -> Any:
+    """The shards' ``input_truncated`` column, left out when no instance was truncated, as
+    ``instances.jsonl`` leaves the key out (its JSON reader then has no such column)."""
+    if "input_truncated" not in ds.column_names:
+        return ds
+    import pyarrow.compute as pc
+
+    if pc.any(ds.data.column("input_truncated")).as_py():
+        return ds
+    return ds.remove_columns("input_truncated")

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-__all__ = ["FIXTURES", "REPO", "TESTS", "journals_consistent", "lines", "run_env",
-           "same_output", "wait_until", "wait_until_async", "write_source"]
+__all__ = ["FIXTURES", "REPO", "TESTS", "build_sharded", "journals_consistent", "lines",
+           "rows_of", "run_env", "same_output", "shard_instances", "tasks_run", "wait_until",
+           "wait_until_async", "write_source"]
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -126,6 +128,58 @@ def journals_consistent(out: Path) -> None:
         if ends:
             want = sum(r.get(count) or 0 for r in recs)
             assert (out / data).read_bytes()[:ends[-1]].count(b"\n") == want
+
+
+# ------------------------------------------------------------ the sharded engine's output
+
+
+def tasks_run(out: Path, **settings: Any) -> Path:
+    """A run directory over the bundled samples with its tasks done and no instances built
+    (the fake model answers; ``settings`` override the config)."""
+    from dynogen.api import arun
+    from dynogen.config import Config
+    from dynogen.testing import FakeOpenAI, serve
+
+    async def go() -> None:
+        async with serve(FakeOpenAI()) as server:
+            cfg = Config(**{**dict(source="samples", out=str(out), base_url=server.url,
+                                   model="gpt-4o-mini", quiet=True, free=True, licenses="any",
+                                   languages="any", splits="all", rows_per_split=5),
+                            **settings})
+            outcome = await arun(cfg, build=False)
+        assert outcome.exit_code == 0, outcome.message
+
+    asyncio.run(go())
+    return out
+
+
+def build_sharded(target: Path, **kw: Any) -> Any:
+    """``dynogen build TARGET --engine ray`` with the steps run in this process, not on Ray."""
+    from dynogen.api import build
+    from dynogen.instances.sharded import InlineRunner
+
+    return build(target, engine="ray", runner=InlineRunner(), quiet=True, handle_signals=False,
+                 **kw)
+
+
+def shard_instances(run: Path) -> Path:
+    """Turn a run's ``instances.jsonl`` into ``instances/part-00000.parquet``, as a sharded
+    build would leave the same instances (what every reader sees of one)."""
+    import pyarrow as pa
+
+    from dynogen.store.instance_files import instance_schema, write_instance_shard
+    from dynogen.store.journal import iter_jsonl
+
+    records = list(iter_jsonl(run / "instances.jsonl"))
+    table = pa.Table.from_pylist(records, schema=instance_schema()) if records else None
+    write_instance_shard(run / "instances" / "part-00000.parquet", table)
+    (run / "instances.jsonl").unlink()
+    return run
+
+
+def rows_of(records: Iterable[dict[str, Any]]) -> list[bytes]:
+    """Records as sorted canonical JSON: equal for the same rows in any order."""
+    return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
 
 
 # ---------------------------------------------------------------- the reference corpus

@@ -92,7 +92,8 @@ def app() -> None:
 
 NO_BUILD = click.option("--no-build", is_flag=True, default=False,
                         help="Stop after the tasks; build instances later (run: `dynogen "
-                        "build`; grow: the next grow finishes the version).")
+                        "build`; grow: `dynogen build COLLECTION` or the next grow finishes the "
+                        "version).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 RUN_GROUPS = (SOURCE, MODEL, GENERATION, DATA, LIMITS, COST, BATCH)
 
@@ -116,8 +117,9 @@ def run(run_dir: str | None, no_build: bool, config_file: str | None, **values: 
 
 
 @app.command()
-@directory("run_dir", "A run directory (default runs/latest).", default="runs/latest",
-           old=("--out",))
+@directory("run_dir", "A run directory (default runs/latest), or a collection: its version "
+           "left unfinished by `grow --no-build`, built against the earlier versions and "
+           "then complete.", default="runs/latest", old=("--out",))
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="local: one process writes instances.jsonl. ray: a Ray "
               "cluster writes instances/part-*.parquet (pip install 'dynogen[ray]'); the same "
@@ -128,8 +130,8 @@ def run(run_dir: str | None, no_build: bool, config_file: str | None, **values: 
 @settings(DATA.pick("rows_per_split"), OUTPUT.pick("retry_skipped", "quiet"))
 def build(run_dir: str, engine: str, ray_address: str | None, rows_per_split: int | str | None,
           retry_skipped: str | None, quiet: bool | None) -> None:
-    """Build instances from a run directory's tasks (no LLM calls); Ctrl-C stops it and the
-    same command resumes it."""
+    """Build instances from a run directory's or a collection's tasks (no LLM calls); Ctrl-C
+    stops it and the same command resumes it."""
     retry = (tuple(r.strip() for r in retry_skipped.split(",") if r.strip())
              if retry_skipped else None)
     _done(api.build(run_dir, rows_per_split=rows_per_split, quiet=bool(quiet),

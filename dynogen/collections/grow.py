@@ -90,7 +90,8 @@ async def agrow(
     """Add one version holding what is new or changed in ``cfg.source`` (or ``source``).
 
     ``build=False``: stop after the tasks; the version stays unfinished and the next
-    grow (which resumes it) builds its instances and completes it.
+    grow (which resumes it), or ``dynogen.collections.build.build`` of the collection on
+    either engine, builds its instances and completes it.
     """
     cfg = cfg.validate()
     coll = Collection(collection).create()
@@ -139,9 +140,9 @@ async def agrow(
             outcome.message = f"version {number} unfinished: {outcome.message}"
             return outcome
         if not build:
-            outcome.message = (f"version {number}: tasks done, instances not built; grow again "
-                               f"with the same settings to build them and complete the version "
-                               f"({coll.path})")
+            outcome.message = (f"version {number}: tasks done, instances not built; `dynogen "
+                               f"build {coll.path}` (or grow again with the same settings) builds "
+                               "them and completes the version")
             outcome.out = coll.path
             return outcome
         entry = coll.complete(entry, outcome.report)

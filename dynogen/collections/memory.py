@@ -14,6 +14,7 @@ from dynogen.dedup import DedupSeed
 from dynogen.instances.build import instance_dict_hash
 from dynogen.prompts.builder import PromptBuilder
 from dynogen.store.collection import Collection, task_key
+from dynogen.store.instance_files import iter_instances
 from dynogen.store.journal import iter_jsonl
 from dynogen.tasks.filter import TaskFilter
 from dynogen.units import Skipped, Unit
@@ -46,7 +47,7 @@ def collection_seed(coll: Collection, exclude_keys: set[str]) -> DedupSeed:
             if rec.get("id") in gone or task_key(rec) in exclude_keys:
                 continue
             tasks.remember(rec)
-        for rec in iter_jsonl(vdir / "instances.jsonl"):
+        for rec in iter_instances(vdir):  # instances.jsonl or a sharded build's instances/
             if rec.get("task_id") in gone or task_key(rec) in exclude_keys:
                 continue
             seed.instances.add(instance_dict_hash(rec))

@@ -15,12 +15,13 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from dynogen.compose import open_row_reader, run_identity, signals
 from dynogen.config import IDENTITY_BEFORE, Config
+from dynogen.dedup import HashSet
 from dynogen.errors import ConfigError
 from dynogen.eventloop import run as run_on_loop
 from dynogen.instances.build import InstanceBuilder, abuild_instances
@@ -30,7 +31,10 @@ from dynogen.store.instance_files import SHARD_DIR
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
 
-__all__ = ["ENGINES", "build"]
+if TYPE_CHECKING:
+    from dynogen.instances.sharded import Runner
+
+__all__ = ["ENGINES", "build", "check_engine"]
 
 ENGINES = ("local", "ray")
 
@@ -47,18 +51,21 @@ def _saved_config(rundir: RunDir) -> Config:
 
 def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bool = False,
           retry_skipped: tuple[str, ...] | None = None, handle_signals: bool = True,
-          engine: str = "local", ray_address: str | None = None) -> RunOutcome:
+          engine: str = "local", ray_address: str | None = None, seen: HashSet | None = None,
+          runner: Runner | None = None) -> RunOutcome:
     """Build instances from an existing run directory's tasks (no LLM calls).
 
     ``rows_per_split``: a count or ``"all"``; ``retry_skipped``: build again units whose
     rows were unavailable for these reasons. ``engine``: ``local`` (one process) or
     ``ray`` (a Ray cluster: ``ray_address``, else a local Ray instance). Ctrl-C or
     SIGTERM stops it as it stops ``run``, and the same command builds the rest.
+
+    ``seen``: instance hashes taken before this build (a collection's earlier versions,
+    ``dynogen.collections.build``), so what they hold counts as a duplicate here.
+    ``runner``: where the ``ray`` engine's steps run instead of Ray
+    (``dynogen.instances.sharded.InlineRunner``: in this process).
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
-    if ray_address is not None and engine != "ray":
-        raise ConfigError("--ray-address is for --engine ray")
+    check_engine(engine, ray_address, runner)
     rundir = RunDir(out)
     if not rundir.manifest.exists() or not rundir.tasks.exists():
         raise ConfigError(f"{rundir.path} holds no run (no manifest.json/tasks.jsonl): run "
@@ -78,16 +85,16 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
         t0 = time.perf_counter()
         if engine == "ray":
             stopped = run_on_loop(_build_sharded(cfg, rundir, stats, handle_signals,
-                                                 ray_address))
+                                                 ray_address, seen, runner))
             where = rundir.path / SHARD_DIR
         else:
-            stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals))
+            stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals, seen))
             where = rundir.instances
         report = stats.to_dict()
         if rundir.report.exists():
             with contextlib.suppress(ValueError):  # a spoiled old report: not needed
                 old = orjson.loads(rundir.report.read_bytes())
-                for k in ("cost", "config"):
+                for k in ("cost", "config", "requests_paid"):  # the task stage's
                     if k in old:
                         report[k] = old[k]
         report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
@@ -103,7 +110,18 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
     return RunOutcome(EXIT["ok"], rundir.path, report, msg)
 
 
-async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool) -> str | None:
+def check_engine(engine: str, ray_address: str | None, runner: Runner | None = None) -> None:
+    """Refuse an unknown engine, and Ray settings for the local one."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if ray_address is not None and engine != "ray":
+        raise ConfigError("--ray-address is for --engine ray")
+    if runner is not None and (engine != "ray" or ray_address is not None):
+        raise ConfigError("a runner is for --engine ray, in place of --ray-address")
+
+
+async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
+                 seen: HashSet | None) -> str | None:
     """The single-process instance stage under the run's signal handling; ``"interrupted"``
     when a signal stopped it."""
     held: list[InstanceBuilder] = []
@@ -117,7 +135,7 @@ async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool
     reader = open_row_reader(cfg, cache_dir=str(rundir.path / ".hf-cache"))
     try:
         with signals(stop, enabled=handle_signals):
-            await abuild_instances(cfg, rundir, reader=reader, stats=stats,
+            await abuild_instances(cfg, rundir, reader=reader, stats=stats, seen=seen,
                                    on_builder=held.append)
     finally:
         await reader.aclose()
@@ -125,18 +143,28 @@ async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool
 
 
 async def _build_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
-                         address: str | None) -> str | None:
-    """The sharded build on Ray; the driver's work runs in a thread so signals land here."""
+                         address: str | None, seen: HashSet | None,
+                         runner: Runner | None) -> str | None:
+    """The sharded build on Ray (or on ``runner``)."""
+    if runner is not None:
+        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, runner)
     from dynogen.instances.ray_runner import RayRunner
+
+    ray = RayRunner(address)  # on the main thread: Ray installs its handlers there
+    try:
+        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, ray)
+    finally:
+        await asyncio.to_thread(ray.close)
+
+
+async def _run_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
+                       seen: HashSet | None, runner: Runner) -> str | None:
+    """The driver's work runs in a thread so signals land here."""
     from dynogen.instances.sharded import ShardedBuild
 
-    runner = RayRunner(address)  # on the main thread: Ray installs its handlers there
-    try:
-        job = ShardedBuild(cfg, rundir, runner)
-        with signals(job.stop, enabled=handle_signals):
-            records = await asyncio.to_thread(job.run)
-    finally:
-        await asyncio.to_thread(runner.close)
+    job = ShardedBuild(cfg, rundir, runner, seen=seen)
+    with signals(job.stop, enabled=handle_signals):
+        records = await asyncio.to_thread(job.run)
     for rec in records or ():
         stats.add_build(rec)
     return None if records is not None else "interrupted"

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from dynogen.errors import ConfigError
+from dynogen.store.instance_files import iter_instances
 from dynogen.store.journal import iter_jsonl
 
 __all__ = ["Inspection", "inspect_run", "format_inspection"]
@@ -76,7 +77,7 @@ def inspect_run(out: str | Path, *, kept: int = 10, per_reason: int = 3,
             sample.append({**t, "instances": []})
     by_id = {t["id"]: t for t in sample}
     splits: Counter[str] = Counter()
-    for inst in iter_jsonl(path / "instances.jsonl"):
+    for inst in iter_instances(path):  # instances.jsonl or a sharded build's instances/
         splits[str(inst.get("split"))] += 1
         found = by_id.get(str(inst.get("task_id")))
         if found is not None and len(found["instances"]) < instances_per_task:

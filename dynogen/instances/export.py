@@ -1,18 +1,24 @@
-"""Exporting a run's ``instances.jsonl`` as Parquet or as a ``datasets`` folder.
+"""Exporting a run's instances as Parquet or as a ``datasets`` folder.
 
-Runs can hold millions of instances, so the JSONL is read in batches and
+The instances come from a run directory (its ``instances.jsonl``, or the
+``instances/part-*.parquet`` of a sharded build, both read through
+``store.instance_files.iter_instances``), from a JSONL file of instance records
+(a collection's merged view), or from a function that gives the records.
+
+Runs can hold millions of instances, so the records are read in batches and
 written through ``pyarrow.parquet.ParquetWriter``; memory stays at one batch.
 The ``datasets`` format is built from that Parquet file (``Dataset.from_parquet``
 memory-maps it) and written with ``save_to_disk``, so it reloads with
 ``datasets.load_from_disk(out)``.
 
-The file is read twice, both times streaming: once to learn the columns (every
-key seen, in first-seen order) and the type that fits each (string, boolean or
-64-bit integer; anything else is written as JSON text), then to write. A key
-missing from a record is null there. Output is written to a temporary name
-first and moved into place, so a failed export leaves no half-written file.
+The records are read twice, both times streaming: once to learn the columns
+(every key seen, in first-seen order) and the type that fits each (string,
+boolean or 64-bit integer; anything else is written as JSON text), then to
+write. A key missing from a record is null there. Output is written to a
+temporary name first and moved into place, so a failed export leaves no
+half-written file.
 
->>> export_instances(Path("runs/latest/instances.jsonl"), Path("out.parquet"), "parquet")
+>>> export_instances(Path("runs/latest"), Path("out.parquet"), "parquet")
 1234
 """
 
@@ -21,15 +27,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
 from dynogen.errors import ConfigError, RunDirError
+from dynogen.store.instance_files import has_instances, iter_instances
 
-__all__ = ["BATCH_ROWS", "FORMATS", "INSTANCE_COLUMNS", "export_instances"]
+__all__ = ["BATCH_ROWS", "FORMATS", "INSTANCE_COLUMNS", "Records", "export_instances"]
+
+# Gives the instance records afresh each time it is called (the export reads them twice).
+Records = Callable[[], Iterable[dict[str, Any]]]
 
 FORMATS = ("parquet", "datasets")
 BATCH_ROWS = 5000
@@ -40,25 +50,28 @@ INSTANCE_COLUMNS = (
 
 
 def export_instances(
-    instances_jsonl: Path,
+    source: Path | Records,
     out: Path,
     fmt: Literal["parquet", "datasets"] = "parquet",
     *,
     overwrite: bool = False,
     batch_rows: int = BATCH_ROWS,
 ) -> int:
-    """Write ``instances_jsonl`` to ``out`` in ``fmt``; returns the number of rows."""
+    """Write ``source``'s instances to ``out`` in ``fmt``; returns the number of rows.
+
+    ``source``: a run directory (either engine's instances), a JSONL file of
+    instance records, or a function giving the records (called once per pass).
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    instances_jsonl, out = Path(instances_jsonl), Path(out)
-    if not instances_jsonl.is_file():
-        raise RunDirError(f"{instances_jsonl} does not exist: run `dynogen run` first")
+    out = Path(out)
+    records = _source(source)
     if out.exists() and not overwrite:
         raise RunDirError(f"{out} already exists: choose another path or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dynogen-export-", dir=out.parent) as tmp:
         parquet = Path(tmp) / "instances.parquet"
-        n = _write_parquet(instances_jsonl, parquet, batch_rows)
+        n = _write_parquet(records, parquet, batch_rows)
         if fmt == "parquet":
             staged = parquet
         else:
@@ -66,6 +79,20 @@ def export_instances(
             _write_datasets(parquet, staged, Path(tmp) / "cache")
         _replace(staged, out)
     return n
+
+
+def _source(source: Path | Records) -> Records:
+    if callable(source):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        if not has_instances(path):
+            raise RunDirError(f"{path} has no instances (no instances.jsonl or instances/): "
+                              "run `dynogen run` or `dynogen build` first")
+        return lambda: iter_instances(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist: run `dynogen run` first")
+    return lambda: _records(path)
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -96,10 +123,10 @@ def _kind(v: Any) -> str:
     return "json"
 
 
-def _scan(src: Path) -> dict[str, str]:
+def _scan(records: Records) -> dict[str, str]:
     """Pass one: every column (in first-seen order) and the one type that holds all its values."""
     kinds: dict[str, set[str]] = {}
-    for rec in _records(src):
+    for rec in records():
         for k, v in rec.items():
             seen = kinds.setdefault(k, set())
             if v is not None:
@@ -116,13 +143,13 @@ def _cell(v: Any, kind: str) -> Any:
     return orjson.dumps(v).decode()
 
 
-def _write_parquet(src: Path, dest: Path, batch_rows: int) -> int:
+def _write_parquet(records: Records, dest: Path, batch_rows: int) -> int:
     """Pass two: write in batches. A column missing from a record is null there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types = {"str": pa.string(), "bool": pa.bool_(), "int": pa.int64()}
-    columns = _scan(src)
+    columns = _scan(records)
     schema = pa.schema([(c, types[k]) for c, k in columns.items()])
     batch: dict[str, list[Any]] = {c: [] for c in columns}
     n = 0
@@ -133,7 +160,7 @@ def _write_parquet(src: Path, dest: Path, batch_rows: int) -> int:
             for values in batch.values():
                 values.clear()
 
-        for rec in _records(src):
+        for rec in records():
             for c, kind in columns.items():
                 batch[c].append(_cell(rec.get(c), kind))
             n += 1

@@ -2,9 +2,10 @@
 
 Read from a run directory or a collection, never from the model or the Hub:
 
-- ``Target``: the run directory (``manifest.json``, ``report.json``,
-  ``instances.jsonl``) or the collection (every complete version, superseded
-  tasks left out) whose instances are published;
+- ``Target``: the run directory (``manifest.json``, ``report.json``, and
+  ``instances.jsonl`` or a sharded build's ``instances/``) or the collection
+  (every complete version, superseded tasks left out) whose instances are
+  published;
 - ``RunFacts``: one run (or version): model, dynogen version, run fingerprint,
   prompts digest, policies from ``manifest.json``; counts kept and dropped by
   reason and cost from ``report.json``;
@@ -36,7 +37,7 @@ from dynogen.io.cards import CardError, card_citation, split_card
 from dynogen.io.sources import samples_dir
 from dynogen.policy.licenses import REDISTRIBUTABLE, license_ids, strictest, strictest_class
 from dynogen.store.collection import Collection
-from dynogen.store.journal import iter_jsonl
+from dynogen.store.instance_files import has_instances, iter_instances
 
 __all__ = ["DataFacts", "RunFacts", "SourceFacts", "Target", "folder_citation"]
 
@@ -216,15 +217,15 @@ class Target:
             if not runs:
                 raise RunDirError(f"{path} has no complete version yet: grow it first")
             return cls(path, "collection", runs, coll)
-        if not (path / "instances.jsonl").is_file():
-            raise RunDirError(f"{path} has no instances.jsonl: run `dynogen run` or "
-                              "`dynogen build` first")
+        if not has_instances(path):
+            raise RunDirError(f"{path} has no instances (no instances.jsonl or instances/): "
+                              "run `dynogen run` or `dynogen build` first")
         return cls(path, "run", [RunFacts.read(path, "run")])
 
     def records(self) -> Iterator[dict[str, Any]]:
         if self._collection is not None:
             return self._collection.iter_instances()
-        return iter_jsonl(self.path / "instances.jsonl")
+        return iter_instances(self.path)
 
     def citations(self, dataset: str) -> str:
         """The dataset's citation, from the first of the runs' sources that is a local

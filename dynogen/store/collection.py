@@ -49,6 +49,7 @@ import orjson
 from xxhash import xxh3_64_intdigest
 
 from dynogen.errors import RunDirError
+from dynogen.store.instance_files import iter_instances
 from dynogen.store.journal import JsonlWriter, iter_jsonl
 from dynogen.store.lock import RunLock
 from dynogen.units import Skipped, Unit
@@ -356,7 +357,7 @@ class Collection:
         for v in self.complete_versions():
             if wanted is not None and int(v["version"]) not in wanted:
                 continue
-            for rec in iter_jsonl(self.version_dir(v) / "instances.jsonl"):
+            for rec in iter_instances(self.version_dir(v)):  # either engine's output
                 if rec.get("task_id") not in gone:
                     rec["version"] = int(v["version"])
                     yield rec

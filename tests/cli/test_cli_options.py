@@ -185,10 +185,11 @@ def test_old_spellings_still_parse_and_are_hidden(tmp_path: Path) -> None:
     assert estimate("--max-tasks", "1") == estimate("--max-tasks-per-unit", "1")
     assert estimate("--collection", str(tmp_path / "c")) == estimate(str(tmp_path / "c"))
     missing = tmp_path / "missing"
+    none = f"{missing} has no instances (no instances.jsonl or instances/)"
     for args, needle in [
         (["build", "--out", str(missing)], f"{missing} holds no run"),
-        (["export", "--out", str(missing)], f"{missing} has no instances.jsonl"),
-        (["export", "--collection", str(missing)], f"{missing} has no instances.jsonl"),
+        (["export", "--out", str(missing)], none),
+        (["export", "--collection", str(missing)], none),
         (["batch", "status", "--out", str(missing)], f"{missing} holds no batches"),
         (["batch", "cancel", "--out", str(missing)], f"{missing} holds no batches"),
     ]:

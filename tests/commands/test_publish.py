@@ -29,6 +29,7 @@ from dynogen.instances.shards import write_shards
 from dynogen.io.sources import samples_dir
 from dynogen.policy.licenses import strictest_class
 from dynogen.testing import FakeHubCommits
+from tests.helpers import shard_instances
 
 TOKEN = "hf_dynogen_test_token_7f3a9c"  # a unique string, searched for on disk and in logs
 LICENSES = {"cafe": "apache-2.0", "wiki_qa": "cc-by-sa-4.0", "forum": "cc-by-nc-4.0",
@@ -152,6 +153,23 @@ def test_card_of_mixed_licences(tmp_path: Path) -> None:
     for shown in ("gpt-4o-mini", "b81769e259c4", "af1a7d06c92ce4db", "id_like_inputs_only 3",
                   "license_no_derivatives 2", "input_too_long 5", "$0.0123"):
         assert shown in card.text, shown
+
+
+def test_a_sharded_run_stages_the_same_files_and_card(tmp_path: Path) -> None:
+    from dynogen.errors import RunDirError
+    from dynogen.publishing.stage import stage
+
+    run = make_run(tmp_path / "run", {"cafe": 23, "forum": 7, "mystery": 4}, heldout=3)
+    want = stage(Target.open(run), tmp_path / "a", repo="org/x")
+    shard_instances(run)  # the same instances, as a sharded build leaves them
+    assert not (run / "instances.jsonl").exists()
+    got = stage(Target.open(run), tmp_path / "b", repo="org/x")
+    assert got.card == want.card and got.facts.total == want.facts.total == 43
+    assert [(f.path, f.sha256) for f in got.files] == [(f.path, f.sha256) for f in want.files]
+    assert shard_files(tmp_path / "b") == shard_files(tmp_path / "a")
+    (run / "instances" / "part-00000.parquet").unlink()
+    with pytest.raises(RunDirError, match=r"no instances .*`dynogen build`"):
+        Target.open(run)
 
 
 # ------------------------------------------------------------------ against the fake

@@ -26,6 +26,7 @@ from dynogen.store.rundir import RunDir
 from dynogen.tasks.task import Task
 from dynogen.testing.fake_hub import FakeHub
 from dynogen.units import Field, Unit
+from tests.helpers import rows_of
 
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
@@ -214,4 +215,4 @@ def shard(path: Path, units: list[Unit]) -> str:
 
 def instance_set(run: Path) -> list[bytes]:
     """The run's instances as sorted canonical lines (what two builds are compared by)."""
-    return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in iter_instances(run))
+    return rows_of(iter_instances(run))

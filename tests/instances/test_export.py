@@ -1,7 +1,8 @@
-"""Exporting instances.jsonl: Parquet in batches, a datasets folder, and bad inputs."""
+"""Exporting instances: Parquet in batches, a datasets folder, bad inputs, a sharded run."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+import dynogen
 from dynogen.errors import ConfigError, RunDirError
 from dynogen.instances.export import INSTANCE_COLUMNS, export_instances
 from dynogen.instances.render import Instance
+from tests.helpers import build_sharded, rows_of, tasks_run
 
 
 def _records(n: int) -> list[dict[str, Any]]:
@@ -111,3 +114,36 @@ def test_refusals(tmp_path: Path) -> None:
         export_instances(src, out)
     assert export_instances(src, out, overwrite=True) == 2
     assert pq.read_table(out).num_rows == 2
+
+
+def test_a_sharded_run_exports_the_rows_of_the_same_run_built_locally(tmp_path: Path) -> None:
+    import datasets
+
+    local = tasks_run(tmp_path / "local")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(local, sharded)
+    assert dynogen.build(local, quiet=True, handle_signals=False).exit_code == 0
+    assert build_sharded(sharded).exit_code == 0
+    assert not (sharded / "instances.jsonl").exists()
+    assert list((sharded / "instances").glob("part-*.parquet"))
+    want = pq.read_table(dynogen.export(local)).to_pylist()
+    out = dynogen.export(sharded)
+    assert out == sharded / "export" / "instances.parquet"
+    assert len(want) > 20 and rows_of(pq.read_table(out).to_pylist()) == rows_of(want)
+    assert (out.parent / "README.md").is_file()  # the card, from the shards too
+    folder = dynogen.export(sharded, fmt="datasets")
+    saved = datasets.load_from_disk(str(folder))
+    assert isinstance(saved, datasets.Dataset) and rows_of(saved.to_list()) == rows_of(want)
+    # dynogen.dataset(run): the shards as a datasets.Dataset, the same rows again
+    assert rows_of(dynogen.dataset(sharded).to_list()) == rows_of(want)
+
+
+def test_a_run_without_instances_is_refused_naming_the_build(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match=r"no instances .*`dynogen build`"):
+        dynogen.export(tmp_path / "run")
+    with pytest.raises(RunDirError, match=r"no instances .*`dynogen build`"):
+        export_instances(tmp_path / "run", tmp_path / "o.parquet")
+    (tmp_path / "run" / "instances").mkdir()  # a sharded build that wrote no shard yet
+    with pytest.raises(ConfigError, match="no instances"):
+        dynogen.export(tmp_path / "run")
