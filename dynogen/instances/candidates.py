@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from dynogen.instances.apply import instance_record, render_rows
-from dynogen.instances.render import instance_hash
+from dynogen.instances.render import Instance, instance_hash
 from dynogen.io.row_files import Piece, SourceRef, read_piece
 from dynogen.io.rows import RowsUnavailable, UnitRows
 from dynogen.store.instance_files import INSTANCE_COLUMNS
@@ -129,11 +129,12 @@ def build_candidates(spec: Mapping[str, Any]) -> dict[str, Any]:
     skipped: Counter[str] = Counter()
     cols: dict[str, list[Any]] = {c: [] for c in (*INSTANCE_COLUMNS, "input_truncated", "h",
                                                   "t", "s", "r")}
+    pairs = [(split, row) for _, split, _, row in rows]
     for t, task in enumerate(tasks):
         built = 0
         outputs: list[str] = meta["outputs"][t]
         mine: set[int] = set()
-        pairs = ((split, row) for _, split, _, row in rows)
+        kept: list[tuple[int, str, Instance, int]] = []
         for i, split, inst in render_rows(task, pairs, labels, skipped):
             built += 1
             if len(outputs) < 2:
@@ -145,18 +146,34 @@ def build_candidates(spec: Mapping[str, Any]) -> dict[str, Any]:
                 meta["local_duplicates"][t] += 1
                 continue
             mine.add(h)
-            rec = instance_record(task, split, inst)
-            for c in INSTANCE_COLUMNS:
-                cols[c].append(rec.get(c))
-            cols["input_truncated"].append(True if rec.get("input_truncated") else None)
-            cols["h"].append(h)
-            cols["t"].append(t)
-            cols["s"].append(rows[i][0])
-            cols["r"].append(rows[i][2])
+            kept.append((i, split, inst, h))
         meta["built"][t] = built
+        if kept:
+            _columns(cols, task, t, kept, rows)
     meta["skipped"] = dict(skipped)
     _write(out, cols, meta, parts)
     return meta
+
+
+def _columns(cols: dict[str, list[Any]], task: Task, t: int,
+             kept: list[tuple[int, str, Instance, int]],
+             rows: list[tuple[int, str, int, dict[str, Any]]]) -> None:
+    """Append one task's kept candidates column by column (the hot loop of phase 1): each
+    record as ``instance_record`` makes it, without making the dict."""
+    first = instance_record(task, kept[0][1], kept[0][2])
+    constant = {c: first.get(c) for c in ("task_id", "dataset", "config", "license",
+                                          "task_split")}
+    for c, v in constant.items():
+        cols[c] += [v] * len(kept)
+    cols["instruction"] += [k[2].instruction for k in kept]
+    cols["input"] += [k[2].input for k in kept]
+    cols["output"] += [k[2].output for k in kept]
+    cols["split"] += [k[1] for k in kept]
+    cols["input_truncated"] += [True if k[2].truncated else None for k in kept]
+    cols["h"] += [k[3] for k in kept]
+    cols["t"] += [t] * len(kept)
+    cols["s"] += [rows[k[0]][0] for k in kept]
+    cols["r"] += [rows[k[0]][2] for k in kept]
 
 
 def hash_text(text: str) -> int:
