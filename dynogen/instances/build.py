@@ -68,6 +68,9 @@ __all__ = ["BUILD_WINDOW", "InstanceBuilder", "abuild_instances", "build_instanc
            "instance_dict_hash"]
 
 BUILD_WINDOW = 64  # units whose rows are read (or held, read) ahead of the next write
+# ... as long as the rows held, read and not yet written, are fewer than this: with
+# --rows-per-split all a unit can have millions, and 64 of them do not fit in memory
+ROWS_AHEAD = 400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +106,15 @@ class InstanceBuilder:
 
     def __init__(self, cfg: Config, rundir: RunDir, *, reader: RowReader,
                  stats: Stats | None = None, seen: HashSet | None = None,
-                 window: int = BUILD_WINDOW, progress: Bar | Plain | Quiet | None = None) -> None:
+                 window: int = BUILD_WINDOW, progress: Bar | Plain | Quiet | None = None,
+                 rows_ahead: int = ROWS_AHEAD) -> None:
         self.cfg = cfg
         self.rundir = rundir
         self.reader = reader
         self.stats = stats or Stats(retry_skipped=cfg.retry_skipped)
         self.window = max(1, window)
+        self.rows_ahead = rows_ahead
+        self._reads = self._rows = 0  # units read and written this session, and their rows
         self.progress = progress or Quiet()
         self.policy = SplitPolicy.parse(cfg.splits)
         self.cache_dir = str(rundir.path / ".hf-cache")
@@ -193,7 +199,8 @@ class InstanceBuilder:
         pending: deque[tuple[_Todo, asyncio.Task[UnitRows | RowsUnavailable | None]]] = deque()
         try:
             while True:
-                while len(pending) < self.window and self._input and not self._stopping:
+                while (len(pending) < self.window and self._input and not self._stopping
+                       and self._may_read(pending)):
                     todo = self._input.popleft()
                     pending.append((todo, asyncio.create_task(self._read(todo))))
                 if pending and pending[0][1].done():
@@ -215,6 +222,22 @@ class InstanceBuilder:
                 task.cancel()
             await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
             self._commits.sync()
+
+    def _may_read(self, pending: deque[tuple[_Todo, asyncio.Task[Any]]]) -> bool:
+        """Whether one more read may start: always when none is pending; else while the
+        rows held (read, not yet written) and expected (reads in flight, at the mean size of
+        the units read so far) stay under ``rows_ahead``. Before any unit's size is known,
+        one read at a time: its size tells how far ahead the next ones may go."""
+        if not pending:
+            return True
+        sizes = [len(r) for _, t in pending if t.done() and not t.cancelled()
+                 and t.exception() is None and isinstance(r := t.result(), UnitRows)]
+        reads = self._reads + len(sizes)
+        if reads == 0:
+            return False
+        mean = (self._rows + sum(sizes)) / reads
+        in_flight = sum(1 for _, t in pending if not t.done())
+        return sum(sizes) + in_flight * mean + mean <= self.rows_ahead
 
     def close(self) -> None:
         """Sync and close the journals (after ``run``)."""
@@ -264,6 +287,8 @@ class InstanceBuilder:
             rec.update(status="retryable" if got.retryable else "unavailable", reason=got.reason,
                        detail=got.detail[:300])
         elif got is not None:
+            self._reads += 1
+            self._rows += len(got)
             rec.update(self._instances(tasks, got))
         rec["instances_start"] = start
         if todo.capped and tasks:
