@@ -60,13 +60,25 @@ class SparseFile(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the parts that cover it, one after another: a read may
+        cross from one fetched range into the next (a footer longer than the first
+        read, row groups that run on into the tail) as long as no byte is missing."""
         n = max(0, min(len(buffer), self.size - self.pos))
-        for start, chunk in self.parts:
-            if start <= self.pos and self.pos + n <= start + len(chunk):
-                buffer[:n] = chunk[self.pos - start:self.pos - start + n]
-                self.pos += n
-                return n
-        raise OSError(f"bytes {self.pos}-{self.pos + n} were not fetched")
+        out = memoryview(buffer).cast("B")
+        done = 0
+        for start, chunk in self.parts:  # sorted by start; they may overlap
+            at = self.pos + done
+            if done >= n or start > at:
+                break
+            end = start + len(chunk)
+            if at < end:
+                take = min(n - done, end - at)
+                out[done:done + take] = memoryview(chunk)[at - start:at - start + take]
+                done += take
+        if done < n:
+            raise OSError(f"bytes {self.pos + done}-{self.pos + n} were not fetched")
+        self.pos += n
+        return n
 
 
 def footer_length(tail: bytes, url: str) -> int:
@@ -83,8 +95,8 @@ def read_metadata(parts: list[tuple[int, bytes]], size: int, footer: int, url: s
 
     blob = SparseFile(size, parts)
     blob.seek(size - footer - 8)
-    raw = blob.read(footer + 8)
     try:
+        raw = blob.read(footer + 8)
         return pq.read_metadata(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{url}: footer: {e}") from None
