@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from huggingface_hub import constants
@@ -27,8 +27,8 @@ from dynogen.io.hub_rows import HubRowReader, MediaCell
 from dynogen.io.rows import RowsReason, RowsUnavailable
 from dynogen.ratelimit import FakeClock, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub
+from tests.helpers import run_clocked
 
-T = TypeVar("T")
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
 
@@ -193,17 +193,6 @@ async def test_missing_and_gated_are_final_and_a_token_with_access_reads() -> No
                 await r.aclose()
     statuses = {(q.path.split("/")[1], q.authorized) for q in fake.requests}
     assert ("datasets", True) in statuses and ("datasets", False) in statuses
-
-
-async def run_clocked(clock: FakeClock, aw: Awaitable[T], idle: Any) -> T:
-    """Run ``aw`` over real sockets, moving the fake clock to its next deadline only when
-    no call is on the wire (``idle()``): waits, pacing and retries take no real time."""
-    task = asyncio.ensure_future(aw)
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.005)
-        if not task.done() and idle() and clock.next_deadline is not None:
-            await clock.advance_to(clock.next_deadline)
-    return task.result()
 
 
 async def test_429_and_503_are_retried_after_retry_after_then_transient_is_retryable() -> None:
