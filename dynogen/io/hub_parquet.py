@@ -110,13 +110,24 @@ class ParquetFooter:
         """The first byte fetched: row groups before it are still to be fetched."""
         return min((first for first, _ in self.parts), default=self.size)
 
-    def to_dict(self) -> dict[str, Any]:
-        first = self.size - self.length - 8
+    def raw(self) -> bytes:
+        """The footer's bytes and the file's last 8 (its length, ``PAR1``)."""
         blob = SparseFile(self.size, list(self.parts))
-        blob.seek(first)
-        raw = blob.read(self.length + 8)
+        blob.seek(self.size - self.length - 8)
+        return blob.read(self.length + 8)
+
+    def footer_only(self) -> ParquetFooter:
+        """This footer keeping only its own bytes of what was fetched (one held per file
+        of a split: the row groups a 256 KiB tail also brought would add up)."""
+        first = self.size - self.length - 8
+        if self.start >= first:
+            return self
+        return ParquetFooter(self.url, self.size, self.length, ((first, self.raw()),),
+                             self.meta)
+
+    def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "size": self.size, "length": self.length,
-                "footer": base64.b64encode(raw).decode("ascii")}
+                "footer": base64.b64encode(self.raw()).decode("ascii")}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ParquetFooter:
