@@ -15,8 +15,10 @@ Real HTTP to the fake Hub, several Parquet files a split and several row groups 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -28,7 +30,7 @@ from dynogen.io.hub_buckets import HubBuckets
 from dynogen.io.hub_http import HubHttp
 from dynogen.io.hub_parquet import MediaCell, ParquetFooter, byte_span
 from dynogen.io.hub_pieces import plan_hub_pieces, read_hub_piece
-from dynogen.io.hub_rows import HubRowReader
+from dynogen.io.hub_rows import HubRowReader, environment_token
 from dynogen.io.row_files import Piece
 from dynogen.io.rows import RowsInfo, RowsReason, RowsUnavailable
 from dynogen.ratelimit import FakeClock, RetryPolicy
@@ -219,6 +221,42 @@ async def test_a_cap_of_none_and_of_zero_and_the_split_policy() -> None:
     links = "/api/datasets/org/multi/parquet/default/"  # the listing's links to files
     asked = [q.path for q in fake.requests if q.path.startswith(links)]
     assert asked == [links + "train/0.parquet"]
+
+
+def test_workers_read_their_pieces_in_asyncio_run_each_with_a_fresh_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # as the sharded build calls it: the driver plans on its loop, each worker reads a
+    # piece from its JSON spec on a loop and a reader of its own (here: threads)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-dynogen-test")  # no stored login
+    fake = multi_file_hub()
+    with fake.running() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+
+        async def plan() -> tuple[list[Piece], list[tuple[str, dict[str, Any]]]]:
+            r = HubRowReader.open(rpm=None, token=environment_token())
+            try:
+                _, pieces = await plan_hub_pieces(r, "org/multi", "default", splits=None,
+                                                  allow=None, limit=400, piece_rows=100)
+                whole = await r.read("org/multi", "default", rows_per_split=400)
+            finally:
+                await r.aclose()
+            return pieces, list(whole.rows)
+
+        def work(spec: bytes) -> list[tuple[str, dict[str, Any]]]:
+            async def read() -> list[tuple[str, dict[str, Any]]]:
+                r = HubRowReader.open(rpm=None, concurrency=2, token=environment_token())
+                try:
+                    piece = Piece.from_dict(orjson.loads(spec))
+                    return [(piece.split, row) for row in await read_hub_piece(r, piece)]
+                finally:
+                    await r.aclose()
+            return asyncio.run(read())
+
+        pieces, whole = asyncio.run(plan())
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(work, [orjson.dumps(p.to_dict()) for p in pieces]))
+    assert len(pieces) == 8 and [row for rows in got for row in rows] == whole  # 3 + 1 a split
 
 
 # ------------------------------------------------------------------------ failures
