@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
 
 __all__ = ["FIXTURES", "REPO", "TESTS", "build_sharded", "journals_consistent", "lines",
-           "rows_of", "run_env", "same_output", "shard_instances", "tasks_run", "wait_until",
-           "wait_until_async", "write_source"]
+           "rows_of", "run_clocked", "run_env", "same_output", "shard_instances", "tasks_run",
+           "wait_until", "wait_until_async", "write_source"]
+
+T = TypeVar("T")
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -65,6 +67,18 @@ async def wait_until_async(predicate: Callable[[], object], what: str, *,
 
 
 # ------------------------------------------------------------------------ a run's inputs
+
+
+async def run_clocked(clock: Any, aw: Awaitable[T], idle: Callable[[], bool]) -> T:
+    """Run ``aw`` over real sockets, moving the fake clock (``ratelimit.FakeClock``) to its
+    next deadline only when no call is on the wire (``idle()``): waits, pacing and
+    retries take no real time."""
+    task = asyncio.ensure_future(aw)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.005)
+        if not task.done() and idle() and clock.next_deadline is not None:
+            await clock.advance_to(clock.next_deadline)
+    return task.result()
 
 
 def run_env(tmp: Path, **extra: str) -> dict[str, str]:

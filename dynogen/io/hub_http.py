@@ -72,9 +72,14 @@ class HubUnreachable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class HubAnswer:
+    """An answer; ``url`` is where it came from after the redirects that stayed on the
+    asked URL's host (an API link to a file gives its ``/resolve/`` URL; a CDN's
+    signed, expiring URL is never kept)."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes
+    url: str = ""
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -213,7 +218,7 @@ class HubHttp:
                 stats.statuses[resp.status] += 1
                 self.buckets.observe(bucket, resp.headers)
                 body = await self._read_capped(resp, cap)
-                return HubAnswer(resp.status, dict(resp.headers), body)
+                return HubAnswer(resp.status, dict(resp.headers), body, _home_url(resp))
         finally:
             stats.in_flight -= 1
             self.buckets.release(bucket, permit)
@@ -230,6 +235,13 @@ class HubHttp:
                 raise BodyTooLarge(f"over {cap} bytes (the cap); stopped reading")
             parts.append(chunk)
         return b"".join(parts)
+
+
+def _home_url(resp: aiohttp.ClientResponse) -> str:
+    """The last URL on the first one's host among the redirects ``resp`` followed."""
+    chain = [*(h.url for h in resp.history), resp.url]
+    origin = chain[0].origin()
+    return str([u for u in chain if u.origin() == origin][-1])
 
 
 def _error_message(answer: HubAnswer) -> str:

@@ -3,24 +3,27 @@
 ``hub_rows`` fetches byte ranges and pages; this turns them into rows, with no
 I/O: a ``SparseFile`` is a file of which only some ranges were fetched (pyarrow
 reads a footer and the row groups it is told to, nothing else), ``read_metadata``
-parses a footer, ``byte_span`` says which bytes the first row groups take,
-``decode_row_groups`` reads them into rows. ``typed_rows`` casts a viewer page's
+parses a footer (``ParquetFooter`` keeps it with the ranges it came from),
+``byte_span`` says which bytes some row groups take, ``decode_row_groups`` reads
+them into rows. ``typed_rows`` casts a viewer page's
 JSON rows to the features it carries. Media columns (image, audio, video)
 become ``MediaCell``: like the decoded image ``datasets`` gives, no text.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from dynogen.io.rows import RowsReason, RowsUnavailable
 
-__all__ = ["MEDIA_CELL", "MediaCell", "SparseFile", "byte_span", "decode_row_groups",
-           "features_of_metadata", "features_of_page", "footer_length", "is_media",
-           "media_out", "read_metadata", "typed_rows"]
+__all__ = ["MEDIA_CELL", "MediaCell", "ParquetFooter", "SparseFile", "byte_span",
+           "decode_row_groups", "features_of_metadata", "features_of_page", "footer_length",
+           "is_media", "media_out", "read_metadata", "typed_rows"]
 
 _MEDIA = frozenset({"Image", "Audio", "Video", "Pdf"})
 
@@ -60,13 +63,77 @@ class SparseFile(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the parts that cover it, one after another: a read may
+        cross from one fetched range into the next (a footer longer than the first
+        read, row groups that run on into the tail) as long as no byte is missing."""
         n = max(0, min(len(buffer), self.size - self.pos))
-        for start, chunk in self.parts:
-            if start <= self.pos and self.pos + n <= start + len(chunk):
-                buffer[:n] = chunk[self.pos - start:self.pos - start + n]
-                self.pos += n
-                return n
-        raise OSError(f"bytes {self.pos}-{self.pos + n} were not fetched")
+        out = memoryview(buffer).cast("B")
+        done = 0
+        for start, chunk in self.parts:  # sorted by start; they may overlap
+            at = self.pos + done
+            if done >= n or start > at:
+                break
+            end = start + len(chunk)
+            if at < end:
+                take = min(n - done, end - at)
+                out[done:done + take] = memoryview(chunk)[at - start:at - start + take]
+                done += take
+        if done < n:
+            raise OSError(f"bytes {self.pos + done}-{self.pos + n} were not fetched")
+        self.pos += n
+        return n
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetFooter:
+    """A Parquet file's parsed footer (``meta``) and the byte ranges fetched to read it
+    (``parts``: the file's tail, which for a small file is all of it).
+
+    ``url`` is the file's address (its ``/resolve/`` URL once known). ``to_dict`` keeps
+    the footer's bytes only (JSON-safe, base64) and ``from_dict`` parses them again,
+    so a planner can hand a file's footer to whoever reads its row groups."""
+
+    url: str
+    size: int
+    length: int  # the footer's length, as its last 8 bytes say
+    parts: tuple[tuple[int, bytes], ...]
+    meta: Any = field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, url: str, size: int, length: int,
+              parts: Sequence[tuple[int, bytes]]) -> ParquetFooter:
+        """The footer among ``parts`` (``load_error`` if it does not parse)."""
+        return cls(url, size, length, tuple(parts), read_metadata(list(parts), size, length, url))
+
+    @property
+    def start(self) -> int:
+        """The first byte fetched: row groups before it are still to be fetched."""
+        return min((first for first, _ in self.parts), default=self.size)
+
+    def raw(self) -> bytes:
+        """The footer's bytes and the file's last 8 (its length, ``PAR1``)."""
+        blob = SparseFile(self.size, list(self.parts))
+        blob.seek(self.size - self.length - 8)
+        return blob.read(self.length + 8)
+
+    def footer_only(self) -> ParquetFooter:
+        """This footer keeping only its own bytes of what was fetched (one held per file
+        of a split: the row groups a 256 KiB tail also brought would add up)."""
+        first = self.size - self.length - 8
+        if self.start >= first:
+            return self
+        return ParquetFooter(self.url, self.size, self.length, ((first, self.raw()),),
+                             self.meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "size": self.size, "length": self.length,
+                "footer": base64.b64encode(self.raw()).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ParquetFooter:
+        size, length = int(d["size"]), int(d["length"])
+        raw = base64.b64decode(str(d["footer"]))
+        return cls.parse(str(d["url"]), size, length, [(size - length - 8, raw)])
 
 
 def footer_length(tail: bytes, url: str) -> int:
@@ -83,8 +150,8 @@ def read_metadata(parts: list[tuple[int, bytes]], size: int, footer: int, url: s
 
     blob = SparseFile(size, parts)
     blob.seek(size - footer - 8)
-    raw = blob.read(footer + 8)
     try:
+        raw = blob.read(footer + 8)
         return pq.read_metadata(pa.BufferReader(raw))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{url}: footer: {e}") from None

@@ -54,7 +54,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -63,12 +64,12 @@ from dynogen.io.hub_buckets import HubBuckets
 from dynogen.io.hub_http import BodyTooLarge, HubAnswer, HubHttp, HubHTTPError, HubUnreachable
 from dynogen.io.hub_parquet import (
     MediaCell,
+    ParquetFooter,
     byte_span,
     decode_row_groups,
     features_of_metadata,
     features_of_page,
     footer_length,
-    read_metadata,
     typed_rows,
 )
 from dynogen.io.hub_viewer import DEFAULT_VIEWER_URL
@@ -76,8 +77,8 @@ from dynogen.io.rows import RowsInfo, RowsReason, RowsUnavailable, UnitRows, lab
 from dynogen.ratelimit import Clock, RetryPolicy
 
 __all__ = ["MAX_RANGE_BYTES", "PAGE_ROWS", "TAIL_BYTES", "HubRowReader", "MediaCell",
-           "environment_token",
-           "default_endpoint"]  # MediaCell lives in hub_parquet, the module's pure half
+           "choose_splits", "default_endpoint", "environment_token", "first_failure",
+           "rows_errors", "rows_info"]  # MediaCell lives in hub_parquet, the module's pure half
 
 PAGE_ROWS = 100  # the viewer's page size
 TAIL_BYTES = 256 * 1024  # the first read of a Parquet file: its footer, or all of a small one
@@ -151,20 +152,70 @@ class HubRowReader:
         conversion's), leaving out splits ``allow`` refuses. Raises ``RowsUnavailable``."""
         if rows_per_split < 0:
             raise ValueError("rows_per_split must be >= 0")
-        from huggingface_hub import constants
-
-        if constants.is_offline_mode():
-            raise RowsUnavailable(RowsReason.OFFLINE,
-                                  f"{dataset}: the Hub is offline (HF_HUB_OFFLINE)")
         unit = _Unit(self, dataset, config or "default")
-        try:
+        with rows_errors(dataset, unit.config):
             return await unit.read(splits, rows_per_split, allow)
+
+    # ------------------------------------------------- the conversion's files, shared
+    async def parquet_listing(self, dataset: str, config: str) -> dict[str, list[str]]:
+        """``{split: [file URLs]}`` of a config's conversion (one Hub API call; ``no_data_files``
+        or ``config_not_found`` when it is not there, a second call telling which)."""
+        try:
+            answer = await self.http.get(self.listing_url(dataset, config),
+                                         what="Hub API /parquet")
         except HubHTTPError as err:
-            raise RowsUnavailable(*_reason(err, dataset, unit.config)) from None
-        except HubUnreachable as err:
-            raise RowsUnavailable(RowsReason.CONNECTION, f"{dataset}: {err}") from None
-        except BodyTooLarge as err:
-            raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{dataset}: {err}") from None
+            if err.status != 404 or err.code in ("RepoNotFound", "GatedRepo"):
+                raise
+            if await self._has_conversion(dataset, config):
+                raise RowsUnavailable(RowsReason.CONFIG_NOT_FOUND,
+                                      f"{dataset} has no config {config!r}") from None
+            raise RowsUnavailable(RowsReason.NO_DATA_FILES,
+                                  f"{dataset}: no Parquet conversion (script-only, or not "
+                                  f"readable by the dataset viewer): {err}") from None
+        data = answer.json()
+        if not isinstance(data, Mapping):
+            raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{dataset}: odd /parquet answer")
+        return {str(k): [str(u) for u in v] for k, v in data.items() if isinstance(v, list)}
+
+    async def _has_conversion(self, dataset: str, config: str) -> bool:
+        url = self.listing_url(dataset, config).rpartition("/")[0]
+        try:
+            await self.http.get(url, what="Hub API /parquet")
+        except HubHTTPError as err:
+            if err.status == 404 and err.code not in ("RepoNotFound", "GatedRepo"):
+                return False
+            raise
+        return True
+
+    async def footer(self, url: str) -> ParquetFooter:
+        """A Parquet file's footer: its last ``tail_bytes`` (all of a small file) in one
+        ranged call, and the rest of a longer footer in a second. ``url`` of the result
+        is the file's ``/resolve/`` URL when ``url`` redirected there (an API link)."""
+        http = self.http
+        tail = await http.get(url, headers={"Range": f"bytes=-{self.tail_bytes}"},
+                              what="Parquet footer", max_body=self.tail_bytes + 1024)
+        start, size = _span(tail)
+        parts = [(start, tail.body)]
+        length = footer_length(tail.body, url)
+        if length + 8 > len(tail.body):
+            first = size - length - 8
+            more = await http.get(url, headers={"Range": f"bytes={first}-{start - 1}"},
+                                  what="Parquet footer", max_body=self.max_range_bytes)
+            parts.append((first, more.body))
+        home = tail.url if "/resolve/" in tail.url else url
+        return ParquetFooter.parse(home, size, length, parts)
+
+    async def byte_range(self, url: str, first: int, end: int) -> list[tuple[int, bytes]]:
+        """Bytes ``first`` to ``end`` (exclusive) of a file, as ``(offset, bytes)`` parts, in
+        ranged calls of at most ``max_range_bytes`` each (made at once)."""
+        step = max(1, self.max_range_bytes)
+        spans = [(lo, min(end, lo + step)) for lo in range(first, end, step)]
+        got: list[Any] = await asyncio.gather(
+            *(self.http.get(url, headers={"Range": f"bytes={lo}-{hi - 1}"},
+                            what="Parquet row groups", max_body=self.max_range_bytes + 1024)
+              for lo, hi in spans), return_exceptions=True)
+        first_failure(got)
+        return [(_span(answer)[0], answer.body) for answer in got]
 
     # ----------------------------------------------------------------- addresses
     def file_url(self, dataset: str, config: str, split: str, shard: int) -> str:
@@ -187,33 +238,14 @@ class _Unit:
         self.via: set[str] = set()
 
     async def read(self, splits: Sequence[str] | None, n: int, allow: Allow | None) -> UnitRows:
-        order = list(splits) if splits else list(await self.listing())
-        if not order:
-            raise RowsUnavailable(RowsReason.NO_DATA_FILES,
-                                  f"{self.dataset}: no split in its Parquet conversion")
-        if allow is not None:
-            kept = [s for s in order if allow(s)]
-            if not kept:
-                raise RowsUnavailable(
-                    RowsReason.NO_TRAINING_SPLIT,
-                    f"{self.dataset}: no split the split policy allows among {order} "
-                    "(--splits all lifts it)")
-            order = kept
+        order = choose_splits(self.dataset, list(splits) if splits else list(await self.listing()),
+                              allow)
         results: list[Any] = await asyncio.gather(*(self.split(s, n) for s in order),
                                        return_exceptions=True)
-        for result in results:  # the first failure in split order, the same every time
-            if isinstance(result, BaseException):
-                raise result
+        first_failure(results)  # the first failure in split order, the same every time
         found = [(s, got) for s, got in zip(order, results, strict=True) if got is not None]
-        if not found:
-            raise RowsUnavailable(RowsReason.SPLIT_NOT_FOUND,
-                                  f"{self.dataset}: none of the splits {order} exist")
-        features = next((f for _, (_, f) in found if f is not None), None)
+        info = rows_info(self.dataset, order, [(s, f) for s, (_, f) in found])
         rows = tuple((s, row) for s, (got, _) in found for row in got)
-        info = RowsInfo(features=features, labels=label_names(features),
-                        splits=tuple(s for s, _ in found),
-                        missing_splits=tuple(s for s in order if s not in dict(found)),
-                        columns=tuple(features) if features else ())
         return UnitRows(info, rows, via="+".join(sorted(self.via)) or "parquet",
                         dropped=self.dropped)
 
@@ -224,32 +256,7 @@ class _Unit:
         return await asyncio.shield(self._listing)
 
     async def _fetch_listing(self) -> dict[str, list[str]]:
-        try:
-            answer = await self.r.http.get(self.r.listing_url(self.dataset, self.config),
-                                           what="Hub API /parquet")
-        except HubHTTPError as err:
-            if err.status != 404 or err.code in ("RepoNotFound", "GatedRepo"):
-                raise
-            if await self._has_conversion():
-                raise RowsUnavailable(RowsReason.CONFIG_NOT_FOUND,
-                                      f"{self.dataset} has no config {self.config!r}") from None
-            raise RowsUnavailable(RowsReason.NO_DATA_FILES,
-                                  f"{self.dataset}: no Parquet conversion (script-only, or not "
-                                  f"readable by the dataset viewer): {err}") from None
-        data = answer.json()
-        if not isinstance(data, Mapping):
-            raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{self.dataset}: odd /parquet answer")
-        return {str(k): [str(u) for u in v] for k, v in data.items() if isinstance(v, list)}
-
-    async def _has_conversion(self) -> bool:
-        url = self.r.listing_url(self.dataset, self.config).rpartition("/")[0]
-        try:
-            await self.r.http.get(url, what="Hub API /parquet")
-        except HubHTTPError as err:
-            if err.status == 404 and err.code not in ("RepoNotFound", "GatedRepo"):
-                return False
-            raise
-        return True
+        return await self.r.parquet_listing(self.dataset, self.config)
 
     # --------------------------------------------------------------- one split
     async def split(self, split: str, n: int) -> tuple[list[dict[str, Any]], Any] | None:
@@ -351,18 +358,9 @@ class _Unit:
     async def file(self, url: str, need: int) -> tuple[list[dict[str, Any]], Any, bool, int]:
         """The first ``need`` rows of one Parquet file, its features, whether it had no
         more rows than that (so the next file may hold the rest), and its size."""
-        http = self.r.http
-        tail = await http.get(url, headers={"Range": f"bytes=-{self.r.tail_bytes}"},
-                              what="Parquet footer", max_body=self.r.tail_bytes + 1024)
-        start, size = _span(tail)
-        parts = [(start, tail.body)]
-        footer = footer_length(tail.body, url)
-        if footer + 8 > len(tail.body):
-            first = size - footer - 8
-            more = await http.get(url, headers={"Range": f"bytes={first}-{start - 1}"},
-                                  what="Parquet footer", max_body=self.r.max_range_bytes)
-            parts.append((first, more.body))
-        meta = read_metadata(parts, size, footer, url)
+        footer = await self.r.footer(url)
+        meta, size, start = footer.meta, footer.size, footer.start
+        parts = list(footer.parts)
         groups, total = [], 0
         for i in range(meta.num_row_groups):
             if total >= need:
@@ -376,11 +374,7 @@ class _Unit:
             if hi - lo > self.r.max_range_bytes:
                 raise _TooLarge(f"the first row groups of {url} are {hi - lo} bytes, over "
                                 f"{self.r.max_range_bytes}")
-            end = min(hi, start)
-            body = await http.get(url, headers={"Range": f"bytes={lo}-{end - 1}"},
-                                  what="Parquet row groups",
-                                  max_body=self.r.max_range_bytes + 1024)
-            parts.append((lo, body.body))
+            parts += await self.r.byte_range(url, lo, min(hi, start))
         rows, features = await asyncio.to_thread(decode_row_groups, parts, size, meta, groups,
                                                  need, url)
         return rows, features, meta.num_rows <= need, size
@@ -397,7 +391,69 @@ def _span(answer: HubAnswer) -> tuple[int, int]:
     return 0, len(answer.body)
 
 
+# ------------------------------------------------------------- one unit's shape, pure
+def choose_splits(dataset: str, order: list[str], allow: Allow | None) -> list[str]:
+    """The splits to read, in ``order``, that ``allow`` allows (``no_data_files`` when there
+    are none at all, ``no_training_split`` when the policy refuses every one)."""
+    if not order:
+        raise RowsUnavailable(RowsReason.NO_DATA_FILES,
+                              f"{dataset}: no split in its Parquet conversion")
+    if allow is not None:
+        kept = [s for s in order if allow(s)]
+        if not kept:
+            raise RowsUnavailable(
+                RowsReason.NO_TRAINING_SPLIT,
+                f"{dataset}: no split the split policy allows among {order} "
+                "(--splits all lifts it)")
+        order = kept
+    return order
+
+
+def rows_info(dataset: str, order: Sequence[str],
+              found: Sequence[tuple[str, Any]]) -> RowsInfo:
+    """What a unit's rows are: ``found`` is ``(split, features or None)`` of the splits of
+    ``order`` that exist, in order; the features are the first split's that has some
+    (``split_not_found`` when none exists)."""
+    if not found:
+        raise RowsUnavailable(RowsReason.SPLIT_NOT_FOUND,
+                              f"{dataset}: none of the splits {list(order)} exist")
+    features = next((f for _, f in found if f is not None), None)
+    there = {s for s, _ in found}
+    return RowsInfo(features=features, labels=label_names(features),
+                    splits=tuple(s for s, _ in found),
+                    missing_splits=tuple(s for s in order if s not in there),
+                    columns=tuple(features) if features else ())
+
+
+def first_failure(results: Sequence[Any]) -> None:
+    """Raise the first exception among ``gather(..., return_exceptions=True)``'s results."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 # ------------------------------------------------------------------- errors, pure
+@contextmanager
+def rows_errors(dataset: str, config: str) -> Iterator[None]:
+    """Hub failures as ``RowsUnavailable`` (see the module docstring); ``offline`` up front.
+
+    ``dataset`` and ``config`` name what was read in the details (a file's URL and its
+    split do too)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise RowsUnavailable(RowsReason.OFFLINE,
+                              f"{dataset}: the Hub is offline (HF_HUB_OFFLINE)")
+    try:
+        yield
+    except HubHTTPError as err:
+        raise RowsUnavailable(*_reason(err, dataset, config)) from None
+    except HubUnreachable as err:
+        raise RowsUnavailable(RowsReason.CONNECTION, f"{dataset}: {err}") from None
+    except BodyTooLarge as err:
+        raise RowsUnavailable(RowsReason.LOAD_ERROR, f"{dataset}: {err}") from None
+
+
 def _transient(err: HubHTTPError) -> bool:
     return err.status == 0 or err.status == 429 or err.status >= 500
 

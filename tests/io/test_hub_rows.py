@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from huggingface_hub import constants
@@ -22,12 +22,13 @@ from dynogen.config import Secret
 from dynogen.instances.render import render_value
 from dynogen.io.hub_buckets import HubBuckets, parse_hub_rate_limit
 from dynogen.io.hub_http import HubHttp
+from dynogen.io.hub_parquet import SparseFile
 from dynogen.io.hub_rows import HubRowReader, MediaCell
 from dynogen.io.rows import RowsReason, RowsUnavailable
 from dynogen.ratelimit import FakeClock, RetryPolicy
 from dynogen.testing.fake_hub import FakeHub, HubServer, serve_hub
+from tests.helpers import run_clocked
 
-T = TypeVar("T")
 FEATURES = {"text": {"dtype": "string", "_type": "Value"},
             "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}
 
@@ -100,6 +101,34 @@ async def test_a_large_file_is_read_by_footer_then_only_the_row_groups_needed() 
     assert first == 4 and last - first < 3 * (size // 200)  # 2 of 200 row groups, about
 
 
+async def test_a_footer_longer_than_the_first_read_and_row_groups_that_run_into_it() -> None:
+    # the first read (tail_bytes) holds part of the footer: the rest is fetched and read
+    # across both; the row groups wanted run on into the tail: what the tail has is used
+    fake = FakeHub()
+    fake.add_rows("org/w", "default", "train", rows(400, "w", width=50), FEATURES,
+                  row_group_size=10)
+    async with serve_hub(fake) as server:
+        for tail in (1_000, 20_000):
+            r = HubRowReader.open(endpoint=server.url, viewer_url=None, rpm=None, tail_bytes=tail)
+            try:
+                got = await r.read("org/w", "default", splits=("train",), rows_per_split=1000)
+            finally:
+                await r.aclose()
+            assert len(got) == 400 and got.rows[399][1]["text"].startswith("w row 399 ")
+
+
+def test_a_sparse_file_reads_across_adjacent_and_overlapping_parts() -> None:
+    blob = SparseFile(10, [(6, b"6789"), (0, b"012"), (2, b"2345")])
+    blob.seek(1)
+    assert blob.read(8) == b"12345678"
+    blob.seek(0)
+    assert blob.read(10) == b"0123456789"
+    gap = SparseFile(10, [(0, b"012"), (5, b"56789")])
+    with pytest.raises(OSError, match="bytes 3-6 were not fetched"):
+        gap.seek(1)
+        gap.read(5)
+
+
 async def test_a_partial_conversion_is_found_through_the_api_listing_and_its_shards() -> None:
     fake = FakeHub()
     fake.add_rows("org/p", "default", "train", rows(300, "p"), FEATURES, partial=True,
@@ -164,17 +193,6 @@ async def test_missing_and_gated_are_final_and_a_token_with_access_reads() -> No
                 await r.aclose()
     statuses = {(q.path.split("/")[1], q.authorized) for q in fake.requests}
     assert ("datasets", True) in statuses and ("datasets", False) in statuses
-
-
-async def run_clocked(clock: FakeClock, aw: Awaitable[T], idle: Any) -> T:
-    """Run ``aw`` over real sockets, moving the fake clock to its next deadline only when
-    no call is on the wire (``idle()``): waits, pacing and retries take no real time."""
-    task = asyncio.ensure_future(aw)
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.005)
-        if not task.done() and idle() and clock.next_deadline is not None:
-            await clock.advance_to(clock.next_deadline)
-    return task.result()
 
 
 async def test_429_and_503_are_retried_after_retry_after_then_transient_is_retryable() -> None:

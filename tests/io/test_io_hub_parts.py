@@ -156,6 +156,38 @@ async def test_a_body_over_the_cap_is_refused_while_streaming() -> None:
     assert sent["bytes"] < 2000 * 65536  # the sender was cut off, not read to the end
 
 
+async def test_an_answer_says_the_last_url_on_the_asked_host_it_came_from() -> None:
+    # an API link to a file -> its /resolve/ URL -> a CDN's signed URL (another host)
+    async def api(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/datasets/o/a/resolve/refs%2Fconvert%2Fparquet/c/s/0000.parquet")
+
+    async def resolve(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(f"http://localhost:{request.url.port}/signed?sig=secret")
+
+    async def signed(request: web.Request) -> web.Response:
+        return web.Response(body=b"data")
+
+    app = web.Application()
+    app.router.add_get("/api/f", api)
+    app.router.add_get("/datasets/{tail:.+}", resolve)
+    app.router.add_get("/signed", signed)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    http = HubHttp(Limiter(max_in_flight=2), retry=RetryPolicy(max_retries=0))
+    try:
+        answer = await http.get(f"{base}/api/f")
+        plain = await http.get(f"{base}/signed")
+    finally:
+        await http.aclose()
+        await runner.cleanup()
+    assert answer.body == b"data"
+    assert answer.url == f"{base}/datasets/o/a/resolve/refs%2Fconvert%2Fparquet/c/s/0000.parquet"
+    assert plain.url == f"{base}/signed"
+
+
 # --------------------------------------------------------- token, collect, replay
 CANARY = "hf_canaryTOKEN0123456789abcdefCANARY"
 
