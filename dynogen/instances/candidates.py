@@ -65,6 +65,8 @@ def _piece_rows(spec: Mapping[str, Any]) -> tuple[list[tuple[int, str, int, dict
                                                    dict[str, tuple[str, ...]] | None, int]:
     """``(split_index, split, row_index, row)`` of the piece in stream order, the labels
     when the rows brought them (a Hub unit), and rows the server cut a cell of."""
+    if spec.get("hub_piece") is not None:
+        return _hub_piece_rows(spec), None, 0
     piece = spec.get("piece")
     if piece is not None:
         p = Piece.from_dict(piece)
@@ -97,6 +99,32 @@ def _piece_rows(spec: Mapping[str, Any]) -> tuple[list[tuple[int, str, int, dict
         rows.append((order.get(split, 0), split, seen[split], row))
         seen[split] += 1
     return rows, dict(got.info.labels), got.dropped
+
+
+def _hub_piece_rows(spec: Mapping[str, Any]) -> list[tuple[int, str, int, dict[str, Any]]]:
+    """One row-group piece of a Hub dataset's Parquet conversion (``io.hub_pieces``), read
+    under Hub buckets of this worker's own, with this worker's own token."""
+    import asyncio
+
+    from dynogen.io.hub_parquet import ParquetFooter
+    from dynogen.io.hub_pieces import read_hub_piece
+    from dynogen.io.hub_rows import HubRowReader, environment_token
+
+    p = Piece.from_dict(spec["hub_piece"])
+    hub = spec["hub"]
+    footer = ParquetFooter.from_dict(spec["footer"]) if spec.get("footer") else None
+
+    async def read() -> list[dict[str, Any]]:
+        reader = HubRowReader.open(rpm=hub.get("hub_rpm"),
+                                   concurrency=int(hub["hub_concurrency"]),
+                                   token=environment_token(), viewer_url=hub.get("viewer_url"))
+        try:
+            return await read_hub_piece(reader, p, footer=footer)
+        finally:
+            await reader.aclose()
+
+    return [(p.split_index, p.split, p.first_row + i, row)
+            for i, row in enumerate(asyncio.run(read()))]
 
 
 def build_candidates(spec: Mapping[str, Any]) -> dict[str, Any]:

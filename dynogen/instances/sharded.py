@@ -42,13 +42,16 @@ import numpy as np
 import orjson
 import xxhash
 
-from dynogen.config import Config
+from dynogen.config import ALL_ROWS, Config
 from dynogen.dedup import HashSet
 from dynogen.instances.apply import is_degenerate
 from dynogen.instances.build import _Todo, committed_units
 from dynogen.instances.candidates import build_candidates, candidate_meta, load_tasks
 from dynogen.instances.merge import merge_partition
-from dynogen.io.row_files import list_row_files, plan_pieces
+from dynogen.io.hub_parquet import ParquetFooter
+from dynogen.io.hub_pieces import plan_hub_pieces
+from dynogen.io.hub_rows import PAGE_ROWS, HubRowReader, environment_token
+from dynogen.io.row_files import PIECE_ROWS, list_row_files, plan_pieces
 from dynogen.io.row_reader import is_local
 from dynogen.io.rows import RowsUnavailable
 from dynogen.policy.splits import SplitPolicy
@@ -121,6 +124,7 @@ class ShardedBuild:
     def plan(self) -> tuple[list[_Unit], int]:
         todos, _ = committed_units(self.cfg, self.rundir, caps=True)
         units: list[_Unit] = []
+        hub: list[tuple[_Unit, str, dict[str, Any]]] = []
         estimate = 0
         for i, todo in enumerate(todos):
             unit = _Unit(i, todo)
@@ -137,7 +141,10 @@ class ShardedBuild:
             config = todo.config or tasks[0].config
             base = {"tasks": str(self.rundir.tasks), "tasks_start": todo.tasks_start,
                     "tasks_end": todo.tasks_end, "keep": todo.keep, "unit": i}
-            if not is_local(todo.data_ref):
+            if not is_local(todo.data_ref) and self.cfg.rows_to_read > PAGE_ROWS:
+                hub.append((unit, config, base))  # cut by file and row group, below
+                continue
+            if not is_local(todo.data_ref):  # a page or less a split: read as one process does
                 unit.specs.append({**base, "out": str(self.candidates / f"u{i:06d}-hub.parquet"),
                                    "unit_rows": {
                                        "data_ref": todo.data_ref, "config": config,
@@ -168,11 +175,57 @@ class ShardedBuild:
                                    "source": files.ref.to_dict(), "piece": piece.to_dict()})
                 rows = piece.limit if piece.limit is not None else piece.rows
                 estimate += len(tasks) * (rows if rows is not None else 100_000)
+        if hub:
+            estimate += self._plan_hub(hub)
         parts = max(1, min(4096, math.ceil(estimate / self.per_partition)))
         for unit in units:
             for spec in unit.specs:
                 spec["parts"] = parts
         return units, parts
+
+    def _plan_hub(self, hub: list[tuple[_Unit, str, dict[str, Any]]]) -> int:
+        """Hub units cut into row-group pieces of their Parquet conversion (``io.hub_pieces``),
+        listed concurrently under the Hub's buckets; returns the candidates expected."""
+        import asyncio
+
+        limit = None if self.cfg.rows_per_split == ALL_ROWS else self.cfg.rows_to_read
+        hub_settings = {"hub_rpm": self.cfg.hub_rpm, "hub_concurrency": self.cfg.hub_concurrency,
+                        "viewer_url": self.cfg.hub_viewer_url}
+
+        async def plan_all() -> list[Any]:
+            reader = HubRowReader.open(rpm=self.cfg.hub_rpm,
+                                       concurrency=self.cfg.hub_concurrency,
+                                       token=environment_token(),
+                                       viewer_url=self.cfg.hub_viewer_url)
+            try:
+                return await asyncio.gather(*(
+                    _hub_plan(reader, unit.todo.data_ref or "", config, unit.todo.splits,
+                              self.policy.allows, limit, self.piece_rows or PIECE_ROWS)
+                    for unit, config, _ in hub), return_exceptions=True)
+            finally:
+                await reader.aclose()
+
+        estimate = 0
+        for (unit, _, base), got in zip(hub, asyncio.run(plan_all()), strict=True):
+            if isinstance(got, RowsUnavailable):
+                unit.status = "retryable" if got.retryable else "unavailable"
+                unit.reason, unit.detail = got.reason, got.detail[:300]
+                continue
+            if isinstance(got, BaseException):
+                raise got
+            info, pieces, footers = got
+            labels = {k: list(v) for k, v in info.labels.items()}
+            for piece in pieces:
+                footer = footers.get(piece.path)
+                unit.specs.append({
+                    **base, "out": str(self.candidates / f"u{unit.index:06d}-{piece.name}"
+                                                          ".parquet"),
+                    "labels": labels, "file_index": piece.file_index,
+                    "hub_piece": piece.to_dict(), "hub": hub_settings,
+                    "footer": footer.to_dict() if footer is not None else None})
+                rows = piece.limit if piece.limit is not None else piece.rows
+                estimate += unit.tasks * (rows if rows is not None else 100_000)
+        return estimate
 
     # ------------------------------------------------------------------- run
     def run(self) -> list[dict[str, Any]] | None:
@@ -382,6 +435,15 @@ def build_records(units: list[_Unit], metas: dict[str, dict[str, Any]], drop: se
             rec["tasks_over_max_share"] = unit.todo.capped
         records.append(rec)
     return records
+
+
+async def _hub_plan(reader: HubRowReader, data_ref: str, config: str, splits: Sequence[str],
+                    allow: Callable[[str], bool], limit: int | None, piece_rows: int) -> Any:
+    footers: dict[str, ParquetFooter] = {}
+    info, pieces = await plan_hub_pieces(reader, data_ref, config, splits=splits or None,
+                                         allow=allow, limit=limit, footers=footers,
+                                         piece_rows=piece_rows)
+    return info, pieces, footers
 
 
 def _open(rec: dict[str, Any], retry_skipped: tuple[str, ...]) -> bool:

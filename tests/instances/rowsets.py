@@ -193,14 +193,14 @@ def make_run(root: Path, *, seed: int = 0, rows: int = 40, files: int = 2, row_g
 
 
 def hub_unit(fake: FakeHub, repo: str, n: int = 120, *, rows_of: str | None = None,
-             samples: bool = True, stored: bool = True) -> Unit:
+             samples: bool = True, stored: bool = True, **files: Any) -> Unit:
     """A Hub unit (as a snapshot holds it) and, if ``stored``, its rows on the fake Hub."""
     topic = rows_of or repo
     data = [{"text": f"A review of {topic}, number {j % 40}: it was fine.", "label": j % 2}
             for j in range(n)]
     if stored:
-        fake.add_rows(repo, "default", "train", data, FEATURES)
-        fake.add_rows(repo, "default", "test", data[:10], FEATURES)
+        fake.add_rows(repo, "default", "train", data, FEATURES, **files)
+        fake.add_rows(repo, "default", "test", data[:10], FEATURES, **files)
     return Unit(repo, "default", f"Short reviews of {topic}, each labelled by sentiment.",
                 (Field("text", "string"), Field("label", "class_label", ("neg", "pos"))),
                 license="mit", tags=("language:en",), splits=("train", "test"),

@@ -150,10 +150,12 @@ def test_a_killed_build_redoes_only_what_is_missing(tmp_path: Path, phase: int) 
     assert counts(records) == counts(list(iter_jsonl(a / "builds.jsonl")))
 
 
+@pytest.mark.parametrize("rows", [50, 200, "all"])
 async def test_hub_units_build_the_same_sharded(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
-    """Hub datasets (read whole through the Hub row reader on the worker) beside a local
-    folder: the same instances and counts as one process."""
+                                                tmp_path: Path, rows: int | str) -> None:
+    """Hub datasets: the same instances and counts as one process, read whole through the
+    Hub row reader on a worker (a page or less a split), or cut into row-group pieces of
+    their Parquet conversion (over a page: 200, all)."""
     import asyncio
 
     from huggingface_hub import constants
@@ -168,19 +170,31 @@ async def test_hub_units_build_the_same_sharded(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", "/nonexistent-dynogen-test")
     fake = FakeHub()
-    units = [hub_unit(fake, f"org/set{i:02d}", rows_of=f"thing {i % 3}") for i in range(6)]
+    # one file a split, of row groups of 20 rows (files found by name past the first
+    # are the single-process reader's guess, which tests/io/test_hub_pieces.py covers)
+    units = [hub_unit(fake, f"org/set{i:02d}", 150, rows_of=f"thing {i % 3}",
+                      row_group_size=20) for i in range(6)]
     src = shard(tmp_path / "units.jsonl", units)
     with fake.running() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         async with serve(FakeOpenAI()) as llm:
             cfg = Config(source=src, out=str(tmp_path / "a"), base_url=llm.url, free=True,
                          quiet=True, max_in_flight=8, hub_viewer_url=hub.viewer_url,
-                         hub_rpm=None)
+                         hub_rpm=None, rows_per_split=rows)
             done = await arun(cfg, build=False)
         assert done.exit_code == EXIT["ok"], done.message
         shutil.copytree(tmp_path / "a", tmp_path / "b")
         want = await asyncio.to_thread(local, tmp_path / "a")
-        got = await asyncio.to_thread(sharded, tmp_path / "b")
+        cfg = _saved_config(RunDir(tmp_path / "b")).with_(quiet=True).validate()
+        plan, _ = await asyncio.to_thread(
+            ShardedBuild(cfg, RunDir(tmp_path / "b"), InlineRunner(), piece_rows=30).plan)
+        got = await asyncio.to_thread(sharded, tmp_path / "b", piece_rows=30)
+    kinds = [sorted({"hub_piece" if "hub_piece" in s else "unit" for s in u.specs})
+             for u in plan]
+    if rows == 50:  # one page a split: the whole unit, through the viewer, as one process
+        assert kinds == [["unit"]] * 6 and all(len(u.specs) == 1 for u in plan)
+    else:  # train's 150 rows in pieces of two 20-row groups (test is not allowed)
+        assert kinds == [["hub_piece"]] * 6 and all(len(u.specs) >= 3 for u in plan)
     assert [r["status"] for r in got] == ["built"] * 6
     assert counts(got) == counts(want)
     assert instance_set(tmp_path / "b") == instance_set(tmp_path / "a")
