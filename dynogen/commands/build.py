@@ -78,9 +78,10 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
         for rec in iter_jsonl(rundir.units):
             stats.add_unit(rec)
         t0 = time.perf_counter()
+        written: dict[str, int] = {}
         if engine == "ray":
             stopped = run_on_loop(_build_sharded(cfg, rundir, stats, handle_signals,
-                                                 ray_address))
+                                                 ray_address, written))
             where = rundir.path / SHARD_DIR
         else:
             stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals))
@@ -94,6 +95,8 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
                         report[k] = old[k]
         report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
                              "command": "build", "engine": engine, "stop_reason": stopped}
+        if engine == "ray":  # what this session wrote; a resumed build skips the rest
+            report["session"]["written"] = written
         rundir.write_report(report)
     finally:
         rundir.close()
@@ -139,8 +142,9 @@ async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool
 
 
 async def _build_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
-                         address: str | None) -> str | None:
-    """The sharded build on Ray; the driver's work runs in a thread so signals land here."""
+                         address: str | None, written: dict[str, int]) -> str | None:
+    """The sharded build on Ray; the driver's work runs in a thread so signals land here.
+    ``written`` gets the candidate files and partitions this session wrote."""
     from dynogen.instances.ray_runner import RayRunner
     from dynogen.instances.sharded import ShardedBuild
 
@@ -149,6 +153,7 @@ async def _build_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signa
         job = ShardedBuild(cfg, rundir, runner)
         with signals(job.stop, enabled=handle_signals):
             records = await asyncio.to_thread(job.run)
+        written.update(job.written)
     finally:
         await asyncio.to_thread(runner.close)
     for rec in records or ():
