@@ -83,9 +83,10 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
         for rec in iter_jsonl(rundir.units):
             stats.add_unit(rec)
         t0 = time.perf_counter()
+        written: dict[str, int] = {}  # the sharded build's files written this session
         if engine == "ray":
             stopped = run_on_loop(_build_sharded(cfg, rundir, stats, handle_signals,
-                                                 ray_address, seen, runner))
+                                                 ray_address, seen, runner, written))
             where = rundir.path / SHARD_DIR
         else:
             stopped = run_on_loop(_build(cfg, rundir, stats, handle_signals, seen))
@@ -99,6 +100,8 @@ def build(out: str | Path, *, rows_per_split: int | str | None = None, quiet: bo
                         report[k] = old[k]
         report["session"] = {"wall_seconds": round(time.perf_counter() - t0, 3),
                              "command": "build", "engine": engine, "stop_reason": stopped}
+        if engine == "ray":  # what this session wrote; a resumed build skips the rest
+            report["session"]["written"] = written
         rundir.write_report(report)
     finally:
         rundir.close()
@@ -144,27 +147,30 @@ async def _build(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool
 
 async def _build_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
                          address: str | None, seen: HashSet | None,
-                         runner: Runner | None) -> str | None:
-    """The sharded build on Ray (or on ``runner``)."""
+                         runner: Runner | None, written: dict[str, int]) -> str | None:
+    """The sharded build on Ray (or on ``runner``); ``written`` gets the candidate files
+    and partitions this session wrote."""
     if runner is not None:
-        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, runner)
+        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, runner, written)
     from dynogen.instances.ray_runner import RayRunner
 
     ray = RayRunner(address)  # on the main thread: Ray installs its handlers there
     try:
-        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, ray)
+        return await _run_sharded(cfg, rundir, stats, handle_signals, seen, ray, written)
     finally:
         await asyncio.to_thread(ray.close)
 
 
 async def _run_sharded(cfg: Config, rundir: RunDir, stats: Stats, handle_signals: bool,
-                       seen: HashSet | None, runner: Runner) -> str | None:
+                       seen: HashSet | None, runner: Runner,
+                       written: dict[str, int]) -> str | None:
     """The driver's work runs in a thread so signals land here."""
     from dynogen.instances.sharded import ShardedBuild
 
     job = ShardedBuild(cfg, rundir, runner, seen=seen)
     with signals(job.stop, enabled=handle_signals):
         records = await asyncio.to_thread(job.run)
+    written.update(job.written)
     for rec in records or ():
         stats.add_build(rec)
     return None if records is not None else "interrupted"
