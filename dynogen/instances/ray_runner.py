@@ -98,6 +98,11 @@ class RayRunner:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         if address is not None:
             _check_reachable(address)
+            # a port that answers but is no GCS: Ray's defaults retry for ~14 minutes
+            # (20 tries of 30 s); one try of 10 s still joins a busy head (the user's own
+            # settings win)
+            os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
+            os.environ.setdefault("RAY_py_gcs_connect_timeout_s", "10")
         from ray.exceptions import AuthenticationError
 
         try:
