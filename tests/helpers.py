@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-__all__ = ["FIXTURES", "REPO", "TESTS", "build_sharded", "journals_consistent", "lines",
+__all__ = ["FIXTURES", "REPO", "TESTS", "build_sharded", "built_both", "journals_consistent",
+           "lines",
            "rows_of", "run_clocked", "run_env", "same_output", "shard_instances", "tasks_run",
            "wait_until", "wait_until_async", "write_source"]
 
@@ -174,6 +175,23 @@ def build_sharded(target: Path, **kw: Any) -> Any:
 
     return build(target, engine="ray", runner=InlineRunner(), quiet=True, handle_signals=False,
                  **kw)
+
+
+def built_both(tmp: Path) -> tuple[Path, Path]:
+    """The same run's tasks built twice: by one process (``tmp/local``), and by the sharded
+    engine (``tmp/sharded``)."""
+    import shutil
+
+    from dynogen.api import build
+
+    local = tasks_run(tmp / "local")
+    sharded = tmp / "sharded"
+    shutil.copytree(local, sharded)
+    assert build(local, quiet=True, handle_signals=False).exit_code == 0
+    assert build_sharded(sharded).exit_code == 0
+    assert not (sharded / "instances.jsonl").exists()
+    assert list((sharded / "instances").glob("part-*.parquet"))
+    return local, sharded
 
 
 def shard_instances(run: Path) -> Path:

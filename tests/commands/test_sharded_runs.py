@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import orjson
@@ -19,19 +18,13 @@ from dynogen.instances.provenance import Target
 from dynogen.publishing.stage import stage
 from dynogen.store.instance_files import count_instances, iter_instances
 from dynogen.testing import FakeOpenAI, serve
-from tests.helpers import build_sharded, rows_of, tasks_run
+from tests.helpers import built_both, rows_of
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> tuple[Path, Path]:
     """The same run's tasks built twice: by one process, and by the sharded engine."""
-    local = tasks_run(tmp_path / "local")
-    sharded = tmp_path / "sharded"
-    shutil.copytree(local, sharded)
-    assert dynogen.build(local, quiet=True, handle_signals=False).exit_code == 0
-    assert build_sharded(sharded).exit_code == 0
-    assert not (sharded / "instances.jsonl").exists()
-    return local, sharded
+    return built_both(tmp_path)
 
 
 def test_inspect_reads_a_sharded_run(pair: tuple[Path, Path]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import dynogen
 from dynogen.errors import ConfigError, RunDirError
 from dynogen.instances.export import INSTANCE_COLUMNS, export_instances
 from dynogen.instances.render import Instance
-from tests.helpers import build_sharded, rows_of, tasks_run
+from tests.helpers import built_both, rows_of
 
 
 def _records(n: int) -> list[dict[str, Any]]:
@@ -119,13 +118,7 @@ def test_refusals(tmp_path: Path) -> None:
 def test_a_sharded_run_exports_the_rows_of_the_same_run_built_locally(tmp_path: Path) -> None:
     import datasets
 
-    local = tasks_run(tmp_path / "local")
-    sharded = tmp_path / "sharded"
-    shutil.copytree(local, sharded)
-    assert dynogen.build(local, quiet=True, handle_signals=False).exit_code == 0
-    assert build_sharded(sharded).exit_code == 0
-    assert not (sharded / "instances.jsonl").exists()
-    assert list((sharded / "instances").glob("part-*.parquet"))
+    local, sharded = built_both(tmp_path)
     want = pq.read_table(dynogen.export(local)).to_pylist()
     out = dynogen.export(sharded)
     assert out == sharded / "export" / "instances.parquet"
