@@ -40,7 +40,7 @@ import dataclasses
 import errno
 import os
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,12 +364,15 @@ def _settled(rec: dict[str, Any], retry_skipped: tuple[str, ...]) -> bool:
 
 
 def _apply(task: Task, rows: list[tuple[str, dict[str, Any]]],
-           labels: dict[str, tuple[str, ...]], skipped: Counter[str]) -> list[dict[str, Any]]:
+           labels: dict[str, tuple[str, ...]],
+           skipped: Counter[str]) -> Iterator[dict[str, Any]]:
+    """The task's records, made one at a time as they are written (a unit's rows can be
+    millions: one list of records beside the rendered instances doubled the peak)."""
     built = built_rows(task, rows, labels, skipped)
     if built and is_degenerate(task, len(built), len({i.output for _, i in built})):
         skipped["degenerate_constant_output"] += len(built)
-        return []
-    return [instance_record(task, split, inst) for split, inst in built]
+        return iter(())
+    return (instance_record(task, split, inst) for split, inst in built)
 
 
 async def abuild_instances(cfg: Config, rundir: RunDir, *, reader: RowReader,
