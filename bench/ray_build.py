@@ -576,8 +576,12 @@ class Sampler:
     and the bytes under ``candidates``."""
 
     def __init__(self, root: int, marks: tuple[str, ...], candidates: Path,
-                 interval: float = 0.25) -> None:
+                 interval: float = 0.25, guard_mb: int = 1500) -> None:
         self.root, self.marks, self.candidates, self.interval = root, marks, candidates, interval
+        self.guard_mb = guard_mb  # below this much available memory the build is ended
+        self.guard: dict[str, Any] | None = None
+        self.timeline: list[tuple[float, float, float]] = []  # (s, build process MB, all MB)
+        self._t0 = time.perf_counter()
         self.procs: dict[int, dict[str, Any]] = {}
         self.peak_total_kb = 0
         self.peak_candidate_bytes = 0
@@ -647,6 +651,20 @@ class Sampler:
                     rec["cpu0"] = t.user + t.system
                 rec["cpu_s"] = max(rec["cpu_s"], t.user + t.system - (rec["cpu0"] or 0.0))
         self.peak_total_kb = max(self.peak_total_kb, total)
+        t = time.perf_counter() - self._t0
+        root = self.procs.get(self.root)
+        if root is not None and (not self.timeline or t - self.timeline[-1][0] >= 2.0):
+            self.timeline.append((round(t, 1), round(_status_kb(self.root)[1] / 1024),
+                                  round(total / 1024)))
+        available = psutil.virtual_memory().available // MB
+        if available < self.guard_mb and self.guard is None and total > 1024 * 1024:
+            # The machine is about to run out: end this build (by its pid) before the
+            # kernel's OOM killer picks some other process of the machine.
+            self.guard = {"available_mb": int(available), "tracked_rss_mb": total // 1024,
+                          "at_s": round(t, 1)}
+            for pid in (self.root, *(p for p in self.procs if p != self.root)):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             size = sum(p.stat().st_size for p in self.candidates.glob("*.parquet"))
             self.peak_candidate_bytes = max(self.peak_candidate_bytes, size)
@@ -664,7 +682,8 @@ class Sampler:
                 "largest_worker_mb": round(max(by_role.get("worker", [0])) / 1024, 1),
                 "cpu_s_by_role": {r: round(v, 1) for r, v in cpu.items()},
                 "cpu_s": round(sum(cpu.values()), 1),
-                "sampled_candidate_bytes": self.peak_candidate_bytes, "samples": self.samples}
+                "sampled_candidate_bytes": self.peak_candidate_bytes, "samples": self.samples,
+                "memory_guard": self.guard, "rss_timeline_mb": self.timeline}
 
 
 def _env(work: Path, ray_tmp: Path | None = None, auth: str | None = None) -> dict[str, str]:
@@ -770,7 +789,7 @@ def _bytes(paths: Iterator[Path]) -> int:
 
 def build_once(name: str, engine: str, tasks_run: Path, work: Path, *,
                address: str | None = None, marks: tuple[str, ...] = (),
-               ray_tmp: Path | None = None, auth: str | None = None,
+               ray_tmp: Path | None = None, auth: str | None = None, guard_mb: int = 1500,
                ) -> tuple[dict[str, Any], Path]:
     """Copy ``tasks_run`` and build it in a child process, sampled; returns the measures."""
     run = work / f"run-{name}"
@@ -786,13 +805,24 @@ def build_once(name: str, engine: str, tasks_run: Path, work: Path, *,
     proc = subprocess.Popen(cmd, env=env, cwd=str(work), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     own_marks = (*marks, str(ray_tmp)) if ray_tmp is not None else marks
-    with Sampler(proc.pid, own_marks, run / "instances" / ".candidates") as sampler:
+    with Sampler(proc.pid, own_marks, run / "instances" / ".candidates",
+                 guard_mb=guard_mb) as sampler:
         log, _ = proc.communicate()
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()[0]
     if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"{name}: the build exited {proc.returncode}:\n"
-                         f"{log.decode(errors='replace')[-4000:]}")
+        # killed (the memory guard, the kernel's OOM killer) or failed: say how far it got
+        journal = run / ("instances/builds.jsonl" if engine == "ray" else "builds.jsonl")
+        done = [orjson.loads(x) for x in journal.read_bytes().splitlines()
+                if x] if journal.exists() else []
+        return {"engine": engine, "address": address, "exit": proc.returncode,
+                "failed": "killed by the memory guard" if sampler.guard else
+                f"exited {proc.returncode}", "process_wall_s": round(wall, 2),
+                "units_built": len(done), "rows_read": sum(int(r.get("rows") or 0) for r in done),
+                "instances_written": sum(int(r.get("instances") or 0) for r in done),
+                "memory": sampler.summary(),
+                "load_avg_1min": [round(load_before, 2), round(load_after, 2)],
+                "log_tail": log.decode(errors="replace")[-1500:]}, run
     child = orjson.loads(out.read_bytes())
     rows = _rows_read(run, engine)
     m = child["marks"]
@@ -841,8 +871,8 @@ def machine() -> dict[str, Any]:
             "versions": {p: version(p) for p in ("ray", "pyarrow", "datasets")}}
 
 
-def measure(rows: int, work: Path, port: int, names: tuple[str, ...],
-            keep: bool) -> dict[str, Any]:
+def measure(rows: int, work: Path, port: int, names: tuple[str, ...], keep: bool,
+            guard_mb: int = 1500) -> dict[str, Any]:
     import tempfile
 
     work.mkdir(parents=True, exist_ok=True)
@@ -872,11 +902,12 @@ def measure(rows: int, work: Path, port: int, names: tuple[str, ...],
                 with local_cluster(2, port, _env(work, auth="disabled"), ray_tmp) as (
                         address, dirs):
                     res, run = build_once(name, engine, work / "tasks", work, address=address,
-                                          marks=dirs, auth="disabled")
+                                          marks=dirs, auth="disabled", guard_mb=guard_mb)
                 res["cluster"] = {"nodes": 2, "cpus_per_node": 1, "object_store_mb": 1024}
             else:
                 res, run = build_once(name, engine, work / "tasks", work,
-                                      ray_tmp=ray_tmp if engine == "ray" else None)
+                                      ray_tmp=ray_tmp if engine == "ray" else None,
+                                      guard_mb=guard_mb)
                 if engine == "ray":
                     res["cluster"] = {"nodes": 1, "cpus_per_node": os.cpu_count(),
                                       "started_by": "the build (ray.init)"}
@@ -884,6 +915,14 @@ def measure(rows: int, work: Path, port: int, names: tuple[str, ...],
             if engine == "ray" and nodes != 2:
                 _kill_marked((str(ray_tmp),))  # anything the build's own Ray left behind
             shutil.rmtree(ray_tmp, ignore_errors=True)
+        if res.get("failed"):
+            doc["builds"][name] = res
+            print(f"| {name} | {res['failed']} after {res['process_wall_s']} s: "
+                  f"{res['units_built']} units, peak "
+                  f"{res['memory']['peak_rss_sum_mb']:,.0f} MB |", flush=True)
+            if not keep:
+                shutil.rmtree(run, ignore_errors=True)
+            continue
         t = time.perf_counter()
         got = digests(run)
         res["digest_s"] = round(time.perf_counter() - t, 1)
@@ -926,7 +965,7 @@ def scale_inputs(doc: dict[str, Any]) -> dict[str, Any]:
         "rows_per_cpu_s": round(rows / one["memory"]["cpu_s"]) if one["memory"]["cpu_s"] else None,
         "local_rows_per_cpu_s": (round(doc["builds"]["local"]["rows_read"]
                                        / doc["builds"]["local"]["memory"]["cpu_s"])
-                                 if doc["builds"].get("local") else None),
+                                 if doc["builds"].get("local", {}).get("exit") == 0 else None),
     }
 
 
@@ -948,7 +987,11 @@ def _row(name: str, r: dict[str, Any]) -> str:
 
 def table(doc: dict[str, Any]) -> str:
     lines = [HEAD, "|---" * (HEAD.count("|") - 1) + "|"]
-    lines += [_row(n, r) for n, r in doc["builds"].items()]
+    lines += [_row(n, r) if not r.get("failed") else
+              f"| {n} | {r['failed']} after {r['process_wall_s']:,.0f} s "
+              f"({r['units_built']} units built) | | | | | | | "
+              f"{r['memory']['peak_rss_sum_mb']:,.0f} | | | |"
+              for n, r in doc["builds"].items()]
     return "\n".join(lines)
 
 
@@ -966,6 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--builds", default=",".join(n for n, _, _ in BUILDS),
                    help="which builds to measure (local is the reference for equality)")
     p.add_argument("--keep", action="store_true", help="keep the built run directories")
+    p.add_argument("--guard-mb", type=int, default=1500,
+                   help="end a build (over 1 GB itself) when the machine has less than this "
+                        "much memory available, before the kernel's OOM killer picks a process")
     p.add_argument("--out", type=Path, help="the results file (default: bench/results/"
                                             "ray_build.json, or ray_build-ROWS.json)")
     p.add_argument("--table", type=Path, metavar="JSON", help="print a saved result's table")
@@ -974,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(orjson.loads(args.table.read_bytes())))
         return 0
     names = tuple(n.strip() for n in args.builds.split(",") if n.strip())
-    doc = measure(args.rows, args.work, args.port, names, args.keep)
+    doc = measure(args.rows, args.work, args.port, names, args.keep, args.guard_mb)
     out = args.out or RESULTS / ("ray_build.json" if args.rows == DEFAULT_ROWS
                                  else f"ray_build-{args.rows}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -984,6 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(doc["scale_out_inputs"], indent=1))
     print(f"saved {out}")
     ok = all(r.get("equal_to_local", True) and r["exit"] == 0 for r in doc["builds"].values())
+    if not ok:
+        print("a build failed or differs from the local engine's output")
     return 0 if ok else 1
 
 
