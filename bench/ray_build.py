@@ -28,15 +28,20 @@
    process of the Ray cluster (driver, raylets, GCS, workers), and the size of
    ``instances/.candidates``.
 
-Per build: wall seconds, rows/s, instances written, the driver's and the
-largest Ray worker's peak RSS, the shuffle volume (the candidate files phase 1
-writes and phase 2 reads; measured in the child by wrapping
-``ShardedBuild._merge``, which runs once phase 1 is done, and by the sampler)
-and the final shards' bytes; and whether the output is the local engine's: the
-sorted xxh3 digests of every instance dict (``orjson`` with sorted keys)
-through ``dynogen.store.instance_files.iter_instances``. Prints a table and
-writes ``bench/results/ray_build.json`` (``--rows`` under the default writes
-``ray_build-<rows>.json``).
+Per build: wall seconds, rows/s, CPU seconds of every process, instances
+written, the driver's and the largest Ray worker's peak RSS (``VmHWM``; the
+child's ``ru_maxrss`` is kept too, but it carries the bench's own size over
+fork and exec), the shuffle volume (the candidate files phase 1 writes and
+phase 2 reads; measured in the child by wrapping ``ShardedBuild._merge``,
+which runs once phase 1 is done, and by the sampler) and the final shards'
+bytes; and whether the output is the reference's (the first build that
+finished: the local engine unless ``--builds`` leaves it out): the sorted
+xxh3 digests of every instance dict (``orjson`` with sorted keys) through
+``dynogen.store.instance_files.iter_instances``. A build that would run the
+machine out of memory is ended by the sampler (``--guard-mb``) and reported
+with how far it got. Prints a table and writes ``bench/results/ray_build.json``
+(``--rows`` other than the default writes ``ray_build-<rows>.json``);
+``--table FILE`` prints a saved one's table.
 """
 
 from __future__ import annotations
@@ -526,7 +531,9 @@ def _child(run: str, engine: str, address: str | None, out: str) -> None:
               "process_s": time.perf_counter() - t_start,
               "report_wall_s": outcome.report.get("session", {}).get("wall_seconds"),
               "instances": outcome.report.get("instances", {}),
+              # ru_maxrss keeps the parent's size across fork and exec; VmHWM is this image's
               "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "driver_vmhwm_mb": _status_kb(os.getpid())[0] / 1024,
               "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
               "marks": marks}
     Path(out).write_bytes(orjson.dumps(result))
@@ -837,7 +844,9 @@ def build_once(name: str, engine: str, tasks_run: Path, work: Path, *,
         "instances_skipped_by_reason": child["instances"].get("skipped_by_reason"),
         "instances_per_s": round((child["instances"].get("written") or 0) / build_s),
         "child_cpu_s": round(child["cpu_s"], 1),
-        "driver_peak_rss_mb": round(child["driver_maxrss_mb"], 1),
+        "driver_peak_rss_mb": round(child.get("driver_vmhwm_mb") or sampler.summary()[
+            "peak_rss_mb_by_role"].get("driver", 0.0), 1),
+        "driver_ru_maxrss_mb": round(child["driver_maxrss_mb"], 1),
         "memory": sampler.summary(),
         "load_avg_1min": [round(load_before, 2), round(load_after, 2)],
         "phases": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in m.items()},
@@ -888,7 +897,7 @@ def measure(rows: int, work: Path, port: int, names: tuple[str, ...], keep: bool
     print("tasks: dynogen's task stage against the scripted fake ...", flush=True)
     doc["tasks"] = make_tasks(work / "data", work / "tasks")
     doc["builds"] = {}
-    reference = None
+    reference: tuple[str, Any] | None = None
     for name, engine, nodes in BUILDS:
         if name not in names:
             continue
@@ -927,13 +936,14 @@ def measure(rows: int, work: Path, port: int, names: tuple[str, ...], keep: bool
         got = digests(run)
         res["digest_s"] = round(time.perf_counter() - t, 1)
         res["instances_read_back"] = int(got.size)
-        if reference is None and name == "local":
-            reference = got
-        if reference is not None and name != "local":
-            res["equal_to_local"] = bool(np.array_equal(got, reference))
-            if not res["equal_to_local"]:
-                res["only_here"] = int(np.setdiff1d(got, reference).size)
-                res["only_in_local"] = int(np.setdiff1d(reference, got).size)
+        if reference is None:  # the first build that finished: local when it ran
+            reference = (name, got)
+        else:
+            res["reference"] = reference[0]
+            res["equal_to_reference"] = bool(np.array_equal(got, reference[1]))
+            if not res["equal_to_reference"]:
+                res["only_here"] = int(np.setdiff1d(got, reference[1]).size)
+                res["only_in_reference"] = int(np.setdiff1d(reference[1], got).size)
         doc["builds"][name] = res
         print(_row(name, res), flush=True)
         if not keep:
@@ -970,19 +980,24 @@ def scale_inputs(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 HEAD = ("| build | nodes × CPUs | build s | rows/s | CPU s | instances | driver peak RSS MB | "
-        "largest worker MB | all processes MB | candidates MB | output MB | = local |")
+        "largest worker MB | all processes MB | candidates MB | output MB | same output |")
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
     c = r.get("cluster") or {}
     shape = f"{c.get('nodes', 1)} × {c.get('cpus_per_node', 1)}" if c else "1 process"
     mem = r["memory"]
+    driver = mem["peak_rss_mb_by_role"].get("driver", 0.0)  # VmHWM: this image's own peak
+    worker = f"{mem['largest_worker_mb']:,.0f}" if mem["largest_worker_mb"] else "–"
     cand = r["phases"].get("candidate_bytes")
-    eq = "ref" if name == "local" else ("yes" if r.get("equal_to_local") else "NO")
+    if "equal_to_local" in r:  # results written before the reference could be another build
+        r = {**r, "reference": "local", "equal_to_reference": r["equal_to_local"]}
+    eq = ("reference" if "reference" not in r else
+          f"{'yes' if r.get('equal_to_reference') else 'NO'} (as {r['reference']})")
     return (f"| {name} | {shape} | {r['build_s']:,.1f} | {r['rows_per_s']:,} | "
-            f"{mem['cpu_s']:,.0f} | {r['instances_written']:,} | {r['driver_peak_rss_mb']:,.0f} | "
-            f"{mem['largest_worker_mb']:,.0f} | {mem['peak_rss_sum_mb']:,.0f} | "
-            f"{(cand or 0) / MB:,.0f} | {r['output_bytes'] / MB:,.0f} | {eq} |")
+            f"{mem['cpu_s']:,.0f} | {r['instances_written']:,} | {driver:,.0f} | "
+            f"{worker} | {mem['peak_rss_sum_mb']:,.0f} | "
+            f"{f'{cand / MB:,.0f}' if cand else '–'} | {r['output_bytes'] / MB:,.0f} | {eq} |")
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -1007,7 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
                         "reused by the next run with the same --rows)")
     p.add_argument("--port", type=int, default=6391, help="the 2-node cluster's GCS port")
     p.add_argument("--builds", default=",".join(n for n, _, _ in BUILDS),
-                   help="which builds to measure (local is the reference for equality)")
+                   help="which builds to measure (the first one that finishes is the reference "
+                        "the others' output is compared with)")
     p.add_argument("--keep", action="store_true", help="keep the built run directories")
     p.add_argument("--guard-mb", type=int, default=1500,
                    help="end a build (over 1 GB itself) when the machine has less than this "
@@ -1029,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(doc))
     print(json.dumps(doc["scale_out_inputs"], indent=1))
     print(f"saved {out}")
-    ok = all(r.get("equal_to_local", True) and r["exit"] == 0 for r in doc["builds"].values())
+    ok = all(r.get("equal_to_reference", True) and r["exit"] == 0
+             for r in doc["builds"].values())
     if not ok:
         print("a build failed or differs from the local engine's output")
     return 0 if ok else 1
