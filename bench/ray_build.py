@@ -504,6 +504,8 @@ def _child(run: str, engine: str, address: str | None, out: str) -> None:
             marks["phase1_start"] = time.perf_counter()
             marks["partitions"] = got[1]
             marks["pieces"] = sum(len(u.specs) for u in got[0])
+            marks["piece_rows"] = [int((sp.get("piece") or {}).get("rows") or 0)
+                                   for u in got[0] for sp in u.specs]
             return got
 
         def timed_merge(self: Any, *a: Any, **k: Any) -> Any:
@@ -965,6 +967,7 @@ def scale_inputs(doc: dict[str, Any]) -> dict[str, Any]:
         "candidate_rows": p.get("candidate_rows"), "candidate_bytes": cand,
         "shard_bytes": one["output_bytes"], "instances": one["instances_written"],
         "pieces": p.get("pieces"), "partitions": p.get("partitions"),
+        "piece_rows": p.get("piece_rows"),
         "plan_s": p.get("plan_s"), "ray_init_s": p.get("ray_init_s"),
         "phase1_s": p.get("phase1_s"), "phase2_s": p.get("phase2_s"),
         "phase1_rows_per_s_per_node": round(rows / p["phase1_s"]) if p.get("phase1_s") else None,
@@ -977,6 +980,58 @@ def scale_inputs(doc: dict[str, Any]) -> dict[str, Any]:
                                        / doc["builds"]["local"]["memory"]["cpu_s"])
                                  if doc["builds"].get("local", {}).get("exit") == 0 else None),
     }
+
+
+def scale_out(inp: dict[str, Any], nodes: int, *, cores: int = 2, node_gb_s: float = 1.25,
+              fs_gb_s: float = 2.0) -> dict[str, float]:
+    """The build's time on ``nodes`` machines of ``cores`` cores each, worked out from the
+    one-node measures (``scale_inputs``): each phase is waves of equal tasks (a piece, a
+    partition) at the measured per-core rate, or the bytes it moves through the shared
+    filesystem (each node's link ``node_gb_s``, the filesystem's ``fs_gb_s`` in all),
+    whichever is longer; plus starting Ray and the plan."""
+    import math
+
+    rows, pieces, parts = inp["rows_read"], inp["pieces"], inp["partitions"]
+    r1 = inp["phase1_rows_per_s_per_node"] / cores  # rows/s of one core
+    r2 = inp["phase2_candidates_per_s_per_node"] / cores
+    slots = nodes * cores
+    bw = min(nodes * node_gb_s, fs_gb_s) * 1e9
+    sizes = [float(n) for n in inp.get("piece_rows") or ()]
+    if len(sizes) == pieces and sum(sizes) <= rows:
+        # a JSON Lines piece's rows are not known before it is read: share what is left
+        unknown = sizes.count(0.0)
+        sizes = [n or (rows - sum(sizes)) / unknown for n in sizes]
+        load = [0.0] * slots  # the largest piece first, each to the core free first
+        for n in sorted(sizes, reverse=True):
+            load[load.index(min(load))] += n
+        p1_cpu = max(load) / r1
+    else:  # equal pieces
+        p1_cpu = math.ceil(pieces / slots) * (rows / pieces) / r1
+    p1_io = (inp["source_bytes"] + inp["candidate_bytes"]) / bw
+    p2_cpu = math.ceil(parts / slots) * (inp["candidate_rows"] / parts) / r2
+    p2_io = (inp["candidate_bytes"] + inp["shard_bytes"]) / bw
+    fixed = float(inp["ray_init_s"] or 0) + float(inp["plan_s"] or 0)
+    total = fixed + max(p1_cpu, p1_io) + max(p2_cpu, p2_io)
+    return {"nodes": nodes, "phase1_s": round(max(p1_cpu, p1_io), 1),
+            "phase1_io_s": round(p1_io, 2), "phase2_s": round(max(p2_cpu, p2_io), 1),
+            "phase2_io_s": round(p2_io, 2), "total_s": round(total, 1),
+            "rows_per_s": round(rows / total)}
+
+
+def scale_table(doc: dict[str, Any], nodes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> str:
+    inp = dict(doc.get("scale_out_inputs") or {})
+    if not inp.get("phase1_s"):
+        return ""
+    if not inp.get("piece_rows"):  # the plan is the same in every Ray build of a run
+        inp["piece_rows"] = next((b["phases"]["piece_rows"] for b in doc["builds"].values()
+                                  if b.get("phases", {}).get("piece_rows")), None)
+    lines = ["| machines (2 cores) | phase 1 s (of it I/O) | phase 2 s (of it I/O) | total s "
+             "| rows/s |", "|---|---|---|---|---|"]
+    for n in nodes:
+        m = scale_out(inp, n)
+        lines.append(f"| {n} | {m['phase1_s']:,} ({m['phase1_io_s']}) | {m['phase2_s']:,} "
+                     f"({m['phase2_io_s']}) | {m['total_s']:,} | {m['rows_per_s']:,} |")
+    return "\n".join(lines)
 
 
 HEAD = ("| build | nodes × CPUs | build s | rows/s | CPU s | instances | driver peak RSS MB | "
@@ -1033,7 +1088,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", type=Path, metavar="JSON", help="print a saved result's table")
     args = p.parse_args(argv)
     if args.table:
-        print(table(orjson.loads(args.table.read_bytes())))
+        saved = orjson.loads(args.table.read_bytes())
+        print(table(saved))
+        print()
+        print(scale_table(saved))
         return 0
     names = tuple(n.strip() for n in args.builds.split(",") if n.strip())
     doc = measure(args.rows, args.work, args.port, names, args.keep, args.guard_mb)
@@ -1044,6 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(doc))
     print(json.dumps(doc["scale_out_inputs"], indent=1))
+    print(scale_table(doc))
     print(f"saved {out}")
     ok = all(r.get("equal_to_reference", True) and r["exit"] == 0
              for r in doc["builds"].values())
