@@ -1101,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print()
     print(table(doc))
-    print(json.dumps(doc["scale_out_inputs"], indent=1))
+    print({k: v for k, v in doc["scale_out_inputs"].items() if k != "piece_rows"})
     print(scale_table(doc))
     print(f"saved {out}")
     ok = all(r.get("equal_to_reference", True) and r["exit"] == 0
