@@ -14,7 +14,7 @@
    a train row, a few rows have an empty text or an unlabelled (-1) label.
 2. **Tasks.** ``dynogen.api.arun(cfg, build=False)`` over the folders against
    the in-process fake OpenAI server, answering each unit's request with this
-   bench's own tasks (``TASKS``: 20 in all, over the units' real fields, four
+   bench's own tasks (``TASKS``: 20 in all, over the units' real fields, seven
    with a ClassLabel output). dynogen's task stage makes the run directory as
    it always does (prompt, schema, parse, rules, ``units.jsonl``,
    ``tasks.jsonl``, ``manifest.json``); the bench checks that all 20 are kept.
@@ -24,7 +24,7 @@
    node, both cores); ``--engine ray`` joining a cluster of two local nodes
    (``ray start --head --num-cpus 1`` and ``ray start --address ... --num-cpus
    1``, each its own process and temp dir, stopped at the end). A sampler reads
-   every 0.2 s the peak RSS (``VmHWM``) of the build process and of every
+   every 0.25 s the peak RSS (``VmHWM``) of the build process and of every
    process of the Ray cluster (driver, raylets, GCS, workers), and the size of
    ``instances/.candidates``.
 
@@ -263,7 +263,7 @@ def _table(ds: Dataset, rng: np.random.Generator, n: int, texts: list[_Texts]) -
     for c in ds.cols:
         if c.kind == "text":
             arr = texts[c.vocab].draw(rng, n, c.lo, c.hi)
-            if c.name in (ds.cols[0].name,):  # a few rows with nothing to read
+            if c is ds.cols[0]:  # a few rows with nothing to read
                 empty = rng.random(n) < 0.003
                 arr = pc.if_else(pa.array(empty), pa.scalar(""), arr)
             cols[c.name] = arr
@@ -332,7 +332,6 @@ def _split_rows(total: int) -> dict[str, int]:
 
 def generate(root: Path, rows: int, seed: int = 7) -> dict[str, Any]:
     """The synthetic dataset folders under ``root`` (kept when ``root/spec.json`` matches)."""
-    import pyarrow.json  # noqa: F401 -- the writers below
     import pyarrow.parquet as pq
 
     spec = {"rows": rows, "seed": seed, "version": GENERATOR_VERSION}
@@ -431,18 +430,21 @@ def _scripted_fake() -> Any:
 
 
 def make_tasks(data: Path, run: Path) -> dict[str, Any]:
-    """``run``: a run directory of dynogen's task stage over ``data`` (kept when it exists
-    with every task of ``TASKS``)."""
+    """``run``: a run directory of dynogen's task stage over ``data`` (kept when it exists,
+    made over the same data, with every task of ``TASKS``)."""
     from dynogen.commands.run import arun
     from dynogen.config import Config, Secret
     from dynogen.testing.fake_openai import serve
 
     want = sum(len(t) for t in TASKS.values())
-    if (run / "report.json").exists():
+    spec = (data / "spec.json").read_bytes()
+    marker = run.parent / f".{run.name}-data-spec.json"  # beside it: not a run's file
+    if (run / "report.json").exists() and marker.exists() and marker.read_bytes() == spec:
         report = orjson.loads((run / "report.json").read_bytes())
         if report.get("tasks", {}).get("kept") == want:
             return _task_summary(run, report)
     shutil.rmtree(run, ignore_errors=True)
+    marker.unlink(missing_ok=True)
 
     async def go() -> Any:
         async with serve(_scripted_fake()) as server:
@@ -459,6 +461,7 @@ def make_tasks(data: Path, run: Path) -> dict[str, Any]:
             run / "dropped_tasks.jsonl").exists() else ""
         raise SystemExit(f"the task stage kept {kept} tasks, not {want}: {outcome.message}\n"
                          f"{dropped[:3000]}")
+    marker.write_bytes(spec)
     return _task_summary(run, report)
 
 
