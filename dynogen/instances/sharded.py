@@ -48,7 +48,7 @@ from dynogen.dedup import HashSet
 from dynogen.instances.apply import is_degenerate
 from dynogen.instances.build import _Todo, committed_units
 from dynogen.instances.candidates import build_candidates, candidate_meta, load_tasks
-from dynogen.instances.merge import merge_partition
+from dynogen.instances.merge import merge_partition, shard_meta
 from dynogen.io.hub_parquet import ParquetFooter
 from dynogen.io.hub_pieces import plan_hub_pieces
 from dynogen.io.hub_rows import PAGE_ROWS, HubRowReader, environment_token
@@ -113,7 +113,8 @@ class ShardedBuild:
         self.journal = self.folder / "builds.jsonl"
         self.policy = SplitPolicy.parse(cfg.splits)
         self.cache_dir = str(rundir.path / ".hf-cache")
-        self.written: dict[str, int] = {"candidates": 0, "partitions": 0}
+        # files written this session; "spoiled": found unreadable, removed and done again
+        self.written: dict[str, int] = {"candidates": 0, "partitions": 0, "spoiled": 0}
         self._stopping = False
         self._seed: Any = None
 
@@ -267,20 +268,33 @@ class ShardedBuild:
         for name in (".merge", "builds.jsonl"):
             (self.folder / name).unlink(missing_ok=True)
 
+    def _written(self, path: Path, read: Callable[[Path], dict[str, Any]],
+                 ) -> dict[str, Any] | None:
+        """What a file an earlier session wrote says of itself; ``None`` when there is none,
+        or it cannot be read (a failing disk, a hand edit): then it is removed, counted in
+        ``written["spoiled"]``, and done again."""
+        if not path.exists():
+            return None
+        try:
+            return read(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            self.written["spoiled"] += 1
+            return None
+
     def _candidates(self, units: list[_Unit]) -> dict[str, dict[str, Any]] | None:
         """Phase 1: every piece's metadata by its file name (``None``: stopped)."""
         metas: dict[str, dict[str, Any]] = {}
         todo: list[dict[str, Any]] = []
         for unit in units:
             for spec in unit.specs:
-                out = Path(spec["out"])
-                if out.exists():
-                    meta = candidate_meta(out)
-                    if meta.get("error") and redo(str(meta["error"]), self.cfg.retry_skipped):
-                        out.unlink()
-                    else:
-                        metas[spec["out"]] = meta
-                        continue
+                meta = self._written(Path(spec["out"]), candidate_meta)
+                if meta is not None and meta.get("error") and redo(str(meta["error"]),
+                                                                   self.cfg.retry_skipped):
+                    Path(spec["out"]).unlink()
+                elif meta is not None:
+                    metas[spec["out"]] = meta
+                    continue
                 todo.append(spec)
         bar = make_progress(self.cfg.quiet, "rows read", total=len(todo), unit="piece")
         try:
@@ -375,14 +389,15 @@ class ShardedBuild:
             for p in meta.get("parts") or {}:
                 by_part[int(p)].append(name)
         seeds = self._write_seed(parts)
-        specs = []
+        specs: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
         for p in range(parts):
             out = self.folder / f"part-{p:05d}.parquet"
             spec = {"out": str(out), "part": p, "files": by_part[p], "drop_units": sorted(drop),
                     "degenerate": sorted(degenerate), "seed": seeds.get(p)}
-            if out.exists():
-                results.append(merge_partition(spec))  # reads the counts back
+            done = self._written(out, shard_meta)  # the counts of a partition merged before
+            if done is not None:
+                results.append(done)
             else:
                 specs.append(spec)
         bar = make_progress(self.cfg.quiet, "deduplicated", total=len(specs), unit="partition")

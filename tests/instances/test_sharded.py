@@ -7,6 +7,7 @@ steps in this process (``InlineRunner``); ``test_ray_cluster`` runs them on Ray.
 from __future__ import annotations
 
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,33 @@ def test_a_run_holds_one_engines_output(tmp_path: Path) -> None:
     assert not (b / "instances").exists()
     local(a)
     assert instance_set(b) == instance_set(a)
+
+
+def test_a_spoiled_candidate_or_shard_is_counted_and_done_again(tmp_path: Path) -> None:
+    """A file an earlier session left that cannot be read (a failing disk, a hand edit)
+    is removed, counted in ``written["spoiled"]`` and written again: never a traceback."""
+    a, b = pair(tmp_path, rows=60)
+    local(a)
+    cfg = _saved_config(RunDir(b)).with_(quiet=True).validate()
+
+    def attempt(runner: Any) -> ShardedBuild:
+        rundir = RunDir(b).open(cfg, identity=run_identity(cfg), stage="build")
+        try:
+            job = ShardedBuild(cfg, rundir, runner, piece_rows=10, per_partition=40)
+            with pytest.raises(Killed) if isinstance(runner, Dying) else nullcontext():
+                job.run()
+            return job
+        finally:
+            rundir.close()
+
+    units, _ = ShardedBuild(cfg, RunDir(b), InlineRunner(), piece_rows=10,
+                            per_partition=40).plan()
+    attempt(Dying(sum(len(u.specs) for u in units) + 2))  # all pieces and two partitions
+    folder = b / "instances"
+    (next((folder / ".candidates").glob("*.parquet"))).write_bytes(b"PAR1 torn")
+    next(folder.glob("part-*.parquet")).write_bytes(b"")
+    job = attempt(InlineRunner())
+    assert job.written["spoiled"] == 2
+    assert job.written["candidates"] == 1 and job.written["partitions"] >= 2
+    assert instance_set(b) == instance_set(a)
+
