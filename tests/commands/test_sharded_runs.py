@@ -18,7 +18,7 @@ from dynogen.instances.provenance import Target
 from dynogen.publishing.stage import stage
 from dynogen.store.instance_files import count_instances, iter_instances
 from dynogen.testing import FakeOpenAI, serve
-from tests.helpers import built_both, rows_of
+from tests.helpers import built_both, rows_of, tasks_run
 
 
 @pytest.fixture
@@ -76,3 +76,33 @@ def test_a_run_after_a_sharded_build_holds_one_engine_output(
     assert rows_of(iter_instances(sharded)) == rows_of(iter_instances(local))
     report = orjson.loads((sharded / "report.json").read_bytes())
     assert report["repairs"]["rebuilt_for"] == {"engine": ["ray", "local"]}
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--rows-per-split", "lots"), "'lots' is not a count or 'all'"),
+    (("--rows-per-split", "-3"), "-3 is below 0"),
+    (("--engine", "spark"), "'spark' is not one of 'local', 'ray'"),
+    (("--ray-address", "head:6379"), "--ray-address is for --engine ray"),
+])
+def test_bad_build_settings_get_one_line_and_no_traceback(tmp_path: Path, args: tuple[str, ...],
+                                                          said: str) -> None:
+    from click.testing import CliRunner
+
+    from dynogen.cli.main import app
+
+    run = tasks_run(tmp_path / "run")
+    got = CliRunner().invoke(app, ["build", str(run), "--quiet", *args],
+                             catch_exceptions=False)  # an exception would end the test here
+    assert got.exit_code in (1, 2)
+    assert said in got.output and "Traceback" not in got.output
+    assert not (run / "instances.jsonl").exists() and not (run / "instances").exists()
+
+
+@pytest.mark.parametrize("value", ["lots", -1, True, 2.5])
+def test_a_config_file_with_a_bad_rows_per_split_is_refused(value: object) -> None:
+    from dynogen.config import Config
+    from dynogen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a count .0 or more. or 'all'"):
+        Config(rows_per_split=value).validate()  # type: ignore[arg-type]
+    assert Config(rows_per_split="all").validate().rows_to_read > 10**12
