@@ -136,8 +136,6 @@ class InstanceBuilder:
         self._more = asyncio.Event()
         self._closed = False
         self._stopping = False
-        self._caps: dict[str, int] | None = None
-        self._taken: Counter[str] = Counter()
         self._out = JsonlWriter(rundir.instances)
         self._journal = JsonlWriter(rundir.builds)
         self._commits = Commits(self._journal, data=[self._out], durability=cfg.durability)
@@ -148,27 +146,14 @@ class InstanceBuilder:
         """Queue every unit ``units.jsonl`` holds with tasks and no final build; ``caps``:
         apply ``max_share`` (all tasks are committed by now). Returns how many were queued."""
         before = len(self._input)
-        todos, applied = committed_units(self.cfg, self.rundir, caps=caps)
-        if applied is not None:
-            self._caps, self._taken = applied
-        for todo in todos:
+        for todo in committed_units(self.cfg, self.rundir, caps=caps):
             self._queue(todo)
         return len(self._input) - before
 
     def add(self, rec: dict[str, Any]) -> None:
         """Queue a unit the task stage has just committed (its ``units.jsonl`` record)."""
         if rec.get("tasks_kept") and isinstance(rec.get("tasks_end"), int):
-            self._push(_todo(rec, int(rec["tasks_end"])))
-
-    def _push(self, todo: _Todo) -> None:
-        if self._caps is not None:
-            # Caps go by commit order, counting units built in an earlier session too.
-            ds = todo.dataset
-            n = self._count_tasks(todo)
-            keep = max(0, min(n, self._caps.get(ds, 0) - self._taken[ds]))
-            self._taken[ds] += n
-            todo = dataclasses.replace(todo, keep=keep, capped=n - keep)
-        self._queue(todo)
+            self._queue(_todo(rec, int(rec["tasks_end"])))
 
     def _queue(self, todo: _Todo) -> None:
         if todo.key in self._done or todo.key in self._queued:
@@ -255,11 +240,6 @@ class InstanceBuilder:
         data = os.pread(self._tasks_fd, size, todo.tasks_start) if size > 0 else b""
         return [Task.from_dict(orjson.loads(line)) for line in data.splitlines() if line]
 
-    def _count_tasks(self, todo: _Todo) -> int:
-        size = todo.tasks_end - todo.tasks_start
-        data = os.pread(self._tasks_fd, size, todo.tasks_start) if size > 0 else b""
-        return data.count(b"\n")
-
     async def _read(self, todo: _Todo) -> UnitRows | RowsUnavailable | None:
         """The unit's rows, the reason there are none, or ``None`` (nothing to read)."""
         if not todo.data_ref or todo.keep == 0:
@@ -325,10 +305,11 @@ class InstanceBuilder:
 
 
 def committed_units(cfg: Config, rundir: RunDir, *, caps: bool = True,
-                    ) -> tuple[list[_Todo], tuple[dict[str, int], Counter[str]] | None]:
+                    ) -> list[_Todo]:
     """The units ``units.jsonl`` holds with tasks, in commit order; with ``caps`` and
     ``max_share``, each says how many of its tasks build (the rest are over the share).
-    Also returns, when caps apply, the caps and the tasks counted per dataset."""
+    The one place caps are applied: they need every task, so a build with ``max_share``
+    runs after the task stage and takes its units from here, never from ``add``."""
     limits: dict[str, int] | None = None
     if caps and cfg.max_share is not None and cfg.max_share < 1.0:
         counts: Counter[str] = Counter(str(r.get("dataset")) for r in iter_jsonl(rundir.tasks))
@@ -352,7 +333,7 @@ def committed_units(cfg: Config, rundir: RunDir, *, caps: bool = True,
             todos.append(todo)
     finally:
         os.close(fd)
-    return todos, ((limits, taken) if limits is not None else None)
+    return todos
 
 
 def _settled(rec: dict[str, Any], retry_skipped: tuple[str, ...]) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import xxhash
 
 from dynogen.instances.apply import instance_record, render_rows
 from dynogen.instances.render import Instance, instance_hash
@@ -205,8 +206,6 @@ def _columns(cols: dict[str, list[Any]], task: Task, t: int,
 
 
 def hash_text(text: str) -> int:
-    import xxhash
-
     return xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
 

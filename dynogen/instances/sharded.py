@@ -61,6 +61,7 @@ from dynogen.store.instance_files import SHARD_DIR, shard_files
 from dynogen.store.journal import iter_jsonl
 from dynogen.store.rundir import RunDir
 from dynogen.store.storage import atomic_write
+from dynogen.tasks.task import Task
 from dynogen.units import redo
 
 __all__ = ["CANDIDATES_PER_PARTITION", "InlineRunner", "Runner", "ShardedBuild", "build_records"]
@@ -88,7 +89,7 @@ class InlineRunner:
 class _Unit:
     index: int
     todo: _Todo
-    tasks: int = 0
+    tasks: list[Task] = field(default_factory=list)  # the ones that build
     status: str | None = None  # set when the unit builds nothing: capped, no_rows, ...
     reason: str | None = None
     detail: str = ""
@@ -124,16 +125,15 @@ class ShardedBuild:
 
     # ------------------------------------------------------------------ plan
     def plan(self) -> tuple[list[_Unit], int]:
-        todos, _ = committed_units(self.cfg, self.rundir, caps=True)
+        todos = committed_units(self.cfg, self.rundir, caps=True)
         units: list[_Unit] = []
         hub: list[tuple[_Unit, str, dict[str, Any]]] = []
         estimate = 0
         for i, todo in enumerate(todos):
             unit = _Unit(i, todo)
             units.append(unit)
-            tasks = load_tasks(str(self.rundir.tasks), todo.tasks_start, todo.tasks_end,
-                               todo.keep)
-            unit.tasks = len(tasks)
+            tasks = unit.tasks = load_tasks(str(self.rundir.tasks), todo.tasks_start,
+                                            todo.tasks_end, todo.keep)
             if not tasks:
                 unit.status = "capped"
                 continue
@@ -226,7 +226,7 @@ class ShardedBuild:
                     "hub_piece": piece.to_dict(), "hub": hub_settings,
                     "footer": footer.to_dict() if footer is not None else None})
                 rows = piece.limit if piece.limit is not None else piece.rows
-                estimate += unit.tasks * (rows if rows is not None else 100_000)
+                estimate += len(unit.tasks) * (rows if rows is not None else 100_000)
         return estimate
 
     # ------------------------------------------------------------------- run
@@ -320,9 +320,9 @@ class ShardedBuild:
         for unit in units:
             if unit.status is not None:
                 continue
-            built = [0] * unit.tasks
-            outputs: list[set[str]] = [set() for _ in range(unit.tasks)]
-            local = [0] * unit.tasks
+            n = len(unit.tasks)
+            built, local = [0] * n, [0] * n
+            outputs: list[set[str]] = [set() for _ in range(n)]
             counts: Counter[str] = Counter()
             for spec in unit.specs:
                 meta = metas.get(spec["out"])
@@ -342,9 +342,7 @@ class ShardedBuild:
             if unit.status is not None:
                 drop.add(unit.index)
                 continue
-            tasks = load_tasks(str(self.rundir.tasks), unit.todo.tasks_start,
-                               unit.todo.tasks_end, unit.todo.keep)
-            for t, task in enumerate(tasks):
+            for t, task in enumerate(unit.tasks):
                 if built[t] and is_degenerate(task, built[t], len(outputs[t])):
                     degenerate.add(unit.index * 65536 + t)
                     counts["degenerate_constant_output"] += built[t]
@@ -426,7 +424,7 @@ def build_records(units: list[_Unit], metas: dict[str, dict[str, Any]], drop: se
     """One ``builds.jsonl`` record per unit, with the single-process build's keys."""
     records = []
     for unit in units:
-        rec: dict[str, Any] = {"key": unit.todo.key, "tasks": unit.tasks}
+        rec: dict[str, Any] = {"key": unit.todo.key, "tasks": len(unit.tasks)}
         if unit.status == "capped":
             rec.update(status="capped", tasks_over_max_share=unit.todo.capped)
         elif unit.status == "no_rows":
