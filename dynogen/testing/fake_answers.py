@@ -26,6 +26,7 @@ steps.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -43,6 +44,7 @@ from dynogen.testing.fake_limits import insufficient_quota_body, rate_limit_body
 from dynogen.units import ID_NAME
 
 __all__ = [
+    "add_answer_time_args", "answer_time_of",
     "CACHE_MIN_TOKENS",
     "CACHE_STEP",
     "DEFAULT_FAULT_KINDS",
@@ -644,3 +646,26 @@ def _fault_default(f: Fault, model: str, organization: str, seq: int, headers: d
                                   "usage": {"prompt_tokens": 0, "completion_tokens": 0,
                                             "total_tokens": 0}})
     return 500, b""  # "http" without a status
+
+
+def add_answer_time_args(p: argparse.ArgumentParser) -> None:
+    """The command-line knobs of how long a fake's answers take (``--latency-*``,
+    ``--tail-*``, ``--output-tokens``), the same for every fake run as a process."""
+    p.add_argument("--latency-median", type=float, default=0.0)
+    p.add_argument("--latency-sigma", type=float, default=0.0)
+    p.add_argument("--latency-per-token", type=float, default=0.0)
+    p.add_argument("--tail-p", type=float, default=0.0)
+    p.add_argument("--tail-seconds", type=float, default=0.0)
+    p.add_argument("--output-tokens", default=None, help="N, or LO:HI for a uniform draw")
+
+
+def answer_time_of(args: argparse.Namespace) -> tuple[Latency, OutputTokens | None]:
+    """The ``Latency`` and output tokens ``add_answer_time_args`` parsed (ValueError on a
+    malformed ``--output-tokens``)."""
+    out: OutputTokens | None = None
+    if args.output_tokens:
+        lo, _, hi = args.output_tokens.partition(":")
+        out = (int(lo), int(hi)) if hi else int(lo)
+    latency = Latency(args.latency_median, args.latency_sigma, args.latency_per_token,
+                      args.tail_p, args.tail_seconds)
+    return latency, out

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dynogen.testing.child import ChildProcess, serve_until_signalled, start_child
-from dynogen.testing.fake_answers import Latency, OutputTokens
+from dynogen.testing.fake_answers import add_answer_time_args, answer_time_of
 from dynogen.testing.fake_anthropic import FakeAnthropic, serve
 
 __all__ = ["FakeAnthropicProcess", "main", "start_fake_anthropic"]
@@ -32,12 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("rpm", "itpm", "otpm"):
         p.add_argument(f"--{name}", type=float, default=None)
     p.add_argument("--burst-seconds", type=float, default=1.0)
-    p.add_argument("--latency-median", type=float, default=0.0)
-    p.add_argument("--latency-sigma", type=float, default=0.0)
-    p.add_argument("--latency-per-token", type=float, default=0.0)
-    p.add_argument("--tail-p", type=float, default=0.0)
-    p.add_argument("--tail-seconds", type=float, default=0.0)
-    p.add_argument("--output-tokens", default=None, help="N, or LO:HI (for latency)")
+    add_answer_time_args(p)
     p.add_argument("--api-key", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overload-rate", type=float, default=0.0)
@@ -49,10 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fake_from_args(args: argparse.Namespace) -> FakeAnthropic:
-    out: OutputTokens | None = None
-    if args.output_tokens:
-        lo, _, hi = args.output_tokens.partition(":")
-        out = (int(lo), int(hi)) if hi else int(lo)
+    latency, out = answer_time_of(args)
     prices = None
     if args.prices:
         vals = [float(x) for x in args.prices.split(",")]
@@ -60,8 +52,7 @@ def _fake_from_args(args: argparse.Namespace) -> FakeAnthropic:
     fake = FakeAnthropic(
         model=args.model, rpm=args.rpm, itpm=args.itpm, otpm=args.otpm,
         burst_seconds=args.burst_seconds,
-        latency=Latency(args.latency_median, args.latency_sigma, args.latency_per_token,
-                        args.tail_p, args.tail_seconds),
+        latency=latency,
         output_tokens=out, api_key=args.api_key, keep_history=False, seed=args.seed,
         overload_rate=args.overload_rate, prices=prices)
     fake.batches.configure(processing_seconds=args.processing_seconds)

@@ -50,6 +50,8 @@ from dynogen.testing.fake_answers import (
     Latency,
     OutputTokens,
     Reply,
+    add_answer_time_args,
+    answer_time_of,
     auto_content,
     auto_verdict,
     completion_reply,
@@ -482,14 +484,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=float, default=None)
     p.add_argument("--tpm", type=float, default=None)
     p.add_argument("--burst-seconds", type=float, default=1.0)
-    p.add_argument("--latency-median", type=float, default=0.0)
-    p.add_argument("--latency-sigma", type=float, default=0.0)
-    p.add_argument("--latency-per-token", type=float, default=0.0)
-    p.add_argument("--tail-p", type=float, default=0.0)
-    p.add_argument("--tail-seconds", type=float, default=0.0)
+    add_answer_time_args(p)
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-kinds", default=",".join(DEFAULT_FAULT_KINDS))
-    p.add_argument("--output-tokens", default=None, help="N, or LO:HI for a uniform draw")
     p.add_argument("--insufficient-quota", action="store_true")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--keep-history", action="store_true", help="keep every request (grows)")
@@ -507,14 +504,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
-    out: OutputTokens | None = None
-    if args.output_tokens:
-        lo, _, hi = args.output_tokens.partition(":")
-        out = (int(lo), int(hi)) if hi else int(lo)
+    latency, out = answer_time_of(args)
     return FakeOpenAI(
         model=args.model, rpm=args.rpm, tpm=args.tpm, burst_seconds=args.burst_seconds,
-        latency=Latency(args.latency_median, args.latency_sigma, args.latency_per_token,
-                        args.tail_p, args.tail_seconds),
+        latency=latency,
         fault_rate=args.fault_rate,
         fault_kinds=[k for k in args.fault_kinds.split(",") if k],
         output_tokens=out, insufficient_quota=args.insufficient_quota, api_key=args.api_key,
