@@ -27,7 +27,6 @@ Saves ``bench/results/anthropic.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.batch import accounted, batch_events, batch_flags, read_report, run_child
 from bench.realistic import REALISTIC, cycled, judge
 from bench.scenarios import (
     BIG,
@@ -82,35 +82,6 @@ def _run_argv(corpus: Path, out: Path, url: str, *extra: str) -> list[str]:
                     "--languages", "any", "--splits", "all", *extra)
 
 
-def _batch(file_requests: int) -> list[str]:
-    return ["--mode", "batch", "--poll-seconds", "1", "--batch-max-requests", str(file_requests)]
-
-
-def _run(argv: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    p = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
-    return {"exit": p.returncode, "wall_seconds": round(time.perf_counter() - t0, 2),
-            "stderr_tail": p.stderr.decode("utf-8", "replace")[-400:]}
-
-
-def _report(out: Path) -> dict[str, Any]:
-    path = out / "report.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _events(out: Path) -> list[dict[str, Any]]:
-    path = out / "batches.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
-
-
-def _accounted(rep: dict[str, Any]) -> bool:
-    u = rep.get("units", {})
-    return bool(u) and u.get("seen") == u.get("processed", 0) + u.get("skipped", 0) + u.get(
-        "failed", 0)
-
-
 def _fresh(fake: FakeAnthropicProcess) -> None:
     fake.reset()
     fake.batches(reset=True, processing_seconds=PROCESSING)
@@ -121,14 +92,15 @@ def equal_and_kill(corpus: Path, work: Path, file_requests: int,
     doc: dict[str, Any] = {}
     with start_fake_anthropic(seed=7, api_key=KEY, prices=_prices(), ready_timeout=180) as fake:
         online = work / "online"
-        doc["online_run"] = _run(_run_argv(corpus, online, fake.url), env)
+        doc["online_run"] = run_child(_run_argv(corpus, online, fake.url), env)
         billed_online = fake.stats()["bill"]
         _fresh(fake)
         batch = work / "batch"
-        doc["batch_run"] = _run(_run_argv(corpus, batch, fake.url, *_batch(file_requests)), env)
+        doc["batch_run"] = run_child(
+            _run_argv(corpus, batch, fake.url, *batch_flags(file_requests)), env)
         counts = fake.batches()
         ref = (online / "tasks.jsonl").read_bytes()
-        rep, brep = _report(online), _report(batch)
+        rep, brep = read_report(online), read_report(batch)
         doc["equal"] = {
             "online_wall_s": doc["online_run"]["wall_seconds"],
             "batch_wall_s": doc["batch_run"]["wall_seconds"], "server": counts,
@@ -144,13 +116,13 @@ def equal_and_kill(corpus: Path, work: Path, file_requests: int,
 
         _fresh(fake)
         killed = work / "killed"
-        argv = _run_argv(corpus, killed, fake.url, *_batch(file_requests))
+        argv = _run_argv(corpus, killed, fake.url, *batch_flags(file_requests))
         life = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 900
         submitted = 0
         while life.poll() is None and time.monotonic() < deadline:
-            evs = _events(killed)
+            evs = batch_events(killed)
             submitted = sum(e["ev"] == "batch" for e in evs)
             if submitted >= 3 and not any(e["ev"] == "done" for e in evs):
                 break
@@ -158,16 +130,16 @@ def equal_and_kill(corpus: Path, work: Path, file_requests: int,
         time.sleep(1.0)  # some requests answered at the server, no batch ended
         life.send_signal(signal.SIGKILL)
         life.wait()
-        evs = _events(killed)
+        evs = batch_events(killed)
         dropped = False
         if [e["ev"] for e in evs[-2:]] == ["intent", "batch"]:
             journal = killed / "batches.jsonl"
             journal.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[:-1]))
             dropped = True
         before = fake.batches()
-        doc["kill_life2"] = _run(argv, env)
+        doc["kill_life2"] = run_child(argv, env)
         after = fake.batches()
-        krep = _report(killed)
+        krep = read_report(killed)
         doc["kill"] = {
             "batches_in_flight_at_kill": before["by_status"].get("live", 0),
             "batch_id_dropped_from_journal": dropped, "server_before": before,
@@ -178,7 +150,7 @@ def equal_and_kill(corpus: Path, work: Path, file_requests: int,
             "lost_batches_found": (krep.get("session") or {}).get("batch_lost_batches_found"),
             "answers_collected": krep.get("requests_paid"),
             "tasks_identical": (killed / "tasks.jsonl").read_bytes() == ref,
-            "units_accounted": _accounted(krep),
+            "units_accounted": accounted(krep),
         }
     return doc
 
@@ -186,13 +158,13 @@ def equal_and_kill(corpus: Path, work: Path, file_requests: int,
 def budget(corpus: Path, work: Path, file_requests: int, env: dict[str, str]) -> dict[str, Any]:
     doc: dict[str, Any] = {"budget_usd": BUDGET_USD}
     with start_fake_anthropic(seed=7, api_key=KEY, prices=_prices(), ready_timeout=180) as fake:
-        for mode, extra in (("online", []), ("batch", _batch(file_requests))):
+        for mode, extra in (("online", []), ("batch", batch_flags(file_requests))):
             _fresh(fake)
             out = work / f"budget-{mode}"
-            run = _run(_run_argv(corpus, out, fake.url, "--budget-usd", str(BUDGET_USD),
+            run = run_child(_run_argv(corpus, out, fake.url, "--budget-usd", str(BUDGET_USD),
                                  *extra), env)
             bill = fake.stats()["bill"]
-            rep = _report(out)
+            rep = read_report(out)
             doc[mode] = {"exit": run["exit"], "server_billed_usd": round(bill["usd"], 6),
                          "ledger_spent_usd": (rep.get("cost") or {}).get("spent_usd_total"),
                          "within_budget": bill["usd"] <= BUDGET_USD,

@@ -46,7 +46,7 @@ def _argv(corpus: Path, out: Path, url: str, *extra: str) -> list[str]:
             "--out", str(out), "--base-url", url, "--quiet", "--no-build", *extra]
 
 
-def _batch(file_requests: int) -> list[str]:
+def batch_flags(file_requests: int) -> list[str]:
     return ["--mode", "batch", "--poll-seconds", "1", "--batch-max-requests", str(file_requests)]
 
 
@@ -55,19 +55,19 @@ def _env(work: Path) -> dict[str, str]:
             "HF_HOME": str(work / "hf")}
 
 
-def _run(argv: list[str], env: dict[str, str], timeout: float = 1800) -> dict[str, Any]:
+def run_child(argv: list[str], env: dict[str, str], timeout: float = 3600) -> dict[str, Any]:
     t0 = time.perf_counter()
     p = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
     return {"exit": p.returncode, "wall_seconds": round(time.perf_counter() - t0, 2),
             "stderr_tail": p.stderr.decode("utf-8", "replace")[-400:]}
 
 
-def _report(out: Path) -> dict[str, Any]:
+def read_report(out: Path) -> dict[str, Any]:
     path = out / "report.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _events(out: Path) -> list[dict[str, Any]]:
+def batch_events(out: Path) -> list[dict[str, Any]]:
     path = out / "batches.jsonl"
     if not path.exists():
         return []
@@ -80,7 +80,7 @@ def _fresh(fake: FakeProcess, **settings: Any) -> None:
                                   "reset": True, **settings})
 
 
-def _accounted(rep: dict[str, Any]) -> bool:
+def accounted(rep: dict[str, Any]) -> bool:
     u = rep.get("units", {})
     return bool(u) and u.get("seen") == u.get("processed", 0) + u.get("skipped", 0) + u.get(
         "failed", 0)
@@ -95,14 +95,14 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
     # A loaded machine can take a while to start the fake: wait for it rather than fail.
     with start_fake_process(seed=7, ready_timeout=180) as fake:
         online = work / "online"
-        doc["online"] = _run(_argv(corpus, online, fake.url, "--free"), env)
+        doc["online"] = run_child(_argv(corpus, online, fake.url, "--free"), env)
         _fresh(fake)
         batch = work / "batch"
-        doc["batch"] = _run(_argv(corpus, batch, fake.url, "--free", *_batch(file_requests)),
-                            env)
+        doc["batch"] = run_child(
+            _argv(corpus, batch, fake.url, "--free", *batch_flags(file_requests)), env)
         counts = fake._call("/admin/batches")
         ref = (online / "tasks.jsonl").read_bytes()
-        rep = _report(batch)
+        rep = read_report(batch)
         doc["equal"] = {
             "online_wall_s": doc["online"]["wall_seconds"],
             "batch_wall_s": doc["batch"]["wall_seconds"], "server": counts,
@@ -113,13 +113,13 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
 
         _fresh(fake)
         killed = work / "killed"
-        argv = _argv(corpus, killed, fake.url, "--free", *_batch(file_requests))
+        argv = _argv(corpus, killed, fake.url, "--free", *batch_flags(file_requests))
         life = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 600
         submitted = 0
         while life.poll() is None and time.monotonic() < deadline:
-            evs = _events(killed)
+            evs = batch_events(killed)
             submitted = sum(e["ev"] == "batch" for e in evs)
             if submitted >= 2 and not any(e["ev"] == "done" for e in evs):
                 break
@@ -128,9 +128,9 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
         life.send_signal(signal.SIGKILL)
         life.wait()
         before = fake._call("/admin/batches")
-        doc["kill_life2"] = _run(argv, env)
+        doc["kill_life2"] = run_child(argv, env)
         after = fake._call("/admin/batches")
-        krep = _report(killed)
+        krep = read_report(killed)
         doc["kill"] = {
             "batches_submitted_before_kill": submitted, "server_before": before,
             "server_after": after,
@@ -139,15 +139,15 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
             "max_lines_processed_per_request": after["max_processed_per_custom_id"],
             "answers_collected": krep.get("requests_paid"),
             "tasks_identical": (killed / "tasks.jsonl").read_bytes() == ref,
-            "units_accounted": _accounted(krep),
+            "units_accounted": accounted(krep),
         }
 
         _fresh(fake, line_fail_rate=0.05, expire_every=3)
         faulty = work / "faults"
-        doc["faults_run"] = _run(_argv(corpus, faulty, fake.url, "--free",
-                                       *_batch(file_requests), "--batch-rounds", "4"), env)
+        doc["faults_run"] = run_child(_argv(corpus, faulty, fake.url, "--free",
+                                       *batch_flags(file_requests), "--batch-rounds", "4"), env)
         c = fake._call("/admin/batches")
-        frep = _report(faulty)
+        frep = read_report(faulty)
         failed_lines = c["lines_processed"] - c["billed"]["lines"]
         doc["faults"] = {
             "server": c, "failed_lines": failed_lines,
@@ -155,7 +155,7 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
             "lines_le_requests_plus_failed": c["lines_processed"] <= c[
                 "custom_ids_processed"] + failed_lines,
             "answered_once": c["billed"]["lines"] == c["custom_ids_processed"] or None,
-            "units": frep.get("units"), "units_accounted": _accounted(frep),
+            "units": frep.get("units"), "units_accounted": accounted(frep),
             "session": {k: v for k, v in (frep.get("session") or {}).items()
                         if k.startswith("batch")},
         }
@@ -164,16 +164,16 @@ def run_all(corpus: Path, work: Path, file_requests: int) -> dict[str, Any]:
     with start_fake_process(seed=7, exact_tokens=True, ready_timeout=180) as fake:
         _fresh(fake)
         budget = work / "budget"
-        doc["budget_run"] = _run(_argv(corpus, budget, fake.url, "--model", "gpt-4o-mini",
-                                       "--budget-usd", str(BUDGET_USD), *_batch(file_requests)),
-                                 env)
+        doc["budget_run"] = run_child(
+            _argv(corpus, budget, fake.url, "--model", "gpt-4o-mini", "--budget-usd",
+                  str(BUDGET_USD), *batch_flags(file_requests)), env)
         c = fake._call("/admin/batches")
         from dynogen.execute.prices import PriceTable
 
         price = PriceTable.load().lookup("gpt-4o-mini")
         billed = price.cost(c["billed"]["prompt_tokens"], c["billed"]["completion_tokens"],
                             batch=True)
-        brep = _report(budget)
+        brep = read_report(budget)
         doc["budget"] = {
             "budget_usd": BUDGET_USD, "server_billed_usd": round(billed, 6),
             "within_budget": billed <= BUDGET_USD,
