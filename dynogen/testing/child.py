@@ -3,6 +3,7 @@ prints its URL, stopped with SIGTERM. The OpenAI and Anthropic fakes both run th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -13,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Self
 
 import orjson
 from aiohttp import web
 
-__all__ = ["ChildProcess", "flags", "run_app", "serve_until_signalled", "start_child"]
+__all__ = ["ChildProcess", "fake_main", "flags", "run_app", "serve_until_signalled", "start_child"]
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +55,24 @@ def flags(options: Mapping[str, Any]) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def fake_main(argv: Sequence[str] | None, parser: argparse.ArgumentParser,
+              make: Callable[[argparse.Namespace], Any],
+              serve: Callable[[Any, str, int], contextlib.AbstractAsyncContextManager[Any]],
+              ) -> int:
+    """A fake's ``main``: parse, build the fake (a ``ValueError`` is a usage error), serve
+    it on ``--host``/``--port`` until signalled (on uvloop where installed: more of the
+    machine's cores for the clients being measured)."""
+    args = parser.parse_args(argv)
+    try:
+        fake = make(args)
+    except ValueError as e:
+        parser.error(str(e))
+    from dynogen.eventloop import run as run_on_loop
+
+    run_on_loop(serve_until_signalled(serve(fake, args.host, args.port)))
+    return 0
 
 
 async def serve_until_signalled(server: contextlib.AbstractAsyncContextManager[Any]) -> None:

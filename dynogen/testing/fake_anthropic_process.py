@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dynogen.testing.child import ChildProcess, serve_until_signalled, start_child
+from dynogen.testing.child import ChildProcess, fake_main, start_child
 from dynogen.testing.fake_answers import add_answer_time_args, answer_time_of
 from dynogen.testing.fake_anthropic import FakeAnthropic, serve
 
@@ -60,16 +60,7 @@ def _fake_from_args(args: argparse.Namespace) -> FakeAnthropic:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        fake = _fake_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    from dynogen.eventloop import run as run_on_loop
-
-    run_on_loop(serve_until_signalled(serve(fake, args.host, args.port)))
-    return 0
+    return fake_main(argv, _parser(), _fake_from_args, serve)
 
 
 class FakeAnthropicProcess(ChildProcess):

@@ -42,7 +42,7 @@ import orjson
 import xxhash
 from aiohttp import web
 
-from dynogen.testing.child import ChildProcess, run_app, serve_until_signalled, start_child
+from dynogen.testing.child import ChildProcess, fake_main, run_app, start_child
 from dynogen.testing.fake_answers import (
     DEFAULT_FAULT_KINDS,
     ExactTokens,
@@ -518,18 +518,7 @@ def _fake_from_args(args: argparse.Namespace) -> FakeOpenAI:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        fake = _fake_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    from dynogen.eventloop import (
-        run as run_on_loop,  # uvloop where installed: more of the 2 cores for clients
-    )
-
-    run_on_loop(serve_until_signalled(serve(fake, args.host, args.port)))
-    return 0
+    return fake_main(argv, _parser(), _fake_from_args, serve)
 
 
 class FakeProcess(ChildProcess):
